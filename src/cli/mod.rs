@@ -1,0 +1,67 @@
+//! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the library.
+
+mod data_args;
+mod model_args;
+mod progress;
+mod reconstruct;
+mod sample;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Train, evaluate and use variational autoencoders.
+#[derive(Parser)]
+#[command(name = "elbo", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a VAE (with no arguments: on the built-in sprites, in about a minute).
+    Train(train::TrainArgs),
+    /// Decode samples from the prior N(0, I) into an image grid.
+    Sample(sample::SampleArgs),
+    /// Show inputs above their reconstructions.
+    Reconstruct(reconstruct::ReconstructArgs),
+}
+
+/// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Reconstruct(args) => reconstruct::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The compute device named on the command line.
+fn device(name: &str) -> anyhow::Result<candle_core::Device> {
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        cuda if cuda.starts_with("cuda") => {
+            let ordinal = cuda.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
+            Ok(candle_core::Device::new_cuda(ordinal)?)
+        }
+        other => anyhow::bail!("unknown device `{other}`: expected `cpu`, `cuda` or `cuda:N`"),
+    }
+}
+
+/// Sets the number of compute threads (before any parallel work starts); 0 keeps the default (all cores).
+fn set_threads(threads: usize) -> usize {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    candle_core::utils::get_num_threads()
+}

@@ -1,0 +1,103 @@
+//! Command-line flags that choose the architecture and the likelihood.
+
+use clap::{Args, ValueEnum};
+use elbo::data::ExampleShape;
+use elbo::model::{Activation, GaussianVariance, LikelihoodConfig, VaeConfig};
+
+/// The architecture flags.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The decoder's distribution p(x|z).
+    #[arg(long, value_enum, default_value_t = LikelihoodKind::Bernoulli)]
+    pub likelihood: LikelihoodKind,
+    /// Gaussian decoder: how its variance is set.
+    #[arg(long, value_enum, default_value_t = VarianceKind::Fixed)]
+    pub gaussian_variance: VarianceKind,
+    /// Gaussian decoder with fixed variance: the standard deviation sigma.
+    #[arg(long, default_value_t = 1.0)]
+    pub gaussian_sigma: f64,
+    /// Categorical decoder: number of levels K per dimension (256 for 8-bit pixels).
+    #[arg(long, default_value_t = 256)]
+    pub levels: usize,
+    /// Number of latent dimensions.
+    #[arg(long, default_value_t = 20)]
+    pub latent_dim: usize,
+    /// Encoder hidden widths, comma-separated (e.g. 400 or 512,256).
+    #[arg(long, value_delimiter = ',', default_value = "400")]
+    pub hidden: Vec<usize>,
+    /// Decoder hidden widths, comma-separated (default: the encoder's, reversed).
+    #[arg(long, value_delimiter = ',')]
+    pub decoder_hidden: Option<Vec<usize>>,
+    /// Hidden-layer activation.
+    #[arg(long, value_enum, default_value_t = ActivationKind::Relu)]
+    pub activation: ActivationKind,
+}
+
+/// Likelihood choices.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LikelihoodKind {
+    /// Bernoulli from logits (grey targets in [0, 1] allowed).
+    Bernoulli,
+    /// Gaussian, fixed or learned variance.
+    Gaussian,
+    /// Softmax over K levels per dimension.
+    Categorical,
+}
+
+/// Gaussian variance choices.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum VarianceKind {
+    /// sigma given by --gaussian-sigma.
+    Fixed,
+    /// One learned log-variance for all dimensions.
+    Shared,
+    /// One learned log-variance per dimension.
+    PerDimension,
+}
+
+/// Activation choices.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ActivationKind {
+    /// max(x, 0).
+    Relu,
+    /// tanh.
+    Tanh,
+    /// x * sigmoid(x).
+    Silu,
+    /// log(1 + exp(x)).
+    Softplus,
+}
+
+impl ModelArgs {
+    /// The architecture for inputs of `input_shape`.
+    pub fn config(&self, input_shape: ExampleShape) -> VaeConfig {
+        let decoder_hidden = self.decoder_hidden.clone().unwrap_or_else(|| self.hidden.iter().rev().copied().collect());
+        VaeConfig {
+            input_shape,
+            latent_dim: self.latent_dim,
+            encoder_hidden: self.hidden.clone(),
+            decoder_hidden,
+            activation: match self.activation {
+                ActivationKind::Relu => Activation::Relu,
+                ActivationKind::Tanh => Activation::Tanh,
+                ActivationKind::Silu => Activation::Silu,
+                ActivationKind::Softplus => Activation::Softplus,
+            },
+            likelihood: self.likelihood(),
+        }
+    }
+
+    fn likelihood(&self) -> LikelihoodConfig {
+        match self.likelihood {
+            LikelihoodKind::Bernoulli => LikelihoodConfig::Bernoulli,
+            LikelihoodKind::Categorical => LikelihoodConfig::Categorical { levels: self.levels },
+            LikelihoodKind::Gaussian => LikelihoodConfig::Gaussian {
+                variance: match self.gaussian_variance {
+                    VarianceKind::Fixed => GaussianVariance::Fixed { sigma: self.gaussian_sigma },
+                    VarianceKind::Shared => GaussianVariance::LearnedShared,
+                    VarianceKind::PerDimension => GaussianVariance::LearnedPerDimension,
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The training display: a progress bar per epoch with live reconstruction and KL, a summary line per epoch,
+//! and Ctrl-C handling that stops training cleanly (weights and logs are kept).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_nn::VarMap;
+use elbo::training::{EpochRecord, StepRecord, TrainingObserver};
+use elbo::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Shows progress on the terminal and watches for Ctrl-C.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    held_out_split: &'static str,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// A display; with `quiet`, only the per-epoch lines are printed.
+    pub fn new(quiet: bool, held_out_is_validation: bool) -> Self {
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        // A second handler cannot be installed (e.g. in tests running twice); Ctrl-C then just ends the process.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        Progress {
+            bar: None,
+            quiet,
+            held_out_split: if held_out_is_validation { "validation" } else { "test" },
+            interrupted,
+        }
+    }
+
+    /// True once Ctrl-C was pressed.
+    pub fn was_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+impl TrainingObserver for Progress {
+    fn on_epoch_start(&mut self, epoch: usize, num_batches: usize) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        let bar = ProgressBar::new(num_batches as u64);
+        let template = "epoch {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}";
+        bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_prefix(epoch.to_string());
+        self.bar = Some(bar);
+        Ok(())
+    }
+
+    fn on_step(&mut self, record: &StepRecord) -> Result<()> {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            if record.step % 10 == 0 {
+                bar.set_message(format!("rec {:.2} kl {:.2}", record.reconstruction, record.kl));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_epoch_end(&mut self, r: &EpochRecord, _varmap: &VarMap) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        println!(
+            "epoch {:>3}  train: -ELBO {:.3} (rec {:.3} + KL {:.3})  {}: -ELBO {:.3} (rec {:.3} + KL {:.3})  {:.0} ex/s",
+            r.epoch,
+            r.train.negative_elbo(),
+            r.train.reconstruction,
+            r.train.kl,
+            self.held_out_split,
+            r.held_out.negative_elbo(),
+            r.held_out.reconstruction,
+            r.held_out.kl,
+            r.examples_per_second
+        );
+        Ok(())
+    }
+
+    fn should_stop(&self) -> bool {
+        self.was_interrupted()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

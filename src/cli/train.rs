@@ -1,0 +1,155 @@
+//! `elbo train`: load data, train, and leave a run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use elbo::data::{self, DataSpec};
+use elbo::outputs::{RunConfig, RunDir};
+use elbo::run::train_run;
+use elbo::training::{OptimizerConfig, TrainConfig};
+
+use super::data_args::{BinarizeMode, DataArgs};
+use super::model_args::ModelArgs;
+use super::progress::Progress;
+
+/// Flags of `elbo train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    optimizer: OptimizerKind,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Seed for weights, shuffling, noise and binarization (and the built-in data).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Binarization of inputs.
+    #[arg(long, value_enum, default_value_t = BinarizeMode::None)]
+    binarize: BinarizeMode,
+    /// Threshold for --binarize static.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Compute threads (0 = all cores). Results repeat bit for bit for the same seed and thread count.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Device: cpu, cuda or cuda:N (cuda needs the `cuda` build feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run directory (default: runs/<data name>-<n>, the first free n).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bar; one line per epoch only.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Optimiser choices.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum OptimizerKind {
+    /// Adam (beta1 0.9, beta2 0.999, eps 1e-8).
+    Adam,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// Runs `elbo train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let threads = super::set_threads(args.threads);
+    let device = super::device(&args.device)?;
+    let spec = args.data.spec(args.seed);
+    let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;
+    let config = RunConfig {
+        elbo_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: args.model.config(splits.train.shape),
+        training: train_config(&args),
+        data: spec,
+        validation_fraction: args.data.validation_fraction,
+        threads,
+        device: args.device.clone(),
+    };
+    let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
+    let run = RunDir::create(&out)?;
+    print_plan(&config, &splits, &out);
+    let mut progress = Progress::new(args.quiet, splits.test_is_validation);
+    let finished = train_run(&config, &splits, &run, &device, &mut progress)
+        .with_context(|| format!("training stopped; the last completed epoch's weights are in {}", out.display()))?;
+    if progress.was_interrupted() {
+        println!("interrupted: weights, metrics and summary of the steps so far are saved");
+    }
+    println!(
+        "done: {} epochs, {:.0} train examples/s; the held-out -ELBO is an upper bound on -log p(x), not the likelihood",
+        finished.summary.epochs_completed, finished.summary.train_examples_per_second
+    );
+    println!("wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png}}", out.display());
+    Ok(())
+}
+
+fn train_config(args: &TrainArgs) -> TrainConfig {
+    TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        optimizer: match args.optimizer {
+            OptimizerKind::Adam => OptimizerConfig::default(),
+            OptimizerKind::Sgd => OptimizerConfig::Sgd { momentum: args.momentum },
+        },
+        beta: args.beta,
+        seed: args.seed,
+        binarization: args.binarize.to_binarization(args.threshold),
+        ..TrainConfig::default()
+    }
+}
+
+fn print_plan(config: &RunConfig, splits: &data::Splits, out: &Path) {
+    let model = &config.model;
+    println!(
+        "data: {} ({} train, {} {}), {} values per example",
+        splits.train.source,
+        splits.train.len(),
+        splits.test.len(),
+        if splits.test_is_validation { "validation" } else { "test" },
+        model.input_shape.dim()
+    );
+    println!(
+        "model: {}-{:?}-{} MLP, {:?}, {} decoder; {} epochs, batch {}, lr {}, beta {}, seed {}, {} threads",
+        model.input_shape.dim(),
+        model.encoder_hidden,
+        model.latent_dim,
+        model.activation,
+        model.likelihood.name(),
+        config.training.epochs,
+        config.training.batch_size,
+        config.training.learning_rate,
+        config.training.beta,
+        config.training.seed,
+        config.threads
+    );
+    println!("run directory: {}", out.display());
+}
+
+/// `runs/<data name>-<n>` for the first n not taken.
+fn next_free_run_dir(spec: &DataSpec) -> PathBuf {
+    let name = match spec {
+        DataSpec::Sprites(_) => "sprites".to_string(),
+        DataSpec::Path { path, .. } => path.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned()),
+    };
+    (1..).map(|n| PathBuf::from(format!("runs/{name}-{n}"))).find(|p| !p.exists()).unwrap_or_default()
+}

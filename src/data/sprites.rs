@@ -1,0 +1,305 @@
+//! The built-in dataset: white shapes on black, generated in code from a seed, in the spirit of dSprites.
+//!
+//! Five independent factors, on the dSprites grid: shape (square, ellipse, heart), scale (6 values, 0.5 to 1.0),
+//! rotation (40 values over [0, 2 pi), counter-clockwise), x and y position (32 values each, 0 to 1, x rightward and
+//! y downward as in the image rows). Shapes are anti-aliased by 4 x 4
+//! supersampling, so edges are grey. At every allowed position and scale the shape stays clear of the outermost
+//! rows and columns of the image.
+
+use std::f32::consts::{PI, SQRT_2};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Dataset, ExampleShape, Factors, Values};
+use crate::{Error, Result};
+
+/// Names of the five factors, in the order of factor indices.
+pub const FACTOR_NAMES: [&str; 5] = ["shape", "scale", "rotation", "x", "y"];
+/// Number of values each factor takes.
+pub const FACTOR_SIZES: [u32; 5] = [3, 6, 40, 32, 32];
+/// Names of the shapes, in the order of the shape factor (which is also the class label).
+pub const SHAPE_NAMES: [&str; 3] = ["square", "ellipse", "heart"];
+/// The smallest image side that leaves the smallest shapes recognisable.
+pub const MIN_SIZE: usize = 16;
+
+/// Pixels per shape unit at scale 1, as a fraction of the image side. A shape fits in a circle of radius
+/// `sqrt(2)` units (the square's corners), so the largest shape spans at most 42% of the image.
+const UNIT: f32 = 0.15;
+/// Supersamples per pixel along each axis.
+const SUPERSAMPLING: usize = 4;
+/// The ellipse's half-height relative to its half-width (a circle would hide rotation).
+const ELLIPSE_ASPECT: f32 = 0.6;
+/// The heart curve reaches a radius of 1.42; shrinking it by this factor gives it an extent like the others'.
+const HEART_SHRINK: f32 = 1.1;
+
+/// Settings of the sprites dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SpriteConfig {
+    /// Image side in pixels (e.g. 28, 32 or 64); at least 16.
+    pub size: usize,
+    /// Number of examples to generate.
+    pub count: usize,
+    /// Seed of the random factor draws: the same seed gives the same bytes.
+    pub seed: u64,
+}
+
+impl Default for SpriteConfig {
+    fn default() -> Self {
+        SpriteConfig { size: 32, count: 20_000, seed: 1 }
+    }
+}
+
+/// Generates `config.count` sprites with factors drawn uniformly at random, seeded by `config.seed`. Labels are the
+/// shape indices. Errors when the size is below 16 or the count is zero.
+pub fn generate(config: &SpriteConfig) -> Result<Dataset> {
+    generate_on_stream(config, 0, "")
+}
+
+/// Generates `count` sprites like [`generate`] with the same seed but from an independent random stream, for held-out
+/// data. Being drawn independently, a few may share all factors with training examples (a grid cell holds 1 in
+/// 737,280 of the combinations).
+pub fn generate_held_out(config: &SpriteConfig, count: usize) -> Result<Dataset> {
+    generate_on_stream(&SpriteConfig { count, ..*config }, 1, ", held out")
+}
+
+/// Renders one sprite of `size` x `size` pixels, row-major, 0 (black) to 255 (white). Factor indices beyond a
+/// factor's size are clamped to its last value.
+pub fn render(factor_indices: &[u32; 5], size: usize) -> Vec<u8> {
+    let mut image = vec![0; size * size];
+    render_into(factor_indices, size, &mut image);
+    image
+}
+
+/// The continuous values of the factors: shape index, scale in [0.5, 1], rotation in radians in [0, 2 pi), x and y
+/// in [0, 1]. Indices beyond a factor's size are clamped to its last value.
+pub fn factor_values(indices: &[u32; 5]) -> [f32; 5] {
+    let fraction =
+        |factor: usize| indices[factor].min(FACTOR_SIZES[factor] - 1) as f32 / (FACTOR_SIZES[factor] - 1) as f32;
+    let rotation = indices[2].min(FACTOR_SIZES[2] - 1) as f32 * 2.0 * PI / FACTOR_SIZES[2] as f32;
+    [fraction(0) * 2.0, 0.5 + 0.5 * fraction(1), rotation, fraction(3), fraction(4)]
+}
+
+/// Generates the examples of `config` from random stream `stream`; `note` is added to the source description.
+fn generate_on_stream(config: &SpriteConfig, stream: u64, note: &str) -> Result<Dataset> {
+    let pixels = check(config)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    rng.set_stream(stream);
+    let mut values = vec![0; config.count * pixels];
+    let mut indices = Vec::with_capacity(config.count * FACTOR_SIZES.len());
+    for image in values.chunks_exact_mut(pixels) {
+        let factors = FACTOR_SIZES.map(|n| rng.random_range(0..n));
+        render_into(&factors, config.size, image);
+        indices.extend_from_slice(&factors);
+    }
+    let labels = indices.iter().step_by(FACTOR_SIZES.len()).copied().collect();
+    let factors = Factors {
+        names: FACTOR_NAMES.iter().map(|name| name.to_string()).collect(),
+        sizes: FACTOR_SIZES.iter().map(|&n| n as usize).collect(),
+        indices,
+    };
+    Ok(Dataset {
+        source: format!("sprites(size={}, count={}, seed={}{note})", config.size, config.count, config.seed),
+        values: Values::U8(values),
+        shape: ExampleShape::image(1, config.size, config.size),
+        labels: Some(labels),
+        factors: Some(factors),
+    })
+}
+
+/// Checks the settings and returns the number of pixels per image.
+fn check(config: &SpriteConfig) -> Result<usize> {
+    if config.size < MIN_SIZE {
+        let problem = format!("{} is too small; sprites need images of at least {MIN_SIZE} pixels", config.size);
+        return Err(Error::invalid_setting("sprites size", problem));
+    }
+    if config.count == 0 {
+        return Err(Error::invalid_setting("sprites count", "must be at least 1"));
+    }
+    let pixels = config.size.checked_mul(config.size);
+    pixels.filter(|p| p.checked_mul(config.count).is_some()).ok_or_else(|| {
+        let problem =
+            format!("{} images of {} x {} pixels do not fit in memory", config.count, config.size, config.size);
+        Error::invalid_setting("sprites count", problem)
+    })
+}
+
+/// Where a sprite is drawn, in pixels, and how pixel offsets map to the shape's own coordinates.
+struct Placement {
+    /// Centre, in pixels (x right, y down).
+    centre: (f32, f32),
+    /// Radius of a circle around the centre that holds the whole shape, in pixels.
+    radius: f32,
+    /// cos(rotation) / pixels per unit.
+    cos: f32,
+    /// sin(rotation) / pixels per unit.
+    sin: f32,
+}
+
+impl Placement {
+    fn new(factor_indices: &[u32; 5], size: usize) -> Self {
+        let [_, scale, rotation, x, y] = factor_values(factor_indices);
+        let unit = UNIT * size as f32;
+        // Centres range over [margin, size - margin]: the largest shape then ends a pixel inside the frame.
+        let margin = SQRT_2 * unit + 1.0;
+        let span = size as f32 - 2.0 * margin;
+        let pixels_per_unit = scale * unit;
+        Placement {
+            centre: (margin + x * span, margin + y * span),
+            radius: SQRT_2 * pixels_per_unit,
+            cos: rotation.cos() / pixels_per_unit,
+            sin: rotation.sin() / pixels_per_unit,
+        }
+    }
+
+    /// The shape coordinates (u right, v up, unrotated) of the image point (x, y).
+    fn local(&self, x: f32, y: f32) -> (f32, f32) {
+        let (dx, dy) = (x - self.centre.0, self.centre.1 - y);
+        (self.cos * dx + self.sin * dy, self.cos * dy - self.sin * dx)
+    }
+
+    /// The first and one-past-last pixel index covering [centre - radius, centre + radius] within an image side.
+    fn pixel_range(&self, centre: f32, size: usize) -> std::ops::Range<usize> {
+        let first = (centre - self.radius).floor().max(0.0) as usize;
+        let end = ((centre + self.radius).ceil().max(0.0) as usize + 1).min(size);
+        first.min(end)..end
+    }
+}
+
+/// Renders a sprite into `image` (`size` x `size`, zeroed), visiting only the pixels near the shape.
+fn render_into(factor_indices: &[u32; 5], size: usize, image: &mut [u8]) {
+    let inside = SHAPES[factor_indices[0].min(FACTOR_SIZES[0] - 1) as usize];
+    let placement = Placement::new(factor_indices, size);
+    let step = 1.0 / SUPERSAMPLING as f32;
+    let offsets: [f32; SUPERSAMPLING] = std::array::from_fn(|i| (i as f32 + 0.5) * step);
+    for row in placement.pixel_range(placement.centre.1, size) {
+        for column in placement.pixel_range(placement.centre.0, size) {
+            let hits = offsets
+                .iter()
+                .flat_map(|dy| offsets.iter().map(move |dx| (column as f32 + dx, row as f32 + dy)))
+                .filter(|&(x, y)| {
+                    let (u, v) = placement.local(x, y);
+                    inside(u, v)
+                })
+                .count();
+            if let Some(pixel) = image.get_mut(row * size + column) {
+                *pixel = ((hits * 255 + SUPERSAMPLING * SUPERSAMPLING / 2) / (SUPERSAMPLING * SUPERSAMPLING)) as u8;
+            }
+        }
+    }
+}
+
+/// Whether a point in shape coordinates lies inside each shape, in the order of [`SHAPE_NAMES`].
+const SHAPES: [fn(f32, f32) -> bool; 3] = [in_square, in_ellipse, in_heart];
+
+fn in_square(u: f32, v: f32) -> bool {
+    u.abs() <= 1.0 && v.abs() <= 1.0
+}
+
+fn in_ellipse(u: f32, v: f32) -> bool {
+    let v = v / ELLIPSE_ASPECT;
+    u * u + v * v <= 1.0
+}
+
+fn in_heart(u: f32, v: f32) -> bool {
+    let (u, v) = (u * HEART_SHRINK, v * HEART_SHRINK);
+    let r = u * u + v * v - 1.0;
+    r * r * r - u * u * v * v * v <= 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u64) -> SpriteConfig {
+        SpriteConfig { size: 32, count: 500, seed }
+    }
+
+    fn bytes(data: &Dataset) -> &[u8] {
+        match &data.values {
+            Values::U8(v) => v,
+            Values::F32(_) => panic!("sprites are bytes"),
+        }
+    }
+
+    fn lit(image: &[u8]) -> u32 {
+        image.iter().map(|&p| u32::from(p)).sum()
+    }
+
+    #[test]
+    fn same_seed_same_bytes_other_seed_other_bytes() {
+        let a = generate(&config(7)).unwrap();
+        assert_eq!(a, generate(&config(7)).unwrap());
+        assert_ne!(bytes(&a), bytes(&generate(&config(8)).unwrap()));
+        assert_ne!(bytes(&a), bytes(&generate_held_out(&config(7), 500).unwrap()));
+    }
+
+    #[test]
+    fn shapes_labels_and_factors_are_consistent() {
+        let data = generate(&config(3)).unwrap();
+        assert_eq!(data.shape, ExampleShape::image(1, 32, 32));
+        assert_eq!(data.len(), 500);
+        let factors = data.factors.as_ref().unwrap();
+        assert_eq!(factors.names, FACTOR_NAMES);
+        assert_eq!(factors.indices.len(), 500 * 5);
+        for (row, &label) in factors.indices.chunks(5).zip(data.labels.as_ref().unwrap()) {
+            assert_eq!(row[0], label);
+            assert!(row.iter().zip(&factors.sizes).all(|(&i, &n)| (i as usize) < n), "{row:?}");
+        }
+        let held_out = generate_held_out(&config(3), 50).unwrap();
+        assert_eq!(held_out.len(), 50);
+    }
+
+    #[test]
+    fn edges_are_grey() {
+        let image = render(&[1, 3, 7, 10, 20], 32);
+        assert!(image.iter().any(|&p| p > 0 && p < 255));
+        assert!(image.contains(&255));
+    }
+
+    #[test]
+    fn lit_area_grows_with_scale() {
+        for shape in 0..3 {
+            let areas: Vec<u32> = (0..6).map(|scale| lit(&render(&[shape, scale, 3, 16, 16], 32))).collect();
+            assert!(areas.windows(2).all(|w| w[0] < w[1]), "shape {shape}: {areas:?}");
+        }
+    }
+
+    #[test]
+    fn rotation_changes_the_square() {
+        assert_ne!(render(&[0, 5, 0, 16, 16], 32), render(&[0, 5, 5, 16, 16], 32));
+    }
+
+    #[test]
+    fn largest_shapes_stay_inside_the_frame() {
+        let corners = [(0, 0), (0, 31), (31, 0), (31, 31)];
+        for (size, shape, rotation) in
+            [16, 28, 32, 64].into_iter().flat_map(|n| (0..120).map(move |i| (n, i / 40, i % 40)))
+        {
+            for (x, y) in corners {
+                let image = render(&[shape, 5, rotation, x, y], size);
+                let border = (0..size).flat_map(|i| [i, i * size, i * size + size - 1, (size - 1) * size + i]);
+                assert!(border.map(|i| image[i]).all(|p| p == 0), "{size} px, shape {shape} rot {rotation} at {x},{y}");
+                assert!(lit(&image) > 0);
+            }
+        }
+    }
+
+    #[test]
+    fn factor_values_span_the_grid() {
+        assert_eq!(factor_values(&[0, 0, 0, 0, 0]), [0.0, 0.5, 0.0, 0.0, 0.0]);
+        let last = factor_values(&[2, 5, 39, 31, 31]);
+        assert_eq!(last[..2], [2.0, 1.0]);
+        assert!((last[2] - 2.0 * PI * 39.0 / 40.0).abs() < 1e-5);
+        assert_eq!(last[3..], [1.0, 1.0]);
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        let message = generate(&SpriteConfig { size: 8, ..config(1) }).unwrap_err().to_string();
+        assert!(message.contains("size") && message.contains("at least 16"), "{message}");
+        let message = generate(&SpriteConfig { count: 0, ..config(1) }).unwrap_err().to_string();
+        assert!(message.contains("count"), "{message}");
+    }
+}

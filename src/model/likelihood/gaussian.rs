@@ -1,0 +1,75 @@
+//! Gaussian decoder: -log N(x; mu, sigma^2) = 0.5 * sum_d [ log 2pi + log sigma_d^2 + (x_d - mu_d)^2 / sigma_d^2 ],
+//! the full density with its constant, so the figures are true nats.
+
+use candle_core::{Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::model::gaussian::LN_2PI;
+use crate::{Error, Result};
+
+/// How the decoder's Gaussian variance is set.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum GaussianVariance {
+    /// A fixed standard deviation sigma for every dimension.
+    Fixed {
+        /// sigma > 0.
+        sigma: f64,
+    },
+    /// One learned log-variance shared by all dimensions (`decoder.log_var`, shape `[1]`).
+    LearnedShared,
+    /// One learned log-variance per data dimension (`decoder.log_var`, shape `[data_dim]`).
+    LearnedPerDimension,
+}
+
+impl Default for GaussianVariance {
+    fn default() -> Self {
+        GaussianVariance::Fixed { sigma: 1.0 }
+    }
+}
+
+/// A Gaussian likelihood whose mean is the decoder output.
+#[derive(Debug, Clone)]
+pub struct Gaussian {
+    /// log sigma^2: a scalar for a fixed sigma, or the learned parameter.
+    log_var: LogVariance,
+}
+
+#[derive(Debug, Clone)]
+enum LogVariance {
+    Fixed(f64),
+    Learned(Tensor),
+}
+
+impl Gaussian {
+    /// Creates the likelihood; a learned log-variance is the parameter `log_var` under `vb`, initialised at 0.
+    pub fn new(variance: GaussianVariance, data_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let log_var = match variance {
+            GaussianVariance::Fixed { sigma } if sigma > 0.0 && sigma.is_finite() => LogVariance::Fixed(2.0 * sigma.ln()),
+            GaussianVariance::Fixed { sigma } => {
+                return Err(Error::invalid_setting("gaussian sigma", format!("must be a positive number, got {sigma}")))
+            }
+            GaussianVariance::LearnedShared => LogVariance::Learned(learned(&vb, 1)?),
+            GaussianVariance::LearnedPerDimension => LogVariance::Learned(learned(&vb, data_dim)?),
+        };
+        Ok(Gaussian { log_var })
+    }
+
+    /// -log N(x; mean, sigma^2) per example, summed over dimensions; shape `[batch]`.
+    pub fn negative_log_prob(&self, mean: &Tensor, x: &Tensor) -> Result<Tensor> {
+        // -log p(x|z) = 0.5 * (log 2pi + log sigma^2 + (x - mu)^2 / sigma^2)
+        let squared = (x - mean)?.sqr()?;
+        let per_dimension = match &self.log_var {
+            LogVariance::Fixed(log_var) => squared.affine(0.5 * (-log_var).exp(), 0.5 * (LN_2PI + log_var))?,
+            LogVariance::Learned(log_var) => {
+                let scaled = squared.broadcast_mul(&log_var.neg()?.exp()?)?;
+                scaled.broadcast_add(log_var)?.affine(0.5, 0.5 * LN_2PI)?
+            }
+        };
+        Ok(per_dimension.sum(D::Minus1)?)
+    }
+}
+
+fn learned(vb: &VarBuilder, size: usize) -> Result<Tensor> {
+    Ok(vb.get_with_hints(size, "log_var", candle_nn::Init::Const(0.0))?)
+}

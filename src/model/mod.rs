@@ -1,0 +1,14 @@
+//! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
+
+pub mod decoder;
+pub mod encoder;
+pub mod gaussian;
+pub mod init;
+pub mod likelihood;
+pub mod mlp;
+pub mod vae;
+
+pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
+pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
+pub use mlp::Activation;
+pub use vae::{Vae, VaeConfig};

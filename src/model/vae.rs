@@ -1,0 +1,147 @@
+//! The variational autoencoder: a Gaussian encoder, a decoder, and the decoder's likelihood, with the N(0, I) prior.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::decoder::Decoder;
+use super::encoder::Encoder;
+use super::gaussian::DiagonalGaussian;
+use super::init;
+use super::likelihood::{Likelihood, LikelihoodConfig};
+use super::mlp::Activation;
+use crate::data::ExampleShape;
+use crate::{Error, Result};
+
+/// Everything needed to rebuild a VAE's architecture. Saved in a run's `config.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeConfig {
+    /// The shape of one input example.
+    pub input_shape: ExampleShape,
+    /// Number of latent dimensions d.
+    pub latent_dim: usize,
+    /// Widths of the encoder's hidden layers.
+    pub encoder_hidden: Vec<usize>,
+    /// Widths of the decoder's hidden layers.
+    pub decoder_hidden: Vec<usize>,
+    /// The non-linearity of every hidden layer.
+    pub activation: Activation,
+    /// The decoder's distribution p(x|z).
+    pub likelihood: LikelihoodConfig,
+}
+
+impl Default for VaeConfig {
+    /// The classic MLP VAE: 784-400-20, ReLU, Bernoulli decoder.
+    fn default() -> Self {
+        VaeConfig {
+            input_shape: ExampleShape::flat(784),
+            latent_dim: 20,
+            encoder_hidden: vec![400],
+            decoder_hidden: vec![400],
+            activation: Activation::Relu,
+            likelihood: LikelihoodConfig::Bernoulli,
+        }
+    }
+}
+
+impl VaeConfig {
+    /// Checks that the sizes can build a network.
+    pub fn validate(&self) -> Result<()> {
+        if self.input_shape.dim() == 0 {
+            return Err(Error::invalid_setting("input_shape", "examples must have at least one value"));
+        }
+        if self.latent_dim == 0 {
+            return Err(Error::invalid_setting("latent_dim", "must be at least 1"));
+        }
+        if self.encoder_hidden.iter().chain(&self.decoder_hidden).any(|&w| w == 0) {
+            return Err(Error::invalid_setting("hidden", "hidden layer widths must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A VAE: encoder q(z|x), decoder p(x|z), prior p(z) = N(0, I) (fixed, no parameters).
+#[derive(Debug, Clone)]
+pub struct Vae {
+    config: VaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    likelihood: Likelihood,
+}
+
+impl Vae {
+    /// Builds the networks, reading or creating weights through `vb` under `encoder.*` and `decoder.*`.
+    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let data_dim = config.input_shape.dim();
+        let encoder =
+            Encoder::new(data_dim, &config.encoder_hidden, config.activation, config.latent_dim, vb.pp("encoder"))?;
+        let output_dim = data_dim * config.likelihood.outputs_per_dimension();
+        let decoder =
+            Decoder::new(config.latent_dim, &config.decoder_hidden, config.activation, output_dim, vb.pp("decoder"))?;
+        let likelihood = Likelihood::new(&config.likelihood, data_dim, vb.pp("decoder"))?;
+        Ok(Vae { config: config.clone(), encoder, decoder, likelihood })
+    }
+
+    /// A freshly initialised, trainable model: its variables in a `VarMap`, initialised from `seed`.
+    pub fn fresh(config: &VaeConfig, seed: u64, dtype: DType, device: &Device) -> Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let vae = Vae::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        init::initialize(&varmap, seed)?;
+        Ok((vae, varmap))
+    }
+
+    /// A model with weights loaded from a safetensors file written by [`crate::outputs`] (or any tool using the same
+    /// names). Every weight the architecture needs must be present with the right shape.
+    pub fn load(config: &VaeConfig, weights: &Path, device: &Device) -> Result<(Self, VarMap)> {
+        let mut varmap = VarMap::new();
+        let vae = Vae::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        varmap.load(weights).map_err(|e| Error::bad_input(weights, "weights", e.to_string()))?;
+        Ok((vae, varmap))
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// The decoder's likelihood.
+    pub fn likelihood(&self) -> &Likelihood {
+        &self.likelihood
+    }
+
+    /// Encoder forward on x (`[batch, data_dim]`): q(z|x) as (mu_x, log sigma^2_x).
+    pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussian> {
+        self.encoder.forward(x)
+    }
+
+    /// Decoder forward on z (`[batch, latent_dim]`): the raw parameters of p(x|z).
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.decoder.forward(z)
+    }
+
+    /// The mean of p(x|z) in data space, e.g. pixel intensities in [0, 1] for a Bernoulli decoder.
+    pub fn decode_mean(&self, z: &Tensor) -> Result<Tensor> {
+        self.likelihood.mean(&self.decode(z)?)
+    }
+
+    /// Checks that data of `shape` fits this model, with a message saying what each side has.
+    pub fn check_input(&self, shape: &ExampleShape, source: &str) -> Result<()> {
+        if shape.dim() != self.config.input_shape.dim() {
+            return Err(Error::ShapeMismatch(format!(
+                "{source} has examples of {}x{}x{} = {} values, the model expects {}x{}x{} = {}",
+                shape.channels,
+                shape.height,
+                shape.width,
+                shape.dim(),
+                self.config.input_shape.channels,
+                self.config.input_shape.height,
+                self.config.input_shape.width,
+                self.config.input_shape.dim()
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! The negative ELBO, per example:
+//! -ELBO(x; q) = -log p(x | z~) + 0.5 * sum_dims( sigma_x^2 + mu_x^2 - 1 - log sigma_x^2 ),
+//! z~ = mu_x + sigma_x * eps, eps ~ N(0, I). One Monte Carlo sample for the reconstruction, exact KL.
+
+use candle_core::Tensor;
+
+use crate::model::{DiagonalGaussian, Vae};
+use crate::Result;
+
+/// The two terms of the negative ELBO, kept apart, one value per example (shape `[batch]`).
+#[derive(Debug, Clone)]
+pub struct ElboTerms {
+    /// -log p(x | z~): the reconstruction term, in nats.
+    pub reconstruction: Tensor,
+    /// KL( q(z|x) || p(z) ) in closed form, in nats.
+    pub kl: Tensor,
+    /// The posterior q(z|x) the terms came from.
+    pub posterior: DiagonalGaussian,
+}
+
+impl ElboTerms {
+    /// Per-example loss = reconstruction + beta * KL (beta = 1 is the ELBO).
+    pub fn per_example_loss(&self, beta: f64) -> Result<Tensor> {
+        Ok((&self.reconstruction + (&self.kl * beta)?)?)
+    }
+
+    /// The mean over the batch of the per-example loss: the scalar that is minimised.
+    pub fn loss(&self, beta: f64) -> Result<Tensor> {
+        Ok(self.per_example_loss(beta)?.mean_all()?)
+    }
+}
+
+/// Steps 1-4 of the training step on a batch `x`, with the noise `eps` given by the caller:
+/// encoder forward, z~ = mu + sigma * eps, decoder forward and -log p(x|z~), closed-form KL.
+pub fn negative_elbo_terms(vae: &Vae, x: &Tensor, eps: &Tensor) -> Result<ElboTerms> {
+    let posterior = vae.encode(x)?; // 1. encoder forward: (mu_x, log sigma^2_x)
+    let z = posterior.reparameterize(eps)?; // 2. z~ = mu_x + sigma_x * eps
+    let reconstruction = vae.likelihood().negative_log_prob(&vae.decode(&z)?, x)?; // 3. -log p(x|z~)
+    let kl = posterior.kl_to_standard_normal()?; // 4. closed-form KL
+    Ok(ElboTerms { reconstruction, kl, posterior })
+}

@@ -1,0 +1,92 @@
+//! Image grids: many examples tiled into one PNG, each cell framed by a thin border.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+use crate::atomic::write_atomic;
+use crate::data::ExampleShape;
+use crate::{Error, Result};
+
+/// Border width between cells, in pixels.
+const BORDER: u32 = 1;
+/// Border colour: mid grey, visible against both black and white images.
+const BORDER_COLOUR: Rgb<u8> = Rgb([128, 128, 128]);
+
+/// Tiles `values` (examples one after another, channels-first, in [0, 1]) into rows of `columns` cells.
+/// Grey examples are shown grey, 3-channel examples in colour; other channel counts show their first channel.
+pub fn image_grid(values: &[f32], shape: &ExampleShape, columns: usize) -> Result<RgbImage> {
+    let dim = shape.dim();
+    if dim == 0 || values.len() % dim != 0 || values.is_empty() {
+        return Err(Error::invalid_setting("grid", format!("{} values do not split into examples of {dim}", values.len())));
+    }
+    let count = values.len() / dim;
+    let columns = columns.clamp(1, count);
+    let rows = count.div_ceil(columns);
+    let (cell_width, cell_height) = (shape.width as u32, shape.height as u32);
+    let width = columns as u32 * (cell_width + BORDER) + BORDER;
+    let height = rows as u32 * (cell_height + BORDER) + BORDER;
+    let mut grid = RgbImage::from_pixel(width, height, BORDER_COLOUR);
+    for (index, example) in values.chunks(dim).enumerate() {
+        let left = (index % columns) as u32 * (cell_width + BORDER) + BORDER;
+        let top = (index / columns) as u32 * (cell_height + BORDER) + BORDER;
+        draw_cell(&mut grid, example, shape, left, top);
+    }
+    Ok(grid)
+}
+
+fn draw_cell(grid: &mut RgbImage, example: &[f32], shape: &ExampleShape, left: u32, top: u32) {
+    let plane = shape.height * shape.width;
+    let to_byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    for y in 0..shape.height {
+        for x in 0..shape.width {
+            let at = |channel: usize| to_byte(example[channel * plane + y * shape.width + x]);
+            let pixel = if shape.channels == 3 { Rgb([at(0), at(1), at(2)]) } else { Rgb([at(0); 3]) };
+            grid.put_pixel(left + x as u32, top + y as u32, pixel);
+        }
+    }
+}
+
+/// Writes `image` as PNG to `path`, atomically.
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    write_atomic(path, &bytes)
+}
+
+/// The shape to draw examples of `shape` in: images as they are, flat vectors as the most square rectangle
+/// whose sides multiply to the length (784 -> 28 x 28).
+pub fn display_shape(shape: &ExampleShape) -> ExampleShape {
+    if shape.is_image() {
+        return *shape;
+    }
+    let dim = shape.dim();
+    let side = (1..=(dim as f64).sqrt() as usize).rev().find(|s| dim % s == 0).unwrap_or(1);
+    ExampleShape::image(1, side, dim / side)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_placed_inside_borders() {
+        let shape = ExampleShape::image(1, 2, 3);
+        let values: Vec<f32> = vec![1.0; 6].into_iter().chain(vec![0.0; 6]).collect();
+        let grid = image_grid(&values, &shape, 2).unwrap();
+        assert_eq!((grid.width(), grid.height()), (2 * 4 + 1, 3 + 1));
+        assert_eq!(grid.get_pixel(0, 0), &BORDER_COLOUR);
+        assert_eq!(grid.get_pixel(1, 1), &Rgb([255, 255, 255]));
+        assert_eq!(grid.get_pixel(5, 1), &Rgb([0, 0, 0]));
+        assert_eq!(grid.get_pixel(4, 1), &BORDER_COLOUR);
+    }
+
+    #[test]
+    fn flat_vectors_are_drawn_as_near_squares() {
+        assert_eq!(display_shape(&ExampleShape::flat(784)), ExampleShape::image(1, 28, 28));
+        assert_eq!(display_shape(&ExampleShape::flat(10)), ExampleShape::image(1, 2, 5));
+        assert_eq!(display_shape(&ExampleShape::flat(7)), ExampleShape::image(1, 1, 7));
+    }
+}

@@ -1,0 +1,9 @@
+//! Outputs: the run directory, the metrics log and checkpoints, and image grids.
+
+pub mod grid;
+pub mod metrics;
+pub mod pictures;
+pub mod run_dir;
+
+pub use metrics::RunLogger;
+pub use run_dir::{EpochSummary, RunConfig, RunDir, RunSummary, BOUND_NOTE};

@@ -1,0 +1,82 @@
+//! A whole training run, start to finish: write the configuration, build and train the model, log every step,
+//! checkpoint every epoch, and leave a summary and image grids in the run directory.
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+
+use crate::data::Splits;
+use crate::model::Vae;
+use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
+use crate::outputs::{EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
+use crate::training::{train, TrainOutcome, TrainingObserver};
+use crate::Result;
+
+/// Number of images in the sample and reconstruction grids.
+pub const GRID_IMAGES: usize = 64;
+
+/// What a finished run leaves besides its files.
+pub struct FinishedRun {
+    /// The trained model.
+    pub vae: Vae,
+    /// Its variables.
+    pub varmap: VarMap,
+    /// The figures written to `summary.json`.
+    pub summary: RunSummary,
+}
+
+/// Trains the model described by `config` on `splits`, writing everything into `run`. `observer` (a progress
+/// display, a Ctrl-C watcher) sees every step. On a non-finite loss, the summary records the failure, the last
+/// epoch's checkpoint stays on disk, and the error is returned.
+pub fn train_run(
+    config: &RunConfig,
+    splits: &Splits,
+    run: &RunDir,
+    device: &Device,
+    observer: &mut dyn TrainingObserver,
+) -> Result<FinishedRun> {
+    config.model.likelihood.check_data(&splits.train)?;
+    config.model.likelihood.check_data(&splits.test)?;
+    run.save_config(config)?;
+    let (vae, varmap) = Vae::fresh(&config.model, config.training.seed, DType::F32, device)?;
+    let mut logger = RunLogger::new(run, config.training.beta, splits.test_is_validation)?;
+    let held_out_split = if splits.test_is_validation { "validation" } else { "test" };
+    let result = train(&vae, &varmap, splits, &config.training, device, &mut [&mut logger, observer]);
+    match result {
+        Ok(outcome) => {
+            drop(logger);
+            if outcome.interrupted {
+                run.save_weights(&varmap)?; // keep the partial epoch's progress too
+            }
+            let summary = summary_of(&outcome, held_out_split);
+            run.save_summary(&summary)?;
+            save_sample_grid(&vae, &run.file("samples.png"), GRID_IMAGES, 1.0, config.training.seed, device)?;
+            save_reconstruction_grid(&vae, &splits.test, &run.file("reconstructions.png"), GRID_IMAGES / 2, device)?;
+            Ok(FinishedRun { vae, varmap, summary })
+        }
+        Err(error) => {
+            let partial = TrainOutcome {
+                epochs_completed: logger.last_epoch().map_or(0, |r| r.epoch),
+                steps: logger.steps_logged(),
+                last_epoch: logger.last_epoch().copied(),
+                ..TrainOutcome::default()
+            };
+            let summary = RunSummary { status: format!("failed: {error}"), ..summary_of(&partial, held_out_split) };
+            run.save_summary(&summary)?;
+            Err(error)
+        }
+    }
+}
+
+fn summary_of(outcome: &TrainOutcome, held_out_split: &str) -> RunSummary {
+    RunSummary {
+        status: if outcome.interrupted { "interrupted" } else { "completed" }.to_string(),
+        epochs_completed: outcome.epochs_completed,
+        steps: outcome.steps,
+        held_out_split: held_out_split.to_string(),
+        last_epoch: outcome.last_epoch.as_ref().map(EpochSummary::from),
+        train_examples_per_second: outcome.examples_per_second,
+        train_seconds: outcome.train_seconds,
+        note: BOUND_NOTE.to_string(),
+    }
+}
+

@@ -1,0 +1,9 @@
+//! Training: the settings, the optimisers, and the loop that minimises reconstruction + beta * KL.
+
+pub mod config;
+pub mod optimizer;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use optimizer::{Optimizer, OptimizerConfig};
+pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};

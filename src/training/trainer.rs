@@ -1,0 +1,231 @@
+//! The training loop, the seed's six steps per batch:
+//! 1. encoder forward on x -> (mu_x, log sigma^2_x); 2. sample eps ~ N(0, I), z~ = mu_x + sigma_x * eps;
+//! 3. decoder forward, -log p(x|z~); 4. closed-form KL; 5. per-example loss = reconstruction + KL;
+//! 6. backprop through everything (including to the encoder), optimiser step.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::TrainConfig;
+use super::optimizer::Optimizer;
+use crate::data::{batch_tensor, Batcher, Dataset, Splits};
+use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
+use crate::model::Vae;
+use crate::objective::{negative_elbo_terms, NoiseSource};
+use crate::{Error, Result};
+
+/// Figures of one optimisation step (batch means, in nats).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct StepRecord {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Global step, from 1.
+    pub step: usize,
+    /// Mean reconstruction term -log p(x|z~).
+    pub reconstruction: f64,
+    /// Mean KL term (unweighted).
+    pub kl: f64,
+    /// Mean loss = reconstruction + beta * KL.
+    pub loss: f64,
+    /// Learning rate used for this step.
+    pub learning_rate: f64,
+    /// Seconds since training started.
+    pub wall_seconds: f64,
+}
+
+/// Figures at the end of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EpochRecord {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Global step at the end of the epoch.
+    pub step: usize,
+    /// Means of the training steps' terms over the epoch.
+    pub train: ElboEstimate,
+    /// The held-out set's single-sample negative ELBO and terms after the epoch.
+    pub held_out: ElboEstimate,
+    /// Learning rate at the end of the epoch.
+    pub learning_rate: f64,
+    /// Seconds since training started.
+    pub wall_seconds: f64,
+    /// Training examples per second in this epoch (optimisation only, evaluation excluded).
+    pub examples_per_second: f64,
+}
+
+/// Watches training: progress display, logs, checkpoints. Every method has a do-nothing default.
+pub trait TrainingObserver {
+    /// Called before the first step of an epoch.
+    fn on_epoch_start(&mut self, _epoch: usize, _num_batches: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Called after every optimisation step.
+    fn on_step(&mut self, _record: &StepRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Called after each epoch's evaluation; the model's weights are those at the end of the epoch.
+    fn on_epoch_end(&mut self, _record: &EpochRecord, _varmap: &VarMap) -> Result<()> {
+        Ok(())
+    }
+    /// Polled after every step: returning true stops training early (e.g. on Ctrl-C).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+/// How training ended.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct TrainOutcome {
+    /// Epochs run to the end.
+    pub epochs_completed: usize,
+    /// Optimisation steps taken.
+    pub steps: usize,
+    /// True when an observer asked to stop before the last epoch ended.
+    pub interrupted: bool,
+    /// The last completed epoch's figures.
+    pub last_epoch: Option<EpochRecord>,
+    /// Seconds spent in optimisation steps (evaluation excluded).
+    pub train_seconds: f64,
+    /// Training examples processed per second of `train_seconds`.
+    pub examples_per_second: f64,
+}
+
+/// Seed offsets: independent random streams for shuffling, noise and binarization.
+const SHUFFLE_STREAM: u64 = 0x5_4aff1e;
+const NOISE_STREAM: u64 = 0x0_e9511;
+const BINARIZE_STREAM: u64 = 0xb1_0a71;
+
+/// Trains `vae` (whose variables are `varmap`) on `splits.train`, evaluating on `splits.test` after each epoch.
+/// Same seed and same thread count give the same numbers bit for bit.
+pub fn train(
+    vae: &Vae,
+    varmap: &VarMap,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    observers: &mut [&mut dyn TrainingObserver],
+) -> Result<TrainOutcome> {
+    config.validate()?;
+    vae.check_input(&splits.train.shape, &splits.train.source)?;
+    vae.check_input(&splits.test.shape, &splits.test.source)?;
+    let mut loop_state = LoopState::new(config, varmap)?;
+    let started = Instant::now();
+    let mut examples_seen = 0usize;
+    let mut outcome = TrainOutcome::default();
+    for epoch in 1..=config.epochs {
+        let epoch_started = Instant::now();
+        let (train_estimate, stopped) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
+        let epoch_seconds = epoch_started.elapsed().as_secs_f64();
+        outcome.train_seconds += epoch_seconds;
+        outcome.steps = loop_state.step;
+        examples_seen += train_estimate.examples;
+        if stopped {
+            outcome.interrupted = true;
+            break;
+        }
+        let held_out =
+            evaluate_negative_elbo(vae, &splits.test, config.eval_batch_size, config.binarization, config.seed, device)?;
+        let record = EpochRecord {
+            epoch,
+            step: loop_state.step,
+            train: train_estimate,
+            held_out,
+            learning_rate: loop_state.optimizer.learning_rate(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            examples_per_second: train_estimate.examples as f64 / epoch_seconds,
+        };
+        for observer in observers.iter_mut() {
+            observer.on_epoch_end(&record, varmap)?;
+        }
+        outcome.epochs_completed = epoch;
+        outcome.last_epoch = Some(record);
+    }
+    outcome.examples_per_second = examples_seen as f64 / outcome.train_seconds.max(f64::MIN_POSITIVE);
+    Ok(outcome)
+}
+
+/// The state that lives across epochs: optimiser, random streams, step counter.
+struct LoopState<'a> {
+    config: &'a TrainConfig,
+    optimizer: Optimizer,
+    shuffle_rng: ChaCha8Rng,
+    binarize_rng: ChaCha8Rng,
+    noise: NoiseSource,
+    step: usize,
+}
+
+impl<'a> LoopState<'a> {
+    fn new(config: &'a TrainConfig, varmap: &VarMap) -> Result<Self> {
+        Ok(LoopState {
+            config,
+            optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
+            shuffle_rng: ChaCha8Rng::seed_from_u64(config.seed ^ SHUFFLE_STREAM),
+            binarize_rng: ChaCha8Rng::seed_from_u64(config.seed ^ BINARIZE_STREAM),
+            noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
+            step: 0,
+        })
+    }
+
+    /// One pass over the training set; returns the epoch's mean terms and whether an observer asked to stop.
+    fn run_epoch(
+        &mut self,
+        vae: &Vae,
+        train: &Dataset,
+        epoch: usize,
+        device: &Device,
+        started: Instant,
+        observers: &mut [&mut dyn TrainingObserver],
+    ) -> Result<(ElboEstimate, bool)> {
+        let mut batcher = Batcher::shuffled(train, self.config.batch_size, &mut self.shuffle_rng);
+        for observer in observers.iter_mut() {
+            observer.on_epoch_start(epoch, batcher.num_batches())?;
+        }
+        let mut estimate = ElboEstimate::default();
+        while let Some((mut values, rows)) = batcher.next_batch() {
+            self.config.binarization.apply(&mut values, &mut self.binarize_rng);
+            let x = batch_tensor(values, rows, train.shape.dim(), device)?;
+            let record = self.step(vae, &x, epoch, started)?;
+            estimate.accumulate(rows, record.reconstruction * rows as f64, record.kl * rows as f64);
+            for observer in observers.iter_mut() {
+                observer.on_step(&record)?;
+            }
+            if observers.iter().any(|observer| observer.should_stop()) {
+                return Ok((estimate, true));
+            }
+        }
+        Ok((estimate, false))
+    }
+
+    /// One optimisation step on the batch `x`.
+    fn step(&mut self, vae: &Vae, x: &candle_core::Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
+        self.step += 1;
+        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
+        let terms = negative_elbo_terms(vae, x, &eps)?; // steps 1-4
+        let loss = terms.loss(self.config.beta)?; // step 5: reconstruction + beta * KL, averaged over the batch
+        let reconstruction = f64::from(terms.reconstruction.mean_all()?.to_scalar::<f32>()?);
+        let kl = f64::from(terms.kl.mean_all()?.to_scalar::<f32>()?);
+        let loss_value = f64::from(loss.to_scalar::<f32>()?);
+        self.check_finite(epoch, &[("reconstruction", reconstruction), ("KL", kl), ("loss", loss_value)])?;
+        let grads = loss.backward()?; // step 6: backprop through everything, including the encoder
+        self.optimizer.step(&grads)?;
+        Ok(StepRecord {
+            epoch,
+            step: self.step,
+            reconstruction,
+            kl,
+            loss: loss_value,
+            learning_rate: self.optimizer.learning_rate(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn check_finite(&self, epoch: usize, terms: &[(&str, f64)]) -> Result<()> {
+        match terms.iter().find(|(_, value)| !value.is_finite()) {
+            Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
+            None => Ok(()),
+        }
+    }
+}
