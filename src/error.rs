@@ -6,12 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
+        /// What the operating system said (shown in the message, so not chained as a source).
+        error: std::io::Error,
     },
     /// A file was read but its content is not what was expected.
     #[error("{path}: {field}: {problem}")]
@@ -64,8 +64,8 @@ impl Error {
     }
 
     /// An `Io` error for `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::Io { path: path.into(), error }
     }
 
     /// An `InvalidSetting` error.

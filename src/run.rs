@@ -34,6 +34,7 @@ pub fn train_run(
     device: &Device,
     observer: &mut dyn TrainingObserver,
 ) -> Result<FinishedRun> {
+    config.validate()?;
     config.model.likelihood.check_data(&splits.train)?;
     config.model.likelihood.check_data(&splits.test)?;
     run.save_config(config)?;

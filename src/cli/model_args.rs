@@ -14,7 +14,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = VarianceKind::Fixed)]
     pub gaussian_variance: VarianceKind,
     /// Gaussian decoder with fixed variance: the standard deviation sigma.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub gaussian_sigma: f64,
     /// Categorical decoder: number of levels K per dimension (256 for 8-bit pixels).
     #[arg(long, default_value_t = 256)]

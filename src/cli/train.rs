@@ -27,7 +27,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
     /// Optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
@@ -36,7 +36,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
     /// Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     beta: f64,
     /// Seed for weights, shuffling, noise and binarization (and the built-in data).
     #[arg(long, default_value_t = 1)]
@@ -85,12 +85,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         threads,
         device: args.device.clone(),
     };
+    config.validate()?;
+    config.model.likelihood.check_data(&splits.train)?;
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
     let run = RunDir::create(&out)?;
     print_plan(&config, &splits, &out);
     let mut progress = Progress::new(args.quiet, splits.test_is_validation);
     let finished = train_run(&config, &splits, &run, &device, &mut progress)
-        .with_context(|| format!("training stopped; the last completed epoch's weights are in {}", out.display()))?;
+        .with_context(|| {
+            format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
+        })?;
     if progress.was_interrupted() {
         println!("interrupted: weights, metrics and summary of the steps so far are saved");
     }

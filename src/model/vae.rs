@@ -58,7 +58,7 @@ impl VaeConfig {
         if self.encoder_hidden.iter().chain(&self.decoder_hidden).any(|&w| w == 0) {
             return Err(Error::invalid_setting("hidden", "hidden layer widths must be at least 1"));
         }
-        Ok(())
+        self.likelihood.validate()
     }
 }
 

@@ -30,6 +30,14 @@ pub struct RunConfig {
     pub device: String,
 }
 
+impl RunConfig {
+    /// Checks the architecture and the training settings, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.training.validate()
+    }
+}
+
 /// Final figures of a run. Written as `summary.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {

@@ -5,7 +5,7 @@ use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::model::gaussian::LN_2PI;
-use crate::{Error, Result};
+use crate::Result;
 
 /// How the decoder's Gaussian variance is set.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,13 +42,10 @@ enum LogVariance {
 }
 
 impl Gaussian {
-    /// Creates the likelihood; a learned log-variance is the parameter `log_var` under `vb`, initialised at 0.
+    /// Creates the likelihood (its settings checked by [`super::LikelihoodConfig::validate`]); a learned log-variance is the parameter `log_var` under `vb`, initialised at 0.
     pub fn new(variance: GaussianVariance, data_dim: usize, vb: VarBuilder) -> Result<Self> {
         let log_var = match variance {
-            GaussianVariance::Fixed { sigma } if sigma > 0.0 && sigma.is_finite() => LogVariance::Fixed(2.0 * sigma.ln()),
-            GaussianVariance::Fixed { sigma } => {
-                return Err(Error::invalid_setting("gaussian sigma", format!("must be a positive number, got {sigma}")))
-            }
+            GaussianVariance::Fixed { sigma } => LogVariance::Fixed(2.0 * sigma.ln()),
             GaussianVariance::LearnedShared => LogVariance::Learned(learned(&vb, 1)?),
             GaussianVariance::LearnedPerDimension => LogVariance::Learned(learned(&vb, data_dim)?),
         };

@@ -46,6 +46,17 @@ impl LikelihoodConfig {
         }
     }
 
+    /// Checks the likelihood's own settings: a positive fixed sigma, at least 2 categorical levels.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            LikelihoodConfig::Gaussian { variance: GaussianVariance::Fixed { sigma } } if !(sigma > 0.0 && sigma.is_finite()) => {
+                Err(Error::invalid_setting("gaussian sigma", format!("must be a positive number, got {sigma}")))
+            }
+            LikelihoodConfig::Categorical { levels } => categorical::Categorical::new(levels, 1).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that `data` can be scored by this likelihood: Bernoulli and categorical targets must lie in [0, 1].
     pub fn check_data(&self, data: &Dataset) -> Result<()> {
         if matches!(self, LikelihoodConfig::Gaussian { .. }) {
@@ -90,6 +101,7 @@ pub enum Likelihood {
 impl Likelihood {
     /// Builds the likelihood for data of `data_dim` values; learned parameters live under `vb` (`decoder.*`).
     pub fn new(config: &LikelihoodConfig, data_dim: usize, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
         Ok(match *config {
             LikelihoodConfig::Bernoulli => Likelihood::Bernoulli,
             LikelihoodConfig::Gaussian { variance } => {

@@ -1,0 +1,85 @@
+//! The `elbo` binary end to end: train on the built-in sprites, regenerate the grids, and fail clearly on bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn elbo(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_elbo")).args(args).current_dir(dir).output().expect("elbo runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A clear failure: non-zero exit, the expected words in the message, and no panic.
+fn assert_fails_with(output: &Output, words: &[&str]) {
+    let message = text(output);
+    assert!(!output.status.success(), "expected failure, got: {message}");
+    assert!(!message.contains("panicked"), "panic instead of an error: {message}");
+    for word in words {
+        assert!(message.contains(word), "`{word}` missing from: {message}");
+    }
+}
+
+fn train_tiny(dir: &Path, out: &str) -> Output {
+    let args = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--hidden", "32",
+        "--latent-dim", "4", "--threads", "1", "--quiet", "--out", out];
+    elbo(&args, dir)
+}
+
+#[test]
+fn train_then_sample_and_reconstruct() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = train_tiny(dir.path(), "run");
+    assert!(output.status.success(), "{}", text(&output));
+    let printed = text(&output);
+    assert!(printed.contains("epoch   2") && printed.contains("rec ") && printed.contains("KL "), "{printed}");
+    assert!(printed.contains("upper bound"), "the ELBO is labelled as a bound: {printed}");
+    let run = dir.path().join("run");
+    for file in ["config.json", "model.safetensors", "metrics.csv", "summary.json", "samples.png", "reconstructions.png"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let sample = elbo(&["sample", "--run", "run", "--n", "10", "--temperature", "0.5", "--out", "s.png"], dir.path());
+    assert!(sample.status.success(), "{}", text(&sample));
+    assert!(image::open(dir.path().join("s.png")).is_ok());
+    let reconstruct = elbo(&["reconstruct", "--run", "run", "--n", "16", "--out", "r.png"], dir.path());
+    assert!(reconstruct.status.success(), "{}", text(&reconstruct));
+    let image = image::open(dir.path().join("r.png")).unwrap();
+    assert_eq!(image.height(), 2 * 2 * 17 + 1, "2 rows of inputs + 2 rows of reconstructions, 16 px + border");
+}
+
+#[test]
+fn the_same_command_twice_gives_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train_tiny(dir.path(), "a").status.success());
+    assert!(train_tiny(dir.path(), "b").status.success());
+    let a = std::fs::read(dir.path().join("a/model.safetensors")).unwrap();
+    let b = std::fs::read(dir.path().join("b/model.safetensors")).unwrap();
+    assert_eq!(a, b, "same seed and threads must give the same bytes");
+}
+
+#[test]
+fn bad_data_files_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.npy"), b"not numpy at all").unwrap();
+    std::fs::write(dir.path().join("ragged.csv"), "1,2,3\n4,5\n").unwrap();
+    assert_fails_with(&elbo(&["train", "--data", "missing.npy"], dir.path()), &["missing.npy"]);
+    assert_fails_with(&elbo(&["train", "--data", "bad.npy"], dir.path()), &["bad.npy", "magic"]);
+    assert_fails_with(&elbo(&["train", "--data", "ragged.csv"], dir.path()), &["ragged.csv", "line 2"]);
+    std::fs::write(dir.path().join("big.csv"), "0.5,2.0\n0.1,0.2\n0.3,0.4\n0.5,0.6\n0.1,0.9\n0.2,0.2\n0.3,0.1\n0.7,0.1\n0.2,0.5\n0.3,0.3\n")
+        .unwrap();
+    assert_fails_with(&elbo(&["train", "--data", "big.csv", "--quiet"], dir.path()), &["big.csv", "[0, 1]"]);
+}
+
+#[test]
+fn bad_settings_and_mismatched_data_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails_with(&elbo(&["train", "--epochs", "0"], dir.path()), &["epochs"]);
+    assert_fails_with(&elbo(&["train", "--sprite-size", "8"], dir.path()), &["size"]);
+    assert_fails_with(&elbo(&["sample", "--run", "nowhere"], dir.path()), &["nowhere", "config.json"]);
+    assert!(train_tiny(dir.path(), "run").status.success());
+    let rows: String = (0..12).map(|_| "0.1,0.2,0.3\n").collect();
+    std::fs::write(dir.path().join("small.csv"), rows).unwrap();
+    let mismatch = elbo(&["reconstruct", "--run", "run", "--data", "small.csv"], dir.path());
+    assert_fails_with(&mismatch, &["small.csv", "3 values", "256"]);
+}
