@@ -54,7 +54,7 @@ impl TrainingObserver for Progress {
     fn on_step(&mut self, record: &StepRecord) -> Result<()> {
         if let Some(bar) = &self.bar {
             bar.inc(1);
-            if record.step % 10 == 0 {
+            if record.step.is_multiple_of(10) {
                 bar.set_message(format!("rec {:.2} kl {:.2}", record.reconstruction, record.kl));
             }
         }

@@ -17,7 +17,7 @@ const BORDER_COLOUR: Rgb<u8> = Rgb([128, 128, 128]);
 /// Grey examples are shown grey, 3-channel examples in colour; other channel counts show their first channel.
 pub fn image_grid(values: &[f32], shape: &ExampleShape, columns: usize) -> Result<RgbImage> {
     let dim = shape.dim();
-    if dim == 0 || values.len() % dim != 0 || values.is_empty() {
+    if dim == 0 || !values.len().is_multiple_of(dim) || values.is_empty() {
         return Err(Error::invalid_setting("grid", format!("{} values do not split into examples of {dim}", values.len())));
     }
     let count = values.len() / dim;
@@ -63,7 +63,7 @@ pub fn display_shape(shape: &ExampleShape) -> ExampleShape {
         return *shape;
     }
     let dim = shape.dim();
-    let side = (1..=(dim as f64).sqrt() as usize).rev().find(|s| dim % s == 0).unwrap_or(1);
+    let side = (1..=(dim as f64).sqrt() as usize).rev().find(|s| dim.is_multiple_of(*s)).unwrap_or(1);
     ExampleShape::image(1, side, dim / side)
 }
 

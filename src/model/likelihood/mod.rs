@@ -16,8 +16,10 @@ pub use gaussian::GaussianVariance;
 /// Which distribution the decoder parameterises.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Default)]
 pub enum LikelihoodConfig {
     /// Independent Bernoulli per dimension, from logits; targets in [0, 1] (grey values allowed).
+    #[default]
     Bernoulli,
     /// Independent Gaussian per dimension with the decoder output as mean.
     Gaussian {
@@ -31,11 +33,6 @@ pub enum LikelihoodConfig {
     },
 }
 
-impl Default for LikelihoodConfig {
-    fn default() -> Self {
-        LikelihoodConfig::Bernoulli
-    }
-}
 
 impl LikelihoodConfig {
     /// Number of decoder outputs needed per data dimension.
