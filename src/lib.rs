@@ -1,12 +1,14 @@
 //! `elbo`: variational autoencoders done as the seed cheatsheet describes them.
 //!
 //! The pipeline, one folder per stage: [`data`] -> [`model`] -> [`objective`] -> [`training`] ->
-//! [`evaluation`] -> [`outputs`]. The `elbo` binary is a thin command-line layer over this library.
+//! [`evaluation`] -> [`outputs`]; [`latent`] uses a trained model's latent space and [`report`] writes a run's
+//! HTML report. The `elbo` binary is a thin command-line layer over this library.
 
 pub mod atomic;
 pub mod data;
 pub mod error;
 pub mod evaluation;
+pub mod latent;
 pub mod model;
 pub mod objective;
 pub mod outputs;

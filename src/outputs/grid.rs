@@ -35,6 +35,13 @@ pub fn image_grid(values: &[f32], shape: &ExampleShape, columns: usize) -> Resul
     Ok(grid)
 }
 
+/// One example (channels-first, in [0, 1]) as an image of its own size, without a border.
+pub fn example_image(example: &[f32], shape: &ExampleShape) -> RgbImage {
+    let mut image = RgbImage::new(shape.width as u32, shape.height as u32);
+    draw_cell(&mut image, example, shape, 0, 0);
+    image
+}
+
 fn draw_cell(grid: &mut RgbImage, example: &[f32], shape: &ExampleShape, left: u32, top: u32) {
     let plane = shape.height * shape.width;
     let to_byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;

@@ -53,6 +53,7 @@ pub fn save_reconstruction_grid(vae: &Vae, dataset: &Dataset, path: &Path, count
     save_png(&image_grid(&interleaved, &display_shape(&dataset.shape), columns)?, path)
 }
 
-fn flat_values(t: &Tensor) -> Result<Vec<f32>> {
+/// A tensor's values, flattened to one row-major list of f32.
+pub fn flat_values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }
