@@ -12,6 +12,7 @@ pub mod latent;
 pub mod model;
 pub mod objective;
 pub mod outputs;
+pub mod report;
 pub mod run;
 pub mod training;
 

@@ -8,6 +8,7 @@ use crate::data::Splits;
 use crate::model::Vae;
 use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
 use crate::outputs::{EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
+use crate::report::write_report;
 use crate::training::{train, TrainOutcome, TrainingObserver};
 use crate::Result;
 
@@ -52,6 +53,7 @@ pub fn train_run(
             run.save_summary(&summary)?;
             save_sample_grid(&vae, &run.file("samples.png"), GRID_IMAGES, 1.0, config.training.seed, device)?;
             save_reconstruction_grid(&vae, &splits.test, &run.file("reconstructions.png"), GRID_IMAGES / 2, device)?;
+            write_report(run, &vae, splits, device)?;
             Ok(FinishedRun { vae, varmap, summary })
         }
         Err(error) => {

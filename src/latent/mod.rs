@@ -9,6 +9,7 @@ pub mod encode;
 pub mod interpolate;
 pub mod labels;
 pub mod logistic;
+pub mod pictures;
 pub mod probe;
 pub mod trained;
 pub mod traverse;

@@ -24,7 +24,7 @@ pub struct ProbeConfig {
 }
 
 /// One probe's figures.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeScore {
     /// Number of input features.
     pub features: usize,
@@ -35,7 +35,7 @@ pub struct ProbeScore {
 }
 
 /// The three probes side by side.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ProbeReport {
     /// What was predicted: "labels" or "factor NAME".
     pub target: String,

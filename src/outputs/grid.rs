@@ -4,6 +4,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
+use super::font::{draw_text, text_height, text_width};
 use crate::atomic::write_atomic;
 use crate::data::ExampleShape;
 use crate::{Error, Result};
@@ -12,6 +13,8 @@ use crate::{Error, Result};
 const BORDER: u32 = 1;
 /// Border colour: mid grey, visible against both black and white images.
 const BORDER_COLOUR: Rgb<u8> = Rgb([128, 128, 128]);
+/// Background of the label margin.
+const LABEL_BACKGROUND: Rgb<u8> = Rgb([40, 40, 40]);
 
 /// Tiles `values` (examples one after another, channels-first, in [0, 1]) into rows of `columns` cells.
 /// Grey examples are shown grey, 3-channel examples in colour; other channel counts show their first channel.
@@ -56,11 +59,30 @@ fn draw_cell(grid: &mut RgbImage, example: &[f32], shape: &ExampleShape, left: u
 
 /// Writes `image` as PNG to `path`, atomically.
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    let bytes = png_bytes(image).map_err(|e| Error::io(path, e))?;
     write_atomic(path, &bytes)
+}
+
+/// `image` encoded as PNG in memory.
+pub fn png_bytes(image: &RgbImage) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).map_err(std::io::Error::other)?;
+    Ok(bytes)
+}
+
+/// `grid` (rows of cells `cell_height` pixels high, as [`image_grid`] draws them) with a margin on the left holding
+/// one label per row, in white on dark grey. Rows without a label are left blank.
+pub fn with_row_labels(grid: &RgbImage, labels: &[String], cell_height: u32) -> RgbImage {
+    let scale = ((cell_height + 4) / 10).clamp(1, 4);
+    let widest = labels.iter().map(|l| text_width(l, scale)).max().unwrap_or(0);
+    let margin = widest + 4 * scale;
+    let mut labelled = RgbImage::from_pixel(grid.width() + margin, grid.height(), LABEL_BACKGROUND);
+    image::imageops::replace(&mut labelled, grid, i64::from(margin), 0);
+    for (row, label) in labels.iter().enumerate() {
+        let top = BORDER + row as u32 * (cell_height + BORDER) + cell_height.saturating_sub(text_height(scale)) / 2;
+        draw_text(&mut labelled, label, (2 * scale, top), scale, Rgb([255, 255, 255]));
+    }
+    labelled
 }
 
 /// The shape to draw examples of `shape` in: images as they are, flat vectors as the most square rectangle
@@ -88,6 +110,21 @@ mod tests {
         assert_eq!(grid.get_pixel(1, 1), &Rgb([255, 255, 255]));
         assert_eq!(grid.get_pixel(5, 1), &Rgb([0, 0, 0]));
         assert_eq!(grid.get_pixel(4, 1), &BORDER_COLOUR);
+    }
+
+    #[test]
+    fn row_labels_go_in_a_left_margin() {
+        let shape = ExampleShape::image(1, 20, 20);
+        let grid = image_grid(&vec![1.0; 4 * 400], &shape, 2).unwrap();
+        let labelled = with_row_labels(&grid, &["Z1".into(), "Z22".into()], 20);
+        let margin = labelled.width() - grid.width();
+        assert_eq!(margin, text_width("Z22", 2) + 8);
+        assert_eq!(labelled.height(), grid.height());
+        assert_eq!(labelled.get_pixel(margin + 1, 1), &Rgb([255, 255, 255]), "the grid is kept whole");
+        let white_in_margin = |rows: std::ops::Range<u32>| {
+            rows.flat_map(|y| (0..margin).map(move |x| (x, y))).any(|(x, y)| labelled.get_pixel(x, y)[0] == 255)
+        };
+        assert!(white_in_margin(1..21) && white_in_margin(22..42), "each row has its label");
     }
 
     #[test]

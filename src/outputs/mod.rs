@@ -1,5 +1,6 @@
-//! Outputs: the run directory, the metrics log and checkpoints, and image grids.
+//! Outputs: the run directory, the metrics log and checkpoints, and image grids (with a tiny font for labels).
 
+pub mod font;
 pub mod grid;
 pub mod metrics;
 pub mod pictures;

@@ -1,0 +1,117 @@
+//! The report's tables: the final figures of `summary.json` (the ELBO labelled as a bound), the linear probe of
+//! `probe.json` when `elbo probe` has written one, and the configuration.
+
+use super::html::{escape, note, section, table};
+use crate::atomic::read_json;
+use crate::latent::probe::ProbeReport;
+use crate::outputs::{RunConfig, RunDir, RunSummary};
+use crate::Result;
+
+/// The sentence that says what the ELBO is.
+const BOUND: &str = "The ELBO = -(reconstruction + KL) is a lower bound on log p(x), so the negative ELBO shown is an \
+                     upper bound on -log p(x) (nats per example), not the likelihood itself. Held-out figures use one \
+                     Monte Carlo sample per example.";
+
+/// The final-figures section, from `summary.json`.
+pub fn summary_section(run: &RunDir) -> String {
+    let body = match read_json::<RunSummary>(&run.summary_path()) {
+        Ok(summary) => summary_html(&summary),
+        Err(error) => note(&format!("Final figures not available: {error}")),
+    };
+    section("figures", "Final figures", &body)
+}
+
+fn summary_html(summary: &RunSummary) -> String {
+    let mut html = format!("<p><strong>{}</strong></p>\n", escape(BOUND));
+    match &summary.last_epoch {
+        Some(e) => {
+            let row = |name: String, rec: f64, kl: f64, total: f64| vec![name, fixed(rec), fixed(kl), fixed(total)];
+            let rows = [
+                row(format!("train (mean over epoch {})", e.epoch), e.train_reconstruction, e.train_kl, e.train_negative_elbo),
+                row(format!("{} (after epoch {})", summary.held_out_split, e.epoch), e.held_out_reconstruction, e.held_out_kl, e.held_out_negative_elbo),
+            ];
+            let header = ["", "reconstruction -log p(x|z)", "KL", "negative ELBO (upper bound on -log p(x))"];
+            html.push_str(&table(&header, &rows));
+        }
+        None => html.push_str(&note("No epoch was completed, so there are no final figures.")),
+    }
+    let facts = [
+        vec!["status".into(), summary.status.clone()],
+        vec!["epochs completed".into(), summary.epochs_completed.to_string()],
+        vec!["optimisation steps".into(), summary.steps.to_string()],
+        vec!["training examples per second".into(), format!("{:.0}", summary.train_examples_per_second)],
+        vec!["seconds of optimisation".into(), format!("{:.1}", summary.train_seconds)],
+    ];
+    html + &table(&["", ""], &facts)
+}
+
+/// The linear-probe section, from `probe.json` when it exists.
+pub fn probe_section(run: &RunDir) -> String {
+    let path = run.file("probe.json");
+    let body = if !path.is_file() {
+        note(&format!(
+            "Not measured yet: `elbo probe --run {}` fits a linear classifier on the codes and writes probe.json.",
+            run.root().display()
+        ))
+    } else {
+        match read_json::<ProbeReport>(&path) {
+            Ok(report) => probe_html(&report),
+            Err(error) => note(&format!("Not available: {error}")),
+        }
+    };
+    section("probe", "Representation quality: linear probe", &body)
+}
+
+fn probe_html(report: &ProbeReport) -> String {
+    let row = |name: &str, score: &crate::latent::probe::ProbeScore| {
+        vec![name.to_string(), score.features.to_string(), percent(score.train_accuracy), percent(score.test_accuracy)]
+    };
+    let rows = [
+        row("codes mu", &report.latent),
+        row("raw inputs", &report.raw),
+        row("random projection", &report.random_projection),
+        vec!["most common class (chance)".into(), "-".into(), "-".into(), percent(report.chance)],
+    ];
+    let text = format!(
+        "Multinomial logistic regression predicting the {} ({} classes), fitted on {} training examples and scored on \
+         {} held-out examples.",
+        report.target, report.classes, report.train_examples, report.test_examples
+    );
+    note(&text) + &table(&["features", "dimensions", "train accuracy", "held-out accuracy"], &rows)
+}
+
+/// The configuration section: the main settings, then the whole `config.json`.
+pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
+    let model = &config.model;
+    let training = &config.training;
+    let shape = model.input_shape;
+    let rows = [
+        vec!["data".into(), format!("{:?}", config.data)],
+        vec!["input".into(), format!("{} x {} x {} = {} values", shape.channels, shape.height, shape.width, shape.dim())],
+        vec!["encoder hidden widths".into(), format!("{:?}", model.encoder_hidden)],
+        vec!["latent dimensions".into(), model.latent_dim.to_string()],
+        vec!["decoder hidden widths".into(), format!("{:?}", model.decoder_hidden)],
+        vec!["activation".into(), format!("{:?}", model.activation)],
+        vec!["decoder likelihood p(x|z)".into(), format!("{:?}", model.likelihood)],
+        vec!["epochs, batch size".into(), format!("{}, {}", training.epochs, training.batch_size)],
+        vec!["optimiser, learning rate".into(), format!("{:?}, {}", training.optimizer, training.learning_rate)],
+        vec!["beta (KL weight)".into(), training.beta.to_string()],
+        vec!["seed, threads, device".into(), format!("{}, {}, {}", training.seed, config.threads, config.device)],
+        vec!["elbo version".into(), config.elbo_version.clone()],
+    ];
+    let text = std::fs::read_to_string(run.config_path()).map_err(|e| crate::Error::io(run.config_path(), e))?;
+    let body = format!(
+        "{}<details><summary>config.json</summary><pre>{}</pre></details>\n",
+        table(&["setting", "value"], &rows),
+        escape(&text)
+    );
+    Ok(section("configuration", "Configuration", &body))
+}
+
+fn fixed(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.1}%", 100.0 * value)
+}
