@@ -1,11 +1,19 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the library.
 
+mod arithmetic;
 mod data_args;
+mod decode;
+mod encode;
+mod interpolate;
 mod model_args;
+mod probe;
 mod progress;
 mod reconstruct;
+mod report;
+mod run_args;
 mod sample;
 mod train;
+mod traverse;
 
 use std::process::ExitCode;
 
@@ -27,6 +35,20 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Show inputs above their reconstructions.
     Reconstruct(reconstruct::ReconstructArgs),
+    /// Encode data to latent codes (mu, optionally log sigma^2 or a sample), as NPY or CSV.
+    Encode(encode::EncodeArgs),
+    /// Decode latent codes back to images or arrays (the decoder as a decompressor).
+    Decode(decode::DecodeArgs),
+    /// Decode the path between the codes of two examples (linear or spherical).
+    Interpolate(interpolate::InterpolateArgs),
+    /// Sweep each latent dimension around one example, one row per dimension ordered by KL.
+    Traverse(traverse::TraverseArgs),
+    /// Add the attribute vector mean(mu | B) - mean(mu | A) to codes of class A and decode.
+    Arithmetic(arithmetic::ArithmeticArgs),
+    /// Measure the representation: a linear classifier on the codes, raw inputs and a random projection.
+    Probe(probe::ProbeArgs),
+    /// Rebuild the run's self-contained HTML report.
+    Report(report::ReportArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
@@ -36,6 +58,13 @@ pub fn run() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),
+        Command::Encode(args) => encode::run(args),
+        Command::Decode(args) => decode::run(args),
+        Command::Interpolate(args) => interpolate::run(args),
+        Command::Traverse(args) => traverse::run(args),
+        Command::Arithmetic(args) => arithmetic::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 use elbo::outputs::pictures::save_sample_grid;
-use elbo::outputs::RunDir;
+
+use super::run_args::RunArgs;
 
 /// Flags of `elbo sample`.
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// The run directory of a trained model.
-    #[arg(long)]
-    run: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     /// Number of samples.
     #[arg(long, default_value_t = 64)]
     n: usize,
@@ -24,18 +24,13 @@ pub struct SampleArgs {
     /// Output PNG (default: RUN/samples.png).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 /// Runs `elbo sample`.
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
-    let device = super::device(&args.device)?;
-    let run = RunDir::open(&args.run)?;
-    let (vae, _, _) = run.load_model(&device)?;
-    let out = args.out.unwrap_or_else(|| run.file("samples.png"));
-    save_sample_grid(&vae, &out, args.n, args.temperature, args.seed, &device)?;
+    let (trained, device) = args.run.open()?;
+    let out = args.out.unwrap_or_else(|| trained.run.file("samples.png"));
+    save_sample_grid(&trained.vae, &out, args.n, args.temperature, args.seed, &device)?;
     println!("wrote {} ({} prior samples, temperature {})", out.display(), args.n, args.temperature);
     Ok(())
 }

@@ -102,7 +102,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "done: {} epochs, {:.0} train examples/s; the held-out -ELBO is an upper bound on -log p(x), not the likelihood",
         finished.summary.epochs_completed, finished.summary.train_examples_per_second
     );
-    println!("wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png}}", out.display());
+    println!("wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, report.html}}", out.display());
     Ok(())
 }
 

@@ -64,6 +64,18 @@ pub fn label_name(dataset: &Dataset, choice: &LabelChoice, value: u32) -> String
     }
 }
 
+/// The class written as `text`: a number, or a name [`label_name`] gives (such as `heart`). An error lists the
+/// classes `labels` holds when `text` is neither.
+pub fn parse_label(dataset: &Dataset, choice: &LabelChoice, labels: &[u32], text: &str) -> Result<u32> {
+    let classes = class_count(labels) as u32;
+    let named = (0..classes).find(|&c| label_name(dataset, choice, c).eq_ignore_ascii_case(text.trim()));
+    named.or_else(|| text.trim().parse().ok()).ok_or_else(|| {
+        let known: Vec<String> = (0..classes).map(|c| label_name(dataset, choice, c)).collect();
+        let problem = format!("`{text}` is not one of the classes of the {}: {}", choice.describe(), known.join(", "));
+        Error::invalid_setting("label", problem)
+    })
+}
+
 /// The number of classes: one more than the largest label (0 for no labels).
 pub fn class_count(labels: &[u32]) -> usize {
     labels.iter().max().map_or(0, |&m| m as usize + 1)
@@ -84,6 +96,10 @@ mod tests {
         assert_eq!(x[3], factors.indices[3 * 5 + 3]);
         assert_eq!(label_name(&data, &LabelChoice::Labels, 2), "heart");
         assert_eq!(label_name(&data, &LabelChoice::from_factor(Some("x")), 2), "2");
+        assert_eq!(parse_label(&data, &LabelChoice::Labels, &shapes, "Heart").unwrap(), 2);
+        assert_eq!(parse_label(&data, &LabelChoice::Labels, &shapes, "1").unwrap(), 1);
+        let message = parse_label(&data, &LabelChoice::Labels, &shapes, "star").unwrap_err().to_string();
+        assert!(message.contains("star") && message.contains("square, ellipse, heart"), "{message}");
     }
 
     #[test]

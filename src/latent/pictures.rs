@@ -9,9 +9,9 @@ use crate::data::ExampleShape;
 use crate::outputs::grid::{display_shape, image_grid, with_row_labels};
 use crate::Result;
 
-/// One row per swept dimension, labelled with the dimension and its KL (`Z3 KL 1.25`).
+/// One row per swept dimension, labelled with the dimension and its KL (`DIM 3 KL 1.25`).
 pub fn traversal_grid(traversal: &Traversal, shape: &ExampleShape) -> Result<RgbImage> {
-    let labels: Vec<String> = traversal.rows.iter().map(|r| format!("z{} KL {:.2}", r.dimension, r.kl)).collect();
+    let labels: Vec<String> = traversal.rows.iter().map(|r| format!("dim {} KL {:.2}", r.dimension, r.kl)).collect();
     labelled_grid(&traversal.decoded, shape, traversal.steps, &labels)
 }
 

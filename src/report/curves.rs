@@ -3,13 +3,13 @@
 
 use plotters::style::RGBColor;
 
-use super::html::{inline_svg, note, section};
+use super::html::{inline_svg, legend, note, section};
 use super::metrics::MetricsTable;
 use super::plots::{line_chart, Series};
 use crate::Result;
 
 /// Colours: per-step training figures, per-epoch training figures, per-epoch held-out figures.
-const STEP_COLOUR: RGBColor = RGBColor(160, 190, 230);
+const STEP_COLOUR: RGBColor = RGBColor(130, 170, 225);
 const TRAIN_COLOUR: RGBColor = RGBColor(20, 80, 190);
 const HELD_OUT_COLOUR: RGBColor = RGBColor(220, 90, 20);
 
@@ -42,7 +42,13 @@ fn plots_html(table: &MetricsTable) -> Result<String> {
     if weighted_kl_differs(table)? {
         plots.push(&WEIGHTED);
     }
-    let mut html = String::from("<div class=\"plots\">\n");
+    let held_out = table.held_out_split();
+    let mut html = legend(&[
+        ("train, each step", STEP_COLOUR),
+        ("train, mean per epoch", TRAIN_COLOUR),
+        (&format!("{held_out}, after each epoch"), HELD_OUT_COLOUR),
+    ]);
+    html.push_str("<div class=\"plots\">\n");
     for plot in plots {
         let svg = line_chart(plot.title, "nats per example", &series(table, plot.column)?)
             .map_err(|e| crate::Error::io("report.html", e))?;
@@ -51,24 +57,22 @@ fn plots_html(table: &MetricsTable) -> Result<String> {
     }
     html.push_str("</div>\n");
     html.push_str(&note(
-        "Light line: each training step (one batch, one Monte Carlo sample). Dark line with dots: training mean per \
-         epoch. Orange: the held-out set after each epoch. Reading them: a KL that collapses to ~0 early warns of \
-         posterior collapse; a reconstruction that stays flat means the decoder is not using the latent; both \
-         falling is healthy.",
+        "Each training step is one batch with one Monte Carlo sample; the first tenth of the steps may run off the edge \
+         of a plot. Reading the curves: a KL that collapses to ~0 early warns of posterior collapse; a reconstruction \
+         that stays flat means the decoder is not using the latent; both falling is healthy.",
     ));
     Ok(html)
 }
 
 /// Per-step training, per-epoch training and per-epoch held-out values of `column`.
 fn series(table: &MetricsTable, column: &str) -> Result<Vec<Series>> {
-    let held_out = table.held_out_split();
-    let curve = |label: String, kind: &str, split: &str, colour: RGBColor| -> Result<Series> {
-        Ok(Series { label, points: table.series(kind, split, column)?, colour, per_epoch: kind == "epoch" })
+    let curve = |kind: &str, split: &str, colour: RGBColor| -> Result<Series> {
+        Ok(Series { points: table.series(kind, split, column)?, colour, per_epoch: kind == "epoch" })
     };
     Ok(vec![
-        curve("train, per step".into(), "step", "train", STEP_COLOUR)?,
-        curve("train, per epoch".into(), "epoch", "train", TRAIN_COLOUR)?,
-        curve(format!("{held_out}, per epoch"), "epoch", held_out, HELD_OUT_COLOUR)?,
+        curve("step", "train", STEP_COLOUR)?,
+        curve("epoch", "train", TRAIN_COLOUR)?,
+        curve("epoch", table.held_out_split(), HELD_OUT_COLOUR)?,
     ])
 }
 

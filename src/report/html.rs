@@ -3,18 +3,21 @@
 
 use base64::Engine;
 use image::RgbImage;
+use plotters::style::RGBColor;
 
 use crate::outputs::grid::png_bytes;
 
 /// The page's style sheet.
-const STYLE: &str = "body{font-family:sans-serif;max-width:1300px;margin:24px auto;padding:0 16px;color:#222}\
+const STYLE: &str = "body{font-family:sans-serif;max-width:1400px;margin:24px auto;padding:0 16px;color:#222}\
 h1{margin-bottom:4px}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}\
 .note{color:#555;font-size:0.95em}.plots{display:flex;flex-wrap:wrap;gap:12px}\
-.plots svg{border:1px solid #ddd}table{border-collapse:collapse;margin:8px 0}\
+.plots svg{border:1px solid #ddd}\
+.swatch{display:inline-block;width:28px;height:4px;margin:0 6px 3px 14px;vertical-align:middle}table{border-collapse:collapse;margin:8px 0}\
 td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}th{background:#f2f2f2}\
 td.number{text-align:right;font-variant-numeric:tabular-nums}\
 figure{display:inline-block;margin:8px 24px 8px 0;vertical-align:top}figcaption{color:#555;max-width:640px}\
-img.grid{image-rendering:pixelated;border:1px solid #ddd}pre{background:#f7f7f7;padding:8px;overflow-x:auto}";
+img.grid{image-rendering:pixelated;border:1px solid #ddd}.stack{display:inline-block;vertical-align:top}\
+.stack figure{display:block}pre{background:#f7f7f7;padding:8px;overflow-x:auto}";
 
 /// `text` with the characters that mean something in HTML escaped.
 pub fn escape(text: &str) -> String {
@@ -63,6 +66,17 @@ fn cell(text: &str) -> String {
     format!("<td{}>{}</td>", if numeric { " class=\"number\"" } else { "" }, escape(text))
 }
 
+/// A line of colour swatches with their meanings: the legend shared by the plots that follow it.
+pub fn legend(entries: &[(&str, RGBColor)]) -> String {
+    let items: String = entries
+        .iter()
+        .map(|(label, RGBColor(r, g, b))| {
+            format!("<span class=\"swatch\" style=\"background:rgb({r},{g},{b})\"></span>{} ", escape(label))
+        })
+        .collect();
+    format!("<p class=\"legend\">{items}</p>\n")
+}
+
 /// SVG markup ready to sit inside the page: the XML declaration and namespace attributes (which HTML does not need)
 /// are dropped.
 pub fn inline_svg(svg: &str) -> String {
@@ -83,9 +97,9 @@ pub fn image_figure(image: &RgbImage, scale: u32, caption: &str) -> std::io::Res
     ))
 }
 
-/// A scale that shows an image of `width` pixels at roughly `target` pixels, between 1 and 4.
-pub fn display_scale(width: u32, target: u32) -> u32 {
-    (target / width.max(1)).clamp(1, 4)
+/// The scale that shows cells `cell` pixels high at about 64 pixels, between 1 and 6.
+pub fn display_scale(cell: u32) -> u32 {
+    (64 / cell.max(1)).clamp(1, 6)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use plotters::style::RGBColor;
 use serde_json::Value;
 
-use super::html::{inline_svg, note, section, table};
+use super::html::{inline_svg, legend, note, section, table};
 use super::plots::{bar_chart, Bar};
 use crate::{Error, Result};
 
@@ -27,11 +27,12 @@ pub fn latent_section(kl: &[f32], data: &str, diagnosis: Option<Result<Value>>) 
             Bar { value: f64::from(v), colour: if on { ACTIVE_COLOUR } else { INACTIVE_COLOUR } }
         })
         .collect();
-    let legend: &[(&str, RGBColor)] =
-        if active.is_some() { &[("active", ACTIVE_COLOUR), ("inactive", INACTIVE_COLOUR)] } else { &[] };
-    let svg = bar_chart("KL per latent dimension", "nats per example", &bars, legend)
-        .map_err(|e| Error::io("report.html", e))?;
-    let mut body = format!("<div class=\"plots\">{}</div>\n", inline_svg(&svg));
+    let svg = bar_chart("KL per latent dimension", "nats per example", &bars).map_err(|e| Error::io("report.html", e))?;
+    let mut body = match active {
+        Some(_) => legend(&[("active (per diagnosis.json)", ACTIVE_COLOUR), ("inactive", INACTIVE_COLOUR)]),
+        None => String::new(),
+    };
+    body.push_str(&format!("<div class=\"plots\">{}</div>\n", inline_svg(&svg)));
     body.push_str(&note(&format!(
         "Mean KL( q(z_d|x) || p(z_d) ) of each dimension over {data}. A dimension with KL near 0 carries no \
          information about x (its posterior is the prior); the sum over dimensions is the KL term of the ELBO."

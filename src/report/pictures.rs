@@ -13,13 +13,12 @@ use crate::latent::pictures::{interpolation_grid, traversal_grid};
 use crate::latent::traverse::{order_by_kl, traverse_encodings, Dimensions, TraversalSettings};
 use crate::latent::Encodings;
 use crate::model::Vae;
+use crate::outputs::grid::display_shape;
 use crate::outputs::RunDir;
 use crate::{Error, Result};
 
 /// At most this many dimensions (the highest-KL ones) are traversed in the report.
 const TRAVERSED: usize = 10;
-/// Width in pixels pictures are scaled towards.
-const DISPLAY_WIDTH: u32 = 560;
 
 /// The section. `held_out` is the data the traversal and interpolations start from, `encodings` its codes.
 pub fn pictures_section(
@@ -29,27 +28,28 @@ pub fn pictures_section(
     encodings: &Encodings,
     device: &Device,
 ) -> Result<String> {
+    let scale = display_scale(display_shape(&held_out.shape).height as u32);
     let mut body = String::new();
-    body.push_str(&saved_picture(&run.file("samples.png"), "Samples: decoded draws z ~ N(0, I) from the prior.")?);
-    body.push_str(&saved_picture(
-        &run.file("reconstructions.png"),
-        "Reconstructions: held-out inputs (odd rows) above their reconstructions from z = mu (even rows).",
-    )?);
-    body.push_str(&traversal_html(vae, held_out, encodings, device)?);
-    body.push_str(&interpolation_html(vae, held_out, device)?);
+    let samples = "Samples: decoded draws z ~ N(0, I) from the prior.";
+    body.push_str(&saved_picture(&run.file("samples.png"), scale, samples)?);
+    let reconstructions =
+        "Reconstructions: held-out inputs (odd rows) above their reconstructions from z = mu (even rows).";
+    body.push_str(&saved_picture(&run.file("reconstructions.png"), scale, reconstructions)?);
+    body.push_str(&traversal_html(vae, held_out, encodings, scale, device)?);
+    body.push_str(&interpolation_html(vae, held_out, scale, device)?);
     Ok(section("pictures", "Samples, reconstructions, traversal, interpolation", &body))
 }
 
 /// A PNG of the run directory as a figure, or a note when it is missing.
-fn saved_picture(path: &Path, caption: &str) -> Result<String> {
+fn saved_picture(path: &Path, scale: u32, caption: &str) -> Result<String> {
     if !path.is_file() {
         return Ok(note(&format!("{caption} Not available: {} is missing.", path.display())));
     }
     let image = image::open(path).map_err(|e| Error::bad_input(path, "image", e.to_string()))?.to_rgb8();
-    figure(&image, caption)
+    figure(&image, scale, caption)
 }
 
-fn traversal_html(vae: &Vae, held_out: &Dataset, encodings: &Encodings, device: &Device) -> Result<String> {
+fn traversal_html(vae: &Vae, held_out: &Dataset, encodings: &Encodings, scale: u32, device: &Device) -> Result<String> {
     let kl = encodings.mean_kl_per_dimension()?;
     let all: Vec<usize> = (0..kl.len()).collect();
     let top: Vec<usize> = order_by_kl(&all, &kl).iter().take(TRAVERSED).map(|r| r.dimension).collect();
@@ -62,14 +62,14 @@ fn traversal_html(vae: &Vae, held_out: &Dataset, encodings: &Encodings, device: 
         r = settings.range,
         s = settings.steps
     );
-    figure(&traversal_grid(&traversal, &held_out.shape)?, &caption)
+    figure(&traversal_grid(&traversal, &held_out.shape)?, scale, &caption)
 }
 
-fn interpolation_html(vae: &Vae, held_out: &Dataset, device: &Device) -> Result<String> {
+fn interpolation_html(vae: &Vae, held_out: &Dataset, scale: u32, device: &Device) -> Result<String> {
     if held_out.len() < 2 {
         return Ok(note("Interpolation: not available (the held-out set has fewer than two examples)."));
     }
-    let mut html = String::new();
+    let mut html = String::from("<div class=\"stack\">\n");
     for spherical in [false, true] {
         let path = interpolate(vae, held_out, (0, 1), 10, spherical, device)?;
         let kind = if spherical { "spherical (slerp)" } else { "linear" };
@@ -77,11 +77,11 @@ fn interpolation_html(vae: &Vae, held_out: &Dataset, device: &Device) -> Result<
             "Interpolation, {kind}: held-out examples 0 and 1 at the ends, and 10 points decoded from the path between \
              their codes mu."
         );
-        html.push_str(&figure(&interpolation_grid(&path, &held_out.shape, spherical)?, &caption)?);
+        html.push_str(&figure(&interpolation_grid(&path, &held_out.shape, spherical)?, scale, &caption)?);
     }
-    Ok(html)
+    Ok(html + "</div>\n")
 }
 
-fn figure(image: &RgbImage, caption: &str) -> Result<String> {
-    image_figure(image, display_scale(image.width(), DISPLAY_WIDTH), caption).map_err(|e| Error::io("report.html", e))
+fn figure(image: &RgbImage, scale: u32, caption: &str) -> Result<String> {
+    image_figure(image, scale, caption).map_err(|e| Error::io("report.html", e))
 }

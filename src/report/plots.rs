@@ -4,17 +4,17 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// Size of a plot in pixels.
-const SIZE: (u32, u32) = (600, 360);
+/// Size of a plot in pixels: three fit side by side on the page.
+const SIZE: (u32, u32) = (440, 330);
+/// Colour of the grid lines.
+const GRID: RGBColor = RGBColor(225, 225, 225);
 /// Share of the first step values left out when choosing the y range, so the first steps' large losses do not
 /// flatten the rest of the curve (values outside the range are drawn at its edge).
 const SKIPPED_START: f64 = 0.1;
 
-/// One curve of a line chart.
+/// One curve of a line chart (the legend is the page's, shared by all the charts).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
-    /// The legend entry.
-    pub label: String,
     /// (step, value) points.
     pub points: Vec<(f64, f64)>,
     /// The line colour.
@@ -42,12 +42,12 @@ pub fn line_chart(title: &str, y_label: &str, series: &[Series]) -> std::io::Res
     Ok(svg)
 }
 
-/// A bar chart with one bar per latent dimension (0, 1, ...), as an SVG document. `legend` names the colours used.
-pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar], legend: &[(&str, RGBColor)]) -> std::io::Result<String> {
+/// A bar chart with one bar per latent dimension (0, 1, ...), as an SVG document.
+pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar]) -> std::io::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        draw_bars(&root, title, y_label, bars, legend).map_err(std::io::Error::other)?;
+        draw_bars(&root, title, y_label, bars).map_err(std::io::Error::other)?;
     }
     Ok(svg)
 }
@@ -64,37 +64,28 @@ fn draw_lines(root: &DrawingArea<SVGBackend, Shift>, title: &str, y_label: &str,
         .y_label_area_size(64)
         .build_cartesian_2d(x_range, y_range.clone())
         .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("step").y_desc(y_label).draw().map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_desc("step")
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| e.to_string())?;
     for curve in series.iter().filter(|s| !s.points.is_empty()) {
         let style = ShapeStyle { color: curve.colour.to_rgba(), filled: false, stroke_width: 1 + u32::from(curve.per_epoch) };
         let points: Vec<(f64, f64)> =
             curve.points.iter().map(|&(x, y)| (x, y.clamp(y_range.start, y_range.end))).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), style))
-            .map_err(|e| e.to_string())?
-            .label(curve.label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart.draw_series(LineSeries::new(points.clone(), style)).map_err(|e| e.to_string())?;
         if curve.per_epoch {
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, style.filled()))).map_err(|e| e.to_string())?;
         }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
 
-fn draw_bars(
-    root: &DrawingArea<SVGBackend, Shift>,
-    title: &str,
-    y_label: &str,
-    bars: &[Bar],
-    legend: &[(&str, RGBColor)],
-) -> DrawResult {
+fn draw_bars(root: &DrawingArea<SVGBackend, Shift>, title: &str, y_label: &str, bars: &[Bar]) -> DrawResult {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let top = bars.iter().map(|b| b.value).fold(0.0, f64::max).max(1e-3) * 1.1;
     let mut chart = ChartBuilder::on(root)
@@ -107,6 +98,8 @@ fn draw_bars(
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(WHITE)
         .x_labels(bars.len().clamp(1, 20))
         .x_label_formatter(&|x| format!("{:.0}", x))
         .x_desc("latent dimension")
@@ -117,13 +110,6 @@ fn draw_bars(
         Rectangle::new([(i as f64 - 0.4, 0.0), (i as f64 + 0.4, bar.value.max(0.0))], bar.colour.filled())
     });
     chart.draw_series(rectangles).map_err(|e| e.to_string())?;
-    for &(label, colour) in legend {
-        let swatch = move |(x, y): (i32, i32)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled());
-        chart.draw_series(std::iter::empty::<Rectangle<(f64, f64)>>()).map_err(|e| e.to_string())?.label(label).legend(swatch);
-    }
-    if !legend.is_empty() {
-        chart.configure_series_labels().border_style(BLACK.mix(0.4)).background_style(WHITE.mix(0.85)).draw().map_err(|e| e.to_string())?;
-    }
     root.present().map_err(|e| e.to_string())
 }
 
@@ -162,16 +148,16 @@ mod tests {
     use super::*;
 
     fn series(points: Vec<(f64, f64)>, per_epoch: bool) -> Series {
-        Series { label: "train per step".into(), points, colour: BLUE, per_epoch }
+        Series { points, colour: BLUE, per_epoch }
     }
 
     #[test]
-    fn a_line_chart_is_svg_with_its_title_labels_and_legend() {
+    fn a_line_chart_is_svg_with_its_title_and_labels() {
         let steps: Vec<(f64, f64)> = (1..=50).map(|s| (s as f64, 100.0 / s as f64)).collect();
         let svg = line_chart("Reconstruction", "nats", &[series(steps, false), series(vec![(25.0, 4.0), (50.0, 2.0)], true)])
             .unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        for text in ["Reconstruction", "nats", "step", "train per step", "<polyline", "<circle"] {
+        for text in ["Reconstruction", "nats", "step", ">50<", "<polyline", "<circle"] {
             assert!(svg.contains(text), "{text} missing");
         }
     }
@@ -191,8 +177,8 @@ mod tests {
     #[test]
     fn a_bar_chart_draws_one_rectangle_per_bar() {
         let bars = vec![Bar { value: 2.0, colour: BLUE }, Bar { value: 0.0, colour: RED }, Bar { value: 0.5, colour: BLUE }];
-        let svg = bar_chart("KL per dimension", "nats", &bars, &[("active", BLUE)]).unwrap();
-        assert!(svg.contains("KL per dimension") && svg.contains("latent dimension") && svg.contains("active"));
+        let svg = bar_chart("KL per dimension", "nats", &bars).unwrap();
+        assert!(svg.contains("KL per dimension") && svg.contains("latent dimension"));
         assert!(svg.matches("<rect").count() >= 3, "{svg}");
     }
 }
