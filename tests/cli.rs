@@ -83,3 +83,67 @@ fn bad_settings_and_mismatched_data_are_clear_errors() {
     let mismatch = elbo(&["reconstruct", "--run", "run", "--data", "small.csv"], dir.path());
     assert_fails_with(&mismatch, &["small.csv", "3 values", "256"]);
 }
+
+#[test]
+fn latent_commands_write_what_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train_tiny(dir.path(), "run").status.success());
+    let run = |args: &[&str]| {
+        let output = elbo(args, dir.path());
+        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        text(&output)
+    };
+    let printed = run(&["encode", "--run", "run", "--out", "codes.npy", "--log-var", "--sample"]);
+    assert!(printed.contains("compression") && printed.contains("wrote codes_labels.npy"), "{printed}");
+    for file in ["codes.npy", "codes_log_var.npy", "codes_sample.npy", "codes_labels.npy"] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    let printed = run(&["encode", "--run", "run", "--split", "train", "--out", "codes.csv"]);
+    assert!(printed.contains("encoded 300 examples"), "{printed}");
+    let csv = std::fs::read_to_string(dir.path().join("codes.csv")).unwrap();
+    assert!(csv.starts_with("mu_0,mu_1,mu_2,mu_3,label\n") && csv.lines().count() == 301);
+    let printed = run(&["decode", "--run", "run", "--latents", "codes_sample.npy", "--out", "decoded"]);
+    assert!(printed.contains("compression 16.0x") && printed.contains("30 PNG images"), "{printed}");
+    run(&["decode", "--run", "run", "--latents", "codes.npy", "--out", "decoded.png"]);
+    assert_eq!(image::open(dir.path().join("decoded.png")).unwrap().width(), 8 * 17 + 1);
+    run(&["interpolate", "--run", "run", "--from", "0", "--to", "3", "--steps", "6", "--spherical"]);
+    let printed = run(&["traverse", "--run", "run", "--dims", "3,1", "--range", "2"]);
+    assert!(printed.contains("z3") && printed.contains("z1") && !printed.contains("z0 "), "{printed}");
+    let printed = run(&["arithmetic", "--run", "run", "--from-label", "square", "--to-label", "2", "--n", "4"]);
+    assert!(printed.contains("mean(mu | heart) - mean(mu | square)"), "{printed}");
+    for (file, rows) in [("run/interpolation.png", 1), ("run/traversal.png", 2), ("run/arithmetic.png", 3)] {
+        assert_eq!(image::open(dir.path().join(file)).unwrap().height(), rows * 17 + 1, "{file}");
+    }
+    let printed = run(&["probe", "--run", "run", "--factor", "x", "--steps", "50"]);
+    assert!(printed.contains("codes mu") && printed.contains("random projection") && printed.contains("chance"));
+    let printed = run(&["report", "--run", "run"]);
+    let html = std::fs::read_to_string(dir.path().join("run/report.html")).unwrap();
+    assert!(printed.contains("report.html") && html.contains("codes mu"), "the probe shows in the rebuilt report");
+}
+
+#[test]
+fn latent_commands_fail_clearly_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train_tiny(dir.path(), "run").status.success());
+    let codes = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    codes("codes.txt", "1,2\n");
+    let decode = |file: &str| elbo(&["decode", "--run", "run", "--latents", file, "--out", "o.png"], dir.path());
+    assert_fails_with(&decode("codes.txt"), &["codes.txt", ".npy"]);
+    assert_fails_with(&decode("none.npy"), &["none.npy"]);
+    assert!(elbo(&["encode", "--run", "run", "--out", "wide.npy", "--split", "train"], dir.path()).status.success());
+    assert_fails_with(&decode("wide_labels.npy"), &["wide_labels.npy", "descr"]);
+    assert!(elbo(&["decode", "--run", "run", "--latents", "wide.npy", "--out", "images"], dir.path()).status.success());
+    assert_fails_with(&decode("images/decoded.npy"), &["decoded.npy", "N x 4", "16 x 16"]);
+    assert_fails_with(&elbo(&["encode", "--run", "run", "--out", "codes.json"], dir.path()), &["codes.json", ".npy or .csv"]);
+    let far = elbo(&["interpolate", "--run", "run", "--from", "0", "--to", "999"], dir.path());
+    assert_fails_with(&far, &["to", "999", "30 examples"]);
+    assert_fails_with(&elbo(&["traverse", "--run", "run", "--dims", "9"], dir.path()), &["dims", "dimension 9"]);
+    let star = elbo(&["arithmetic", "--run", "run", "--from-label", "star", "--to-label", "heart"], dir.path());
+    assert_fails_with(&star, &["star", "square, ellipse, heart"]);
+    let factor = elbo(&["probe", "--run", "run", "--factor", "colour"], dir.path());
+    assert_fails_with(&factor, &["colour", "shape, scale, rotation, x, y"]);
+    let rows: String = (0..12).map(|i| format!("0.{i},0.5\n")).collect();
+    codes("flat.csv", &rows);
+    assert_fails_with(&elbo(&["probe", "--run", "run", "--data", "flat.csv"], dir.path()), &["flat.csv", "2 values", "256"]);
+    assert_fails_with(&elbo(&["report", "--run", "nowhere"], dir.path()), &["nowhere", "config.json"]);
+}
