@@ -26,7 +26,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
     let model = trained.vae.config();
     let latents = read_latents(&args.latents, model.latent_dim)?;
-    let decoded = decode_latents(&trained.vae, &latents, trained.batch_size(), &device)?;
+    let decoded = decode_latents(&trained.vae, &latents, trained.eval_batch_size(), &device)?;
     let written = write_decoded(&args.out, &decoded, &model.input_shape)?;
     let byte = Compression { input_values: model.input_shape.dim(), input_value_bytes: 1, latent_values: model.latent_dim };
     let float = Compression { input_value_bytes: 4, ..byte };

@@ -35,7 +35,7 @@ pub struct EncodeArgs {
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
-    let encodings = encode_dataset(&trained.vae, &dataset, trained.batch_size(), &device)?;
+    let encodings = encode_dataset(&trained.vae, &dataset, trained.eval_batch_size(), &device)?;
     let columns = CodeColumns { log_var: args.log_var, sample_seed: args.sample.then_some(args.seed) };
     let written = write_encodings(&args.out, &encodings, columns)?;
     let compression = Compression {

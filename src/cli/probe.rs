@@ -46,7 +46,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         logistic: LogisticConfig { steps: args.steps, learning_rate: args.lr, l2: args.l2 },
         seed: args.seed,
     };
-    let report = probe(&trained.vae, &splits, &config, trained.batch_size(), &device)?;
+    let report = probe(&trained.vae, &splits, &config, trained.eval_batch_size(), &device)?;
     println!(
         "linear probe on the {} ({} classes): trained on {} examples of {}, scored on {} held-out examples",
         report.target, report.classes, report.train_examples, splits.train.source, report.test_examples

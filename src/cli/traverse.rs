@@ -39,7 +39,7 @@ pub fn run(args: TraverseArgs) -> anyhow::Result<()> {
     let dataset = args.input.dataset(&trained)?;
     let settings =
         TraversalSettings { seed_index: args.example, dimensions: args.dims.parse()?, range: args.range, steps: args.steps };
-    let traversal = traverse(&trained.vae, &dataset, &settings, trained.batch_size(), &device)?;
+    let traversal = traverse(&trained.vae, &dataset, &settings, trained.eval_batch_size(), &device)?;
     let out = args.out.unwrap_or_else(|| trained.run.file("traversal.png"));
     save_png(&traversal_grid(&traversal, &dataset.shape)?, &out)?;
     println!("rows, highest KL first (mean KL per dimension over {}):", dataset.source);

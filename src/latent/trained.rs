@@ -71,7 +71,7 @@ impl TrainedRun {
     }
 
     /// The batch size for passes without gradients: the run's evaluation batch size.
-    pub fn batch_size(&self) -> usize {
+    pub fn eval_batch_size(&self) -> usize {
         self.config.training.eval_batch_size
     }
 }

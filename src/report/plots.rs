@@ -157,7 +157,7 @@ mod tests {
         let svg = line_chart("Reconstruction", "nats", &[series(steps, false), series(vec![(25.0, 4.0), (50.0, 2.0)], true)])
             .unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        for text in ["Reconstruction", "nats", "step", ">50<", "<polyline", "<circle"] {
+        for text in ["Reconstruction", "nats", "\nstep\n", "\n50\n", "<polyline", "<circle"] {
             assert!(svg.contains(text), "{text} missing");
         }
     }

@@ -81,9 +81,15 @@ impl Optimizer {
 
     /// One update of every parameter that has a gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step_with(|var| grads.get(var.as_tensor()).cloned())
+    }
+
+    /// One update of every parameter for which `gradient` gives a gradient (for gradients worked out by hand).
+    pub fn step_with(&mut self, gradient: impl Fn(&Var) -> Option<Tensor>) -> Result<()> {
         self.steps += 1;
         for slot in &mut self.slots {
-            let Some(grad) = grads.get(slot.var.as_tensor()) else { continue };
+            let Some(grad) = gradient(&slot.var) else { continue };
+            let grad = &grad;
             match self.config {
                 OptimizerConfig::Adam { beta1, beta2, epsilon } => {
                     adam_update(slot, grad, self.learning_rate, beta1, beta2, epsilon, self.steps)?
