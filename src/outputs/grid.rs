@@ -73,7 +73,7 @@ pub fn png_bytes(image: &RgbImage) -> std::io::Result<Vec<u8>> {
 /// `grid` (rows of cells `cell_height` pixels high, as [`image_grid`] draws them) with a margin on the left holding
 /// one label per row, in white on dark grey. Rows without a label are left blank.
 pub fn with_row_labels(grid: &RgbImage, labels: &[String], cell_height: u32) -> RgbImage {
-    let scale = ((cell_height + 4) / 10).clamp(1, 4);
+    let scale = (cell_height / 12).clamp(1, 4);
     let widest = labels.iter().map(|l| text_width(l, scale)).max().unwrap_or(0);
     let margin = widest + 4 * scale;
     let mut labelled = RgbImage::from_pixel(grid.width() + margin, grid.height(), LABEL_BACKGROUND);
@@ -118,7 +118,7 @@ mod tests {
         let grid = image_grid(&vec![1.0; 4 * 400], &shape, 2).unwrap();
         let labelled = with_row_labels(&grid, &["Z1".into(), "Z22".into()], 20);
         let margin = labelled.width() - grid.width();
-        assert_eq!(margin, text_width("Z22", 2) + 8);
+        assert_eq!(margin, text_width("Z22", 1) + 4);
         assert_eq!(labelled.height(), grid.height());
         assert_eq!(labelled.get_pixel(margin + 1, 1), &Rgb([255, 255, 255]), "the grid is kept whole");
         let white_in_margin = |rows: std::ops::Range<u32>| {
