@@ -50,7 +50,7 @@ pub fn run(args: ArithmeticArgs) -> anyhow::Result<()> {
     let norm = result.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
     println!("attribute vector mean(mu | {}) - mean(mu | {}) over {}: length {norm:.3}", names.1, names.0, dataset.source);
     println!(
-        "wrote {} (rows: {} {} examples, their reconstructions, the same codes plus the vector)",
+        "wrote {} (rows: {} examples of class {}, their reconstructions, the same codes plus the vector)",
         out.display(),
         result.indices.len(),
         names.0
