@@ -1,9 +1,13 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the library.
 
 mod data_args;
+mod diagnose;
+mod eval;
 mod model_args;
+mod objective_args;
 mod progress;
 mod reconstruct;
+mod run_data;
 mod sample;
 mod train;
 
@@ -27,6 +31,10 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Show inputs above their reconstructions.
     Reconstruct(reconstruct::ReconstructArgs),
+    /// Bounds on the likelihood: the negative ELBO and the importance-weighted (IWAE) estimate.
+    Eval(eval::EvalArgs),
+    /// Is the latent used? Active units, I(x; z), and a verdict on posterior collapse.
+    Diagnose(diagnose::DiagnoseArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
@@ -36,6 +44,8 @@ pub fn run() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

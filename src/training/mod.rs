@@ -4,6 +4,6 @@ pub mod config;
 pub mod optimizer;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{Objective, TrainConfig};
 pub use optimizer::{Optimizer, OptimizerConfig};
 pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};
