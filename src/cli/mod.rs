@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a VAE (with no arguments: on the built-in sprites, in about a minute).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Decode samples from the prior N(0, I) into an image grid.
     Sample(sample::SampleArgs),
     /// Show inputs above their reconstructions.
@@ -41,7 +41,7 @@ enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Eval(args) => eval::run(args),

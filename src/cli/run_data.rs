@@ -31,7 +31,7 @@ pub fn load_splits(loaded: &LoadedRun, data: Option<&PathBuf>, label_column: Opt
         Some(path) => DataSpec::Path { path: path.clone(), label_column },
         None => loaded.config.data.clone(),
     };
-    Ok(data::load(&spec, loaded.config.validation_fraction, loaded.config.training.seed).context("loading the data")?)
+    data::load(&spec, loaded.config.validation_fraction, loaded.config.training.seed).context("loading the data")
 }
 
 /// One dataset: a single file used whole, a directory's (or the run's own) held-out split, or with `train`, the
