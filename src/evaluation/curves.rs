@@ -128,7 +128,7 @@ mod tests {
         let epochs = vec![(150.0, 10.0), (110.0, 20.0), (100.0, 18.0), (95.0, 17.0)];
         let reading = curves(vec![(150.0, 10.0); 40], epochs);
         assert!(reading.both_shrinking && !reading.reconstruction_stuck && !reading.kl_near_zero_early);
-        assert!(reading.notes.iter().any(|n| n.contains("110.000 -> 95.000") && n.contains("healthy")));
+        assert!(reading.notes.iter().any(|n| n.contains("100.000 -> 95.000") && n.contains("healthy")));
     }
 
     #[test]
