@@ -11,6 +11,7 @@ pub mod model;
 pub mod objective;
 pub mod outputs;
 pub mod run;
+pub mod runtime;
 pub mod training;
 
 pub use error::{Error, Result};

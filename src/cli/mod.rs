@@ -40,6 +40,7 @@ enum Command {
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    set_threads(0); // elementwise ops inline for every command; `train` and `eval` may set the thread count
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
@@ -70,8 +71,5 @@ fn device(name: &str) -> anyhow::Result<candle_core::Device> {
 
 /// Sets the number of compute threads (before any parallel work starts); 0 keeps the default (all cores).
 fn set_threads(threads: usize) -> usize {
-    if threads > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-    candle_core::utils::get_num_threads()
+    elbo::runtime::configure_cpu_threads(threads)
 }
