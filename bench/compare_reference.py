@@ -6,7 +6,9 @@ Runs `elbo train` (784-400-20 MLP, ReLU, Bernoulli on grey pixels, Adam 1e-3, ba
 negative ELBO of both, examples/s of both (medians), and the ratio elbo / torch.
 
 usage: python3 bench/compare_reference.py [--data ../shared/data/mnist] [--epochs 10] [--modes eager]
-                                          [--repeats 1] [--threads 2]
+                                          [--repeats 1] [--threads 2] [--synthetic]
+--synthetic trains both on 60,000 uniform random examples (throughput only; elbo reads them from NPY files).
+Peak resident memory (RSS) of each process is measured too.
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
 """
 import argparse, csv, json, os, statistics, subprocess, sys, tempfile
@@ -15,26 +17,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, '..', 'shared', 'bench', 'torch_vae_reference.py')
 
 
+def run_measured(command, capture):
+    """Runs a command; returns its standard output and its own peak resident memory (MiB)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, text=True)
+    output = process.stdout.read() if capture else ''
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f'{command[0]} failed with status {status}')
+    return output, usage.ru_maxrss / 1024
+
+
+def synthetic_dir(scratch):
+    import numpy as np
+    directory = os.path.join(scratch, 'synthetic')
+    os.makedirs(directory)
+    rng = np.random.default_rng(1)
+    np.save(os.path.join(directory, 'train.npy'), rng.random((60000, 784), dtype=np.float32))
+    np.save(os.path.join(directory, 'test.npy'), rng.random((10000, 784), dtype=np.float32))
+    return directory
+
+
 def run_elbo(args, out):
     command = [os.path.join(ROOT, 'target', 'release', 'elbo'), 'train', '--data', args.data, '--epochs',
                str(args.epochs), '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    _, rss = run_measured(command, capture=False)
     with open(os.path.join(out, 'metrics.csv')) as f:
         rows = [r for r in csv.DictReader(f) if r['kind'] == 'epoch']
     test = [float(r['negative_elbo']) for r in rows if r['split'] == 'test']
     speed = [float(r['examples_per_second']) for r in rows if r['split'] == 'train']
     with open(os.path.join(out, 'summary.json')) as f:
         summary = json.load(f)
-    return test, speed, summary['train_examples_per_second']
+    return test, speed, summary['train_examples_per_second'], rss
 
 
 def run_torch(args, mode):
     command = [sys.executable, REFERENCE, '--data', args.data, '--epochs', str(args.epochs), '--mode', mode,
-               '--threads', str(args.threads), '--seed', '1']
-    lines = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+               '--threads', str(args.threads), '--seed', '1'] + (['--synthetic'] if args.synthetic else [])
+    output, rss = run_measured(command, capture=True)
+    lines = output.strip().splitlines()
     test = [float(l.split('test nelbo ')[1].split()[0]) for l in lines if l.startswith('epoch ')]
     speed = [float(l.split('ex/s ')[1]) for l in lines if l.startswith('epoch ')]
-    return test, speed, json.loads(lines[-1])['train_examples_per_s']
+    return test, speed, json.loads(lines[-1])['train_examples_per_s'], rss
 
 
 def main():
@@ -44,12 +67,15 @@ def main():
     ap.add_argument('--modes', default='eager', help='comma-separated: eager,fused,compile')
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--synthetic', action='store_true')
     args = ap.parse_args()
     results = {'elbo': []}
     modes = args.modes.split(',')
     for mode in modes:
         results['torch-' + mode] = []
     with tempfile.TemporaryDirectory() as scratch:
+        if args.synthetic:
+            args.data = synthetic_dir(scratch)
         for repeat in range(args.repeats):
             results['elbo'].append(run_elbo(args, os.path.join(scratch, f'run{repeat}')))
             for mode in modes:
@@ -61,10 +87,10 @@ def main():
         print(f'| {epoch + 1} | ' + ' | '.join(cells) + ' |')
     speeds = {name: statistics.median(r[2] for r in runs) for name, runs in results.items()}
     print()
-    print('| peer | train examples/s (median of %d) | elbo / peer |' % args.repeats)
-    print('|---|---|---|')
-    for name, speed in speeds.items():
-        print(f'| {name} | {speed:,.0f} | {speeds["elbo"] / speed:.2f}x |')
+    print('| peer | train examples/s (median of %d) | elbo / peer | peak RSS, MiB |' % args.repeats)
+    print('|---|---|---|---|')
+    for name, runs in results.items():
+        print(f'| {name} | {speeds[name]:,.0f} | {speeds["elbo"] / speeds[name]:.2f}x | {max(r[3] for r in runs):,.0f} |')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ pub mod objective;
 pub mod outputs;
 pub mod report;
 pub mod run;
+pub mod runtime;
 pub mod training;
 
 pub use error::{Error, Result};

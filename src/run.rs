@@ -4,13 +4,18 @@
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
-use crate::data::Splits;
+use crate::data::{binarized, Dataset, Splits};
+use crate::evaluation::{diagnose, read_curves, Diagnosis};
 use crate::model::Vae;
 use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
 use crate::outputs::{EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
 use crate::report::write_report;
 use crate::training::{train, TrainOutcome, TrainingObserver};
+use crate::atomic::write_json;
 use crate::Result;
+
+/// Examples used by the diagnosis at the end of training.
+pub const DIAGNOSIS_EXAMPLES: usize = 2000;
 
 /// Number of images in the sample and reconstruction grids.
 pub const GRID_IMAGES: usize = 64;
@@ -23,6 +28,8 @@ pub struct FinishedRun {
     pub varmap: VarMap,
     /// The figures written to `summary.json`.
     pub summary: RunSummary,
+    /// The latent diagnosis written to `diagnosis.json`.
+    pub diagnosis: Diagnosis,
 }
 
 /// Trains the model described by `config` on `splits`, writing everything into `run`. `observer` (a progress
@@ -40,7 +47,7 @@ pub fn train_run(
     config.model.likelihood.check_data(&splits.test)?;
     run.save_config(config)?;
     let (vae, varmap) = Vae::fresh(&config.model, config.training.seed, DType::F32, device)?;
-    let mut logger = RunLogger::new(run, config.training.beta, splits.test_is_validation)?;
+    let mut logger = RunLogger::new(run, splits.test_is_validation)?;
     let held_out_split = if splits.test_is_validation { "validation" } else { "test" };
     let result = train(&vae, &varmap, splits, &config.training, device, &mut [&mut logger, observer]);
     match result {
@@ -53,8 +60,10 @@ pub fn train_run(
             run.save_summary(&summary)?;
             save_sample_grid(&vae, &run.file("samples.png"), GRID_IMAGES, 1.0, config.training.seed, device)?;
             save_reconstruction_grid(&vae, &splits.test, &run.file("reconstructions.png"), GRID_IMAGES / 2, device)?;
+            let held_out = binarized(&splits.test, config.training.binarization, config.training.seed);
+            let diagnosis = diagnose_run(&vae, run, &held_out, DIAGNOSIS_EXAMPLES, config.training.seed, device)?;
             write_report(run, &vae, splits, device)?;
-            Ok(FinishedRun { vae, varmap, summary })
+            Ok(FinishedRun { vae, varmap, summary, diagnosis })
         }
         Err(error) => {
             let partial = TrainOutcome {
@@ -83,3 +92,11 @@ fn summary_of(outcome: &TrainOutcome, held_out_split: &str) -> RunSummary {
     }
 }
 
+
+/// Diagnoses a trained model on `dataset`, reads the run's training curves, and writes `diagnosis.json`.
+pub fn diagnose_run(vae: &Vae, run: &RunDir, dataset: &Dataset, max_examples: usize, seed: u64, device: &Device) -> Result<Diagnosis> {
+    let curves = read_curves(&run.metrics_path())?.read();
+    let diagnosis = diagnose(vae, dataset, max_examples, seed, device)?.with_curves(curves);
+    write_json(&run.file("diagnosis.json"), &diagnosis)?;
+    Ok(diagnosis)
+}

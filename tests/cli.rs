@@ -85,6 +85,41 @@ fn bad_settings_and_mismatched_data_are_clear_errors() {
 }
 
 #[test]
+fn eval_labels_bounds_and_diagnose_writes_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let trained = train_tiny(dir.path(), "run");
+    assert!(text(&trained).contains("verdict:"), "training ends with the diagnosis: {}", text(&trained));
+    let table = elbo(&["eval", "--run", "run", "--iw-samples", "20"], dir.path());
+    let printed = text(&table);
+    assert!(table.status.success(), "{printed}");
+    assert!(printed.contains("a lower bound on log p(x)") && printed.contains("IWAE K = 20") && printed.contains("bits/dim"), "{printed}");
+    let json = elbo(&["eval", "--run", "run", "--iw-samples", "20", "--json"], dir.path());
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let (elbo_nats, iwae_nats) = (value["negative_elbo"]["nats"].as_f64().unwrap(), value["negative_iwae"]["nats"].as_f64().unwrap());
+    assert!(iwae_nats < elbo_nats, "the IWAE bound is tighter: {iwae_nats} vs {elbo_nats}");
+    assert!(value["negative_iwae"]["standard_error"].as_f64().unwrap() > 0.0);
+    let diagnosis = elbo(&["diagnose", "--run", "run", "--json"], dir.path());
+    let value: serde_json::Value = serde_json::from_slice(&diagnosis.stdout).unwrap();
+    assert!(value["verdict"].is_string() && value["active_units"].is_u64() && value["per_dimension"].as_array().unwrap().len() == 4);
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/diagnosis.json")).unwrap()).unwrap();
+    assert_eq!(saved["verdict"], value["verdict"]);
+}
+
+#[test]
+fn remedies_are_flags_and_conflicting_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--hidden", "32", "--latent-dim", "4",
+        "--quiet", "--out", "warm", "--warmup-epochs", "1", "--free-bits", "0.1"];
+    let output = elbo(&args, dir.path());
+    assert!(output.status.success(), "{}", text(&output));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("warm/config.json")).unwrap()).unwrap();
+    assert_eq!(config["training"]["kl"]["schedule"]["kind"], "linear");
+    assert_eq!(config["training"]["kl"]["free_bits"], 0.1);
+    assert_fails_with(&elbo(&["train", "--objective", "iwae", "--beta", "4"], dir.path()), &["IWAE objective takes no beta"]);
+    assert_fails_with(&elbo(&["train", "--warmup-epochs", "2", "--kl-cycles", "3"], dir.path()), &["cannot be used with"]);
+}
+
+#[test]
 fn latent_commands_write_what_they_say() {
     let dir = tempfile::tempdir().unwrap();
     assert!(train_tiny(dir.path(), "run").status.success());

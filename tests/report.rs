@@ -1,5 +1,5 @@
 //! The run report: written by a training run, self-contained, with every section; diagnosis figures and the weighted
-//! KL appear when the run has them.
+//! KL appear when the run has them, and "not available" when it has not.
 
 use candle_core::Device;
 use elbo::data::sprites::SpriteConfig;
@@ -63,10 +63,15 @@ fn training_writes_a_self_contained_report_with_every_section() {
     assert!(html.contains("lower bound on log p(x)") && html.contains("upper bound on -log p(x)"));
     assert!(html.matches("<svg").count() >= 4, "three training curves and the KL bar chart");
     assert!(html.matches("data:image/png;base64,").count() >= 5, "samples, reconstructions, traversal, 2 paths");
-    assert!(html.contains("not available (this run has no diagnosis.json)"));
+    assert!(html.contains("<h3>Diagnosis</h3>") && html.contains("<td>verdict</td>"), "train_run's diagnosis is shown");
     assert!(!html.contains("Weighted KL"), "beta 1 without warm-up has no separate weighted KL");
     let held_out = format!("{:.3}", finished.summary.last_epoch.unwrap().held_out_negative_elbo);
     assert!(html.contains(&held_out), "the final held-out figure {held_out} is shown");
+
+    std::fs::remove_file(run.file("diagnosis.json")).unwrap();
+    write_report(&run, &finished.vae, &splits, &Device::Cpu).unwrap();
+    let html = std::fs::read_to_string(run.file("report.html")).unwrap();
+    assert!(html.contains("not available (this run has no diagnosis.json)"));
 
     let diagnosis = r#"{"per_dimension": [{"dimension": 0, "kl": 1.0, "activity": 0.5, "active": true},
         {"dimension": 1, "kl": 0.0, "activity": 0.0, "active": false}, {"dimension": 2, "kl": 0.2, "activity": 0.1, "active": true},
@@ -83,21 +88,20 @@ fn training_writes_a_self_contained_report_with_every_section() {
     assert_eq!(leftovers.count(), 0, "written atomically, no temporary file left");
 }
 
-/// Adds a `weighted_kl` column after `kl` holding half the KL, as a warm-up would.
+/// Sets the `weighted_kl` column to half the KL wherever it has a value, as a warm-up would.
 fn add_weighted_kl(run: &RunDir) {
     let text = std::fs::read_to_string(run.metrics_path()).unwrap();
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let kl = header.iter().position(|c| *c == "kl").unwrap();
-    let mut out = String::new();
-    let insert = |fields: &mut Vec<String>, value: String| fields.insert(kl + 1, value);
-    let mut names: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-    insert(&mut names, "weighted_kl".into());
-    out.push_str(&(names.join(",") + "\n"));
+    let header = lines.next().unwrap();
+    let columns: Vec<&str> = header.split(',').collect();
+    let at = |name: &str| columns.iter().position(|c| *c == name).unwrap();
+    let (kl, weighted) = (at("kl"), at("weighted_kl"));
+    let mut out = format!("{header}\n");
     for line in lines {
         let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
-        let half = fields[kl].parse::<f64>().unwrap() * 0.5;
-        insert(&mut fields, half.to_string());
+        if !fields[weighted].is_empty() {
+            fields[weighted] = (fields[kl].parse::<f64>().unwrap() * 0.5).to_string();
+        }
         out.push_str(&(fields.join(",") + "\n"));
     }
     std::fs::write(run.metrics_path(), out).unwrap();

@@ -272,3 +272,41 @@ fn sgd_with_momentum_and_every_likelihood_train() {
         assert!(last < first, "{likelihood:?}: held-out -ELBO {first} -> {last}");
     }
 }
+
+#[test]
+fn a_warm_up_shows_as_a_weighted_kl_beside_the_raw_kl() {
+    use elbo::objective::{KlSchedule, KlWeighting};
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::create(dir.path()).unwrap();
+    let mut config = run_config(3);
+    config.training.kl = KlWeighting { schedule: KlSchedule::Linear { steps: 16 }, ..KlWeighting::default() };
+    train_run(&config, &splits(), &run, &Device::Cpu, &mut Recorder::default()).unwrap();
+    let metrics = std::fs::read_to_string(run.metrics_path()).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (kl, weighted) = (column("kl"), column("weighted_kl"));
+    let steps: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("step,"))
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .map(|cells| (cells[kl].parse().unwrap(), cells[weighted].parse().unwrap()))
+        .collect();
+    let (first_kl, first_weighted) = steps[0];
+    assert!((first_weighted - first_kl / 16.0).abs() < 1e-4 * first_kl.max(1.0), "step 1 weighs the KL by 1/16");
+    let (last_kl, last_weighted) = steps[20];
+    assert!((last_weighted - last_kl).abs() < 1e-5, "after the warm-up the weight is beta = 1");
+}
+
+#[test]
+fn the_iwae_objective_trains_and_has_no_separate_kl_term() {
+    let (vae, varmap) = Vae::fresh(&model_config(), 1, DType::F32, &Device::Cpu).unwrap();
+    let mut recorder = Recorder::default();
+    let config = TrainConfig { objective: elbo::training::Objective::Iwae { samples: 5 }, ..train_config(6) };
+    train(&vae, &varmap, &splits(), &config, &Device::Cpu, &mut [&mut recorder]).unwrap();
+    assert!(recorder.steps.iter().all(|s| s.weighted_kl.is_none()));
+    let (first, last) = (recorder.epochs[0].held_out.negative_elbo(), recorder.epochs[5].held_out.negative_elbo());
+    assert!(last < first - 1.0, "held-out -ELBO {first} -> {last}");
+    let bad = TrainConfig { kl: elbo::objective::KlWeighting { beta: 4.0, ..Default::default() }, ..config };
+    let error = train(&vae, &varmap, &splits(), &bad, &Device::Cpu, &mut []).unwrap_err();
+    assert!(error.to_string().contains("IWAE objective takes no beta"), "{error}");
+}

@@ -3,14 +3,18 @@
 mod arithmetic;
 mod data_args;
 mod decode;
+mod diagnose;
 mod encode;
+mod eval;
 mod interpolate;
 mod model_args;
+mod objective_args;
 mod probe;
 mod progress;
 mod reconstruct;
 mod report;
 mod run_args;
+mod run_data;
 mod sample;
 mod train;
 mod traverse;
@@ -30,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a VAE (with no arguments: on the built-in sprites, in about a minute).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Decode samples from the prior N(0, I) into an image grid.
     Sample(sample::SampleArgs),
     /// Show inputs above their reconstructions.
@@ -49,13 +53,18 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Rebuild the run's self-contained HTML report.
     Report(report::ReportArgs),
+    /// Bounds on the likelihood: the negative ELBO and the importance-weighted (IWAE) estimate.
+    Eval(eval::EvalArgs),
+    /// Is the latent used? Active units, I(x; z), and a verdict on posterior collapse.
+    Diagnose(diagnose::DiagnoseArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    set_threads(0); // elementwise ops inline for every command; `train` and `eval` may set the thread count
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Reconstruct(args) => reconstruct::run(args),
         Command::Encode(args) => encode::run(args),
@@ -65,6 +74,8 @@ pub fn run() -> ExitCode {
         Command::Arithmetic(args) => arithmetic::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Report(args) => report::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,8 +100,5 @@ fn device(name: &str) -> anyhow::Result<candle_core::Device> {
 
 /// Sets the number of compute threads (before any parallel work starts); 0 keeps the default (all cores).
 fn set_threads(threads: usize) -> usize {
-    if threads > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-    candle_core::utils::get_num_threads()
+    elbo::runtime::configure_cpu_threads(threads)
 }

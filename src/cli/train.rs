@@ -11,6 +11,7 @@ use elbo::training::{OptimizerConfig, TrainConfig};
 
 use super::data_args::{BinarizeMode, DataArgs};
 use super::model_args::ModelArgs;
+use super::objective_args::ObjectiveArgs;
 use super::progress::Progress;
 
 /// Flags of `elbo train`.
@@ -20,6 +21,8 @@ pub struct TrainArgs {
     data: DataArgs,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    objective: ObjectiveArgs,
     /// Passes over the training data.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -35,9 +38,6 @@ pub struct TrainArgs {
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
-    /// Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    beta: f64,
     /// Seed for weights, shuffling, noise and binarization (and the built-in data).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -79,7 +79,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = RunConfig {
         elbo_version: env!("CARGO_PKG_VERSION").to_string(),
         model: args.model.config(splits.train.shape),
-        training: train_config(&args),
+        training: train_config(&args, splits.train.len()),
         data: spec,
         validation_fraction: args.data.validation_fraction,
         threads,
@@ -95,6 +95,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| {
             format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
         })?;
+    print!("{}", finished.diagnosis);
     if progress.was_interrupted() {
         println!("interrupted: weights, metrics and summary of the steps so far are saved");
     }
@@ -102,11 +103,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "done: {} epochs, {:.0} train examples/s; the held-out -ELBO is an upper bound on -log p(x), not the likelihood",
         finished.summary.epochs_completed, finished.summary.train_examples_per_second
     );
-    println!("wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, report.html}}", out.display());
+    println!(
+        "wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, diagnosis.json, report.html}}",
+        out.display()
+    );
     Ok(())
 }
 
-fn train_config(args: &TrainArgs) -> TrainConfig {
+fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
+    let steps_per_epoch = train_examples.div_ceil(args.batch_size.max(1));
     TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -115,7 +120,8 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
             OptimizerKind::Adam => OptimizerConfig::default(),
             OptimizerKind::Sgd => OptimizerConfig::Sgd { momentum: args.momentum },
         },
-        beta: args.beta,
+        objective: args.objective.objective(),
+        kl: args.objective.kl_weighting(steps_per_epoch, args.epochs),
         seed: args.seed,
         binarization: args.binarize.to_binarization(args.threshold),
         ..TrainConfig::default()
@@ -133,7 +139,7 @@ fn print_plan(config: &RunConfig, splits: &data::Splits, out: &Path) {
         model.input_shape.dim()
     );
     println!(
-        "model: {}-{:?}-{} MLP, {:?}, {} decoder; {} epochs, batch {}, lr {}, beta {}, seed {}, {} threads",
+        "model: {}-{:?}-{} MLP, {:?}, {} decoder; {} epochs, batch {}, lr {}, {:?}, beta {}, seed {}, {} threads",
         model.input_shape.dim(),
         model.encoder_hidden,
         model.latent_dim,
@@ -142,7 +148,8 @@ fn print_plan(config: &RunConfig, splits: &data::Splits, out: &Path) {
         config.training.epochs,
         config.training.batch_size,
         config.training.learning_rate,
-        config.training.beta,
+        config.training.objective,
+        config.training.kl.beta,
         config.training.seed,
         config.threads
     );

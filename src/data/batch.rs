@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Dataset;
@@ -36,6 +36,20 @@ impl Binarization {
             }
         }
     }
+}
+
+/// A copy of `dataset` with `binarization` applied once, for evaluation: a dynamic binarization becomes one fixed
+/// stochastic draw from `seed` (the usual practice for a binarized test set). Returns the data unchanged for `None`.
+pub fn binarized(dataset: &Dataset, binarization: Binarization, seed: u64) -> Dataset {
+    if binarization == Binarization::None {
+        return dataset.clone();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(dataset.values.len());
+    (0..dataset.len()).for_each(|i| dataset.push_example(i, &mut values));
+    binarization.apply(&mut values, &mut rng);
+    let bytes = values.iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+    Dataset { values: super::Values::U8(bytes), ..dataset.clone() }
 }
 
 /// Yields the examples of a dataset as mini-batches, in a seeded random order for training or in order for
@@ -90,7 +104,6 @@ pub fn batch_tensor(values: Vec<f32>, rows: usize, dim: usize, device: &Device) 
 mod tests {
     use super::*;
     use crate::data::{ExampleShape, Values};
-    use rand::SeedableRng;
 
     fn tiny() -> Dataset {
         Dataset {

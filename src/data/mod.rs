@@ -8,7 +8,7 @@ pub mod npy;
 pub mod source;
 pub mod sprites;
 
-pub use batch::{batch_tensor, Batcher, Binarization};
+pub use batch::{batch_tensor, binarized, Batcher, Binarization};
 pub use source::{load, load_file, DataSpec, Splits};
 
 use std::io::Read;

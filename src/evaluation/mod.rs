@@ -1,5 +1,16 @@
 //! Evaluation: figures of a trained model on held-out data, labelled for what they are (bounds, not likelihoods).
 
+pub mod bounds;
+pub mod curves;
+pub mod diagnosis;
 pub mod elbo;
+pub mod mutual_information;
+pub mod posterior_stats;
+pub mod statistics;
 
+pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};
+pub use curves::{read_curves, CurveReading, Curves};
+pub use diagnosis::{diagnose, Diagnosis, LatentUse, Verdict};
 pub use elbo::{evaluate_negative_elbo, ElboEstimate};
+pub use posterior_stats::{encode_dataset, DimensionStats, Encodings};
+pub use statistics::Figure;

@@ -1,8 +1,9 @@
 //! The decoder network: latent z -> the parameters of p(x|z) (logits, means, or per-level logits).
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::dense::Dense;
 use super::mlp::{Activation, Mlp};
 use crate::Result;
 
@@ -10,14 +11,14 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct Decoder {
     body: Mlp,
-    output: Linear,
+    output: Dense,
 }
 
 impl Decoder {
     /// Builds a decoder from `latent_dim` to `output_dim` raw outputs.
     pub fn new(latent_dim: usize, hidden: &[usize], activation: Activation, output_dim: usize, vb: VarBuilder) -> Result<Self> {
         let body = Mlp::new(latent_dim, hidden, activation, vb.clone())?;
-        let output = candle_nn::linear(body.output_dim(latent_dim), output_dim, vb.pp("output"))?;
+        let output = Dense::new(body.output_dim(latent_dim), output_dim, None, vb.pp("output"))?;
         Ok(Decoder { body, output })
     }
 

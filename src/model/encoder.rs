@@ -1,8 +1,9 @@
 //! The Gaussian encoder q(z|x) = N(mu_x, diag sigma_x^2): an MLP with two linear heads, `mu` and `log_var`.
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::dense::Dense;
 use super::gaussian::DiagonalGaussian;
 use super::mlp::{Activation, Mlp};
 use crate::Result;
@@ -11,8 +12,8 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct Encoder {
     body: Mlp,
-    mu: Linear,
-    log_var: Linear,
+    mu: Dense,
+    log_var: Dense,
 }
 
 impl Encoder {
@@ -20,8 +21,8 @@ impl Encoder {
     pub fn new(input_dim: usize, hidden: &[usize], activation: Activation, latent_dim: usize, vb: VarBuilder) -> Result<Self> {
         let body = Mlp::new(input_dim, hidden, activation, vb.clone())?;
         let features = body.output_dim(input_dim);
-        let mu = candle_nn::linear(features, latent_dim, vb.pp("mu"))?;
-        let log_var = candle_nn::linear(features, latent_dim, vb.pp("log_var"))?;
+        let mu = Dense::new(features, latent_dim, None, vb.pp("mu"))?;
+        let log_var = Dense::new(features, latent_dim, None, vb.pp("log_var"))?;
         Ok(Encoder { body, mu, log_var })
     }
 

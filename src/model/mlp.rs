@@ -1,8 +1,9 @@
 //! A multi-layer perceptron: a stack of linear layers, each followed by the same activation.
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::dense::Dense;
 use crate::Result;
 
 /// The non-linearity between layers.
@@ -36,8 +37,7 @@ impl Activation {
 /// Hidden layers `hidden.0`, `hidden.1`, ... of the given widths, each followed by the activation.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    layers: Vec<Linear>,
-    activation: Activation,
+    layers: Vec<Dense>,
 }
 
 impl Mlp {
@@ -46,23 +46,19 @@ impl Mlp {
         let mut layers = Vec::with_capacity(widths.len());
         let mut previous = input_dim;
         for (index, &width) in widths.iter().enumerate() {
-            layers.push(candle_nn::linear(previous, width, vb.pp(format!("hidden.{index}")))?);
+            layers.push(Dense::new(previous, width, Some(activation), vb.pp(format!("hidden.{index}")))?);
             previous = width;
         }
-        Ok(Mlp { layers, activation })
+        Ok(Mlp { layers })
     }
 
     /// The width of the last layer's output (the input width when there are no layers).
     pub fn output_dim(&self, input_dim: usize) -> usize {
-        self.layers.last().map_or(input_dim, |layer| layer.weight().dim(0).unwrap_or(input_dim))
+        self.layers.last().map_or(input_dim, Dense::output_dim)
     }
 
     /// Runs the input through every layer and activation.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for layer in &self.layers {
-            h = self.activation.apply(&layer.forward(&h)?)?;
-        }
-        Ok(h)
+        self.layers.iter().try_fold(x.clone(), |h, layer| layer.forward(&h))
     }
 }

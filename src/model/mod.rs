@@ -1,6 +1,7 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
 
 pub mod decoder;
+pub mod dense;
 pub mod encoder;
 pub mod gaussian;
 pub mod init;

@@ -1,7 +1,12 @@
-//! Objective: the negative ELBO and its terms, and the noise that feeds the reparameterization.
+//! Objective: the negative ELBO and its terms, the importance-weighted bound, how the KL is weighted during
+//! training, and the noise that feeds the reparameterization.
 
 pub mod elbo;
+pub mod iwae;
+pub mod kl_weighting;
 pub mod noise;
 
 pub use elbo::{negative_elbo_terms, ElboTerms};
+pub use iwae::{log_importance_weights, log_mean_exp};
+pub use kl_weighting::{Capacity, KlSchedule, KlWeighting};
 pub use noise::NoiseSource;

@@ -9,34 +9,35 @@ use std::path::PathBuf;
 use candle_nn::VarMap;
 
 use super::run_dir::RunDir;
+use crate::evaluation::ElboEstimate;
 use crate::training::{EpochRecord, StepRecord, TrainingObserver};
 use crate::{Error, Result};
 
 /// The CSV header.
+/// `kl` is the raw KL; `weighted_kl` the KL term as it entered the loss (beta, warm-up, free bits or capacity
+/// applied; empty for the IWAE objective and for held-out rows); `negative_elbo` = reconstruction + kl, the bound.
 pub const METRICS_HEADER: &str =
-    "kind,epoch,step,split,reconstruction,kl,beta,loss,negative_elbo,learning_rate,wall_seconds,examples_per_second";
+    "kind,epoch,step,split,reconstruction,kl,weighted_kl,loss,negative_elbo,learning_rate,wall_seconds,examples_per_second";
 
 /// Writes `metrics.csv` and the per-epoch checkpoint of a run.
 pub struct RunLogger {
     run: RunDir,
     path: PathBuf,
     writer: BufWriter<File>,
-    beta: f64,
     held_out_split: &'static str,
     last_epoch: Option<EpochRecord>,
     steps_logged: usize,
 }
 
 impl RunLogger {
-    /// Starts `metrics.csv` in `run` (replacing an old one). `beta` weights the KL in the logged loss.
-    pub fn new(run: &RunDir, beta: f64, held_out_is_validation: bool) -> Result<Self> {
+    /// Starts `metrics.csv` in `run` (replacing an old one).
+    pub fn new(run: &RunDir, held_out_is_validation: bool) -> Result<Self> {
         let path = run.metrics_path();
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut logger = RunLogger {
             run: run.clone(),
             path,
             writer: BufWriter::new(file),
-            beta,
             held_out_split: if held_out_is_validation { "validation" } else { "test" },
             last_epoch: None,
             steps_logged: 0,
@@ -66,45 +67,54 @@ impl RunLogger {
 
 impl TrainingObserver for RunLogger {
     fn on_step(&mut self, r: &StepRecord) -> Result<()> {
-        let line = format!(
-            "step,{},{},train,{:.6},{:.6},{},{:.6},{:.6},{},{:.4},",
-            r.epoch,
-            r.step,
-            r.reconstruction,
-            r.kl,
-            self.beta,
-            r.loss,
-            r.reconstruction + r.kl,
-            r.learning_rate,
-            r.wall_seconds
-        );
+        let estimate = ElboEstimate { examples: 0, reconstruction: r.reconstruction, kl: r.kl };
+        let row = Row { kind: "step", epoch: r.epoch, step: r.step, split: "train", estimate: &estimate };
+        let line = row.format(r.weighted_kl, Some(r.loss), r.learning_rate, r.wall_seconds, None);
         self.steps_logged += 1;
         self.write_line(&line)
     }
 
     fn on_epoch_end(&mut self, r: &EpochRecord, varmap: &VarMap) -> Result<()> {
-        for (split, estimate, speed) in [
-            ("train", &r.train, format!("{:.1}", r.examples_per_second)),
-            (self.held_out_split, &r.held_out, String::new()),
-        ] {
-            let loss = estimate.reconstruction + self.beta * estimate.kl;
-            let line = format!(
-                "epoch,{},{},{split},{:.6},{:.6},{},{loss:.6},{:.6},{},{:.4},{speed}",
-                r.epoch,
-                r.step,
-                estimate.reconstruction,
-                estimate.kl,
-                self.beta,
-                estimate.negative_elbo(),
-                r.learning_rate,
-                r.wall_seconds
-            );
-            self.write_line(&line)?;
-        }
+        let train = Row { kind: "epoch", epoch: r.epoch, step: r.step, split: "train", estimate: &r.train };
+        let speed = Some(r.examples_per_second);
+        let line = train.format(r.train_weighted_kl, Some(r.train_loss), r.learning_rate, r.wall_seconds, speed);
+        self.write_line(&line)?;
+        let held_out = Row { split: self.held_out_split, estimate: &r.held_out, ..train };
+        self.write_line(&held_out.format(None, None, r.learning_rate, r.wall_seconds, None))?;
         self.flush()?;
         self.run.save_weights(varmap)?;
         self.last_epoch = Some(*r);
         Ok(())
+    }
+}
+
+/// The identifying columns of a row.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    kind: &'static str,
+    epoch: usize,
+    step: usize,
+    split: &'a str,
+    estimate: &'a ElboEstimate,
+}
+
+impl Row<'_> {
+    /// The CSV line; `None` values are left empty.
+    fn format(&self, weighted_kl: Option<f64>, loss: Option<f64>, lr: f64, wall: f64, speed: Option<f64>) -> String {
+        let cell = |value: Option<f64>, digits: usize| value.map_or(String::new(), |v| format!("{v:.digits$}"));
+        format!(
+            "{},{},{},{},{:.6},{:.6},{},{},{:.6},{lr},{wall:.4},{}",
+            self.kind,
+            self.epoch,
+            self.step,
+            self.split,
+            self.estimate.reconstruction,
+            self.estimate.kl,
+            cell(weighted_kl, 6),
+            cell(loss, 6),
+            self.estimate.negative_elbo(),
+            cell(speed, 1)
+        )
     }
 }
 

@@ -95,7 +95,8 @@ pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
         vec!["decoder likelihood p(x|z)".into(), format!("{:?}", model.likelihood)],
         vec!["epochs, batch size".into(), format!("{}, {}", training.epochs, training.batch_size)],
         vec!["optimiser, learning rate".into(), format!("{:?}, {}", training.optimizer, training.learning_rate)],
-        vec!["beta (KL weight)".into(), training.beta.to_string()],
+        vec!["objective".into(), format!("{:?}", training.objective)],
+        vec!["KL weighting".into(), format!("{:?}", training.kl)],
         vec!["seed, threads, device".into(), format!("{}, {}, {}", training.seed, config.threads, config.device)],
         vec!["elbo version".into(), config.elbo_version.clone()],
     ];

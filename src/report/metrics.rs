@@ -46,14 +46,14 @@ impl MetricsTable {
     }
 
     /// (step, value) of `column` for the rows of `kind` (`step` or `epoch`) and `split` (`train`, `test` or
-    /// `validation`), in file order. Empty when the column does not exist; an error names the line of a value that
-    /// is not a number.
+    /// `validation`), in file order; rows with the field empty are left out. Empty when the column does not exist;
+    /// an error names the line of a value that is not a number.
     pub fn series(&self, kind: &str, split: &str, column: &str) -> Result<Vec<(f64, f64)>> {
         let Some(value_at) = self.index(column) else { return Ok(Vec::new()) };
         let [kind_at, step_at, split_at] = REQUIRED.map(|c| self.index(c).unwrap_or_default());
         let mut points = Vec::new();
         for (number, row) in self.rows.iter().enumerate() {
-            if row[kind_at] == kind && row[split_at] == split {
+            if row[kind_at] == kind && row[split_at] == split && !row[value_at].is_empty() {
                 points.push((self.number(number, step_at, row)?, self.number(number, value_at, row)?));
             }
         }
@@ -94,11 +94,11 @@ mod tests {
         let metrics = table(
             "kind,epoch,step,split,reconstruction,kl,weighted_kl,extra\n\
              step,1,1,train,90.5,3,1.5,x\nstep,1,2,train,80,4,2,x\nepoch,1,2,train,85,3.5,1.75,\n\
-             epoch,1,2,validation,86,3.6,1.8,\n",
+             epoch,1,2,validation,86,3.6,1.8,\nepoch,2,4,validation,84,3.2,,\n",
         )
         .unwrap();
         assert_eq!(metrics.series("step", "train", "reconstruction").unwrap(), [(1.0, 90.5), (2.0, 80.0)]);
-        assert_eq!(metrics.series("epoch", "validation", "weighted_kl").unwrap(), [(2.0, 1.8)]);
+        assert_eq!(metrics.series("epoch", "validation", "weighted_kl").unwrap(), [(2.0, 1.8)], "empty fields are skipped");
         assert!(metrics.series("epoch", "train", "missing").unwrap().is_empty());
         assert!(metrics.has_column("weighted_kl") && !metrics.has_column("missing"));
         assert_eq!(metrics.held_out_split(), "validation");

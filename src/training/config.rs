@@ -2,7 +2,22 @@
 
 use super::optimizer::OptimizerConfig;
 use crate::data::Binarization;
+use crate::objective::KlWeighting;
 use crate::{Error, Result};
+
+/// The bound that training maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Objective {
+    /// The ELBO (one sample for the reconstruction, exact KL), with the KL weighted as `kl` says.
+    #[default]
+    Elbo,
+    /// The importance-weighted bound with `samples` draws per example (Burda et al. 2016).
+    Iwae {
+        /// Number of importance samples k.
+        samples: usize,
+    },
+}
 
 /// Settings of a training run. Saved in the run's `config.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -16,8 +31,12 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Adam or SGD with momentum.
     pub optimizer: OptimizerConfig,
-    /// Weight of the KL term: loss = reconstruction + beta * KL (1 is the ELBO).
-    pub beta: f64,
+    /// The bound that is maximised.
+    #[serde(default)]
+    pub objective: Objective,
+    /// How the KL enters the ELBO loss: loss = reconstruction + beta * KL by default (beta 1 is the ELBO).
+    #[serde(default)]
+    pub kl: KlWeighting,
     /// Seeds the initial weights, the shuffling, the noise eps and dynamic binarization.
     pub seed: u64,
     /// Binarization of the inputs.
@@ -34,7 +53,8 @@ impl Default for TrainConfig {
             batch_size: 128,
             learning_rate: 1e-3,
             optimizer: OptimizerConfig::default(),
-            beta: 1.0,
+            objective: Objective::Elbo,
+            kl: KlWeighting::default(),
             seed: 1,
             binarization: Binarization::None,
             eval_batch_size: 1000,
@@ -51,8 +71,14 @@ impl TrainConfig {
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return Err(Error::invalid_setting("batch size", "must be at least 1"));
         }
-        if !(self.beta >= 0.0 && self.beta.is_finite()) {
-            return Err(Error::invalid_setting("beta", format!("must be a non-negative number, got {}", self.beta)));
+        self.kl.validate()?;
+        if let Objective::Iwae { samples } = self.objective {
+            if samples == 0 {
+                return Err(Error::invalid_setting("iw-samples", "the IWAE objective needs at least 1 sample"));
+            }
+            if !self.kl.is_plain_elbo() {
+                return Err(Error::invalid_setting("objective", "the IWAE objective takes no beta, warm-up, free bits or capacity"));
+            }
         }
         if let Binarization::Static { threshold } = self.binarization {
             if !(0.0..=1.0).contains(&threshold) {

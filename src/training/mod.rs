@@ -1,9 +1,10 @@
 //! Training: the settings, the optimisers, and the loop that minimises reconstruction + beta * KL.
 
 pub mod config;
+pub mod kernels;
 pub mod optimizer;
 pub mod trainer;
 
-pub use config::TrainConfig;
-pub use optimizer::{Optimizer, OptimizerConfig};
+pub use config::{Objective, TrainConfig};
+pub use optimizer::{Optimizer, OptimizerConfig, UpdatePath};
 pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};

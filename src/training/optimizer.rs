@@ -4,6 +4,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
+use std::sync::Mutex;
+
+use super::kernels::{AdamStep, FusedAdam, FusedSgd};
 use crate::{Error, Result};
 
 /// Which optimiser, with its hyper-parameters (the learning rate is separate).
@@ -32,11 +35,37 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// How the update is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdatePath {
+    /// One in-place pass per parameter (CPU, f32); falls back to tensor operations elsewhere.
+    Fused,
+    /// Tensor operations, on any device.
+    TensorOps,
+}
+
+/// An optimiser's per-parameter state: plain buffers for the fused CPU kernels, tensors otherwise.
+enum Moments {
+    Buffers { first: Vec<f32>, second: Vec<f32> },
+    Tensors { first: Tensor, second: Tensor },
+}
+
 /// One parameter with its optimiser state.
 struct Slot {
     var: Var,
-    first_moment: Tensor,
-    second_moment: Tensor,
+    moments: Moments,
+}
+
+impl Slot {
+    fn new(var: Var, path: UpdatePath) -> Result<Self> {
+        let fusable = path == UpdatePath::Fused && var.device().is_cpu() && var.dtype() == candle_core::DType::F32;
+        let moments = if fusable {
+            Moments::Buffers { first: vec![0.0; var.elem_count()], second: vec![0.0; var.elem_count()] }
+        } else {
+            Moments::Tensors { first: var.zeros_like()?, second: var.zeros_like()? }
+        };
+        Ok(Slot { var, moments })
+    }
 }
 
 /// An optimiser over every variable of a model, visited in name order so that updates are reproducible.
@@ -48,8 +77,13 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// Creates the optimiser for all variables in `varmap`.
+    /// Creates the optimiser for all variables in `varmap`, with fused in-place updates where possible.
     pub fn new(config: OptimizerConfig, learning_rate: f64, varmap: &VarMap) -> Result<Self> {
+        Self::with_path(config, learning_rate, varmap, UpdatePath::Fused)
+    }
+
+    /// Creates the optimiser, choosing how updates are computed.
+    pub fn with_path(config: OptimizerConfig, learning_rate: f64, varmap: &VarMap, path: UpdatePath) -> Result<Self> {
         validate(&config, learning_rate)?;
         let mut named: Vec<(String, Var)> = varmap
             .data()
@@ -59,13 +93,7 @@ impl Optimizer {
             .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let slots = named
-            .into_iter()
-            .map(|(_, var)| {
-                let zeros = var.zeros_like()?;
-                Ok(Slot { first_moment: zeros.clone(), second_moment: zeros, var })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let slots = named.into_iter().map(|(_, var)| Slot::new(var, path)).collect::<Result<Vec<_>>>()?;
         Ok(Optimizer { config, learning_rate, slots, steps: 0 })
     }
 
@@ -90,14 +118,37 @@ impl Optimizer {
         for slot in &mut self.slots {
             let Some(grad) = gradient(&slot.var) else { continue };
             let grad = &grad;
-            match self.config {
-                OptimizerConfig::Adam { beta1, beta2, epsilon } => {
-                    adam_update(slot, grad, self.learning_rate, beta1, beta2, epsilon, self.steps)?
+            match (&mut slot.moments, self.config) {
+                (Moments::Buffers { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
+                    let step = adam_step(self.learning_rate, beta1, beta2, epsilon, self.steps);
+                    let op = FusedAdam { step, first_moment: Mutex::new(first), second_moment: Mutex::new(second) };
+                    slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
                 }
-                OptimizerConfig::Sgd { momentum } => sgd_update(slot, grad, self.learning_rate, momentum)?,
+                (Moments::Buffers { first, .. }, OptimizerConfig::Sgd { momentum }) => {
+                    let op = FusedSgd { learning_rate: self.learning_rate as f32, momentum: momentum as f32, velocity: Mutex::new(first) };
+                    slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
+                }
+                (Moments::Tensors { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
+                    let step = adam_step(self.learning_rate, beta1, beta2, epsilon, self.steps);
+                    adam_update(&slot.var, first, second, grad, step)?
+                }
+                (Moments::Tensors { first, .. }, OptimizerConfig::Sgd { momentum }) => {
+                    sgd_update(&slot.var, first, grad, self.learning_rate, momentum)?
+                }
             }
         }
         Ok(())
+    }
+}
+
+fn adam_step(learning_rate: f64, beta1: f64, beta2: f64, epsilon: f64, step: usize) -> AdamStep {
+    AdamStep {
+        learning_rate: learning_rate as f32,
+        beta1: beta1 as f32,
+        beta2: beta2 as f32,
+        epsilon: epsilon as f32,
+        first_correction: (1.0 - beta1.powi(step as i32)) as f32,
+        second_correction: (1.0 - beta2.powi(step as i32)) as f32,
     }
 }
 
@@ -115,20 +166,68 @@ fn validate(config: &OptimizerConfig, learning_rate: f64) -> Result<()> {
 }
 
 /// m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-fn adam_update(slot: &mut Slot, grad: &Tensor, lr: f64, beta1: f64, beta2: f64, epsilon: f64, step: usize) -> Result<()> {
-    slot.first_moment = ((&slot.first_moment * beta1)? + (grad * (1.0 - beta1))?)?;
-    slot.second_moment = ((&slot.second_moment * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
-    let first_correction = 1.0 - beta1.powi(step as i32);
-    let second_correction = 1.0 - beta2.powi(step as i32);
-    let denominator = ((&slot.second_moment / second_correction)?.sqrt()? + epsilon)?;
-    let update = ((&slot.first_moment / denominator)? * (lr / first_correction))?;
-    slot.var.set(&(slot.var.as_tensor() - update)?)?;
+fn adam_update(var: &Var, first: &mut Tensor, second: &mut Tensor, grad: &Tensor, s: AdamStep) -> Result<()> {
+    let (beta1, beta2) = (f64::from(s.beta1), f64::from(s.beta2));
+    *first = ((&*first * beta1)? + (grad * (1.0 - beta1))?)?;
+    *second = ((&*second * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?;
+    let denominator = ((&*second / f64::from(s.second_correction))?.sqrt()? + f64::from(s.epsilon))?;
+    let update = ((&*first / denominator)? * f64::from(s.learning_rate / s.first_correction))?;
+    var.set(&(var.as_tensor() - update)?)?;
     Ok(())
 }
 
 /// v = momentum * v + g;  p -= lr * v
-fn sgd_update(slot: &mut Slot, grad: &Tensor, lr: f64, momentum: f64) -> Result<()> {
-    slot.first_moment = ((&slot.first_moment * momentum)? + grad)?;
-    slot.var.set(&(slot.var.as_tensor() - (&slot.first_moment * lr)?)?)?;
+fn sgd_update(var: &Var, velocity: &mut Tensor, grad: &Tensor, lr: f64, momentum: f64) -> Result<()> {
+    *velocity = ((&*velocity * momentum)? + grad)?;
+    var.set(&(var.as_tensor() - (&*velocity * lr)?)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use rand::{Rng, SeedableRng};
+
+    /// Runs a few steps of both paths on random gradients and compares the parameters.
+    fn compare_paths(config: OptimizerConfig, shapes: &[&[usize]]) {
+        let make = || {
+            let varmap = VarMap::new();
+            for (i, shape) in shapes.iter().enumerate() {
+                let values: Vec<f32> = (0..shape.iter().product()).map(|j| ((i * 31 + j) % 17) as f32 * 0.1 - 0.8).collect();
+                let var = Var::from_tensor(&Tensor::from_vec(values, *shape, &Device::Cpu).unwrap()).unwrap();
+                varmap.data().lock().unwrap().insert(format!("p{i}"), var);
+            }
+            varmap
+        };
+        let (fused_map, tensor_map) = (make(), make());
+        let mut fused = Optimizer::with_path(config, 1e-2, &fused_map, UpdatePath::Fused).unwrap();
+        let mut tensor = Optimizer::with_path(config, 1e-2, &tensor_map, UpdatePath::TensorOps).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..5 {
+            let loss = |varmap: &VarMap, weights: &[Vec<f32>]| {
+                let vars = varmap.data().lock().unwrap();
+                (0..shapes.len()).fold(Tensor::zeros((), DType::F32, &Device::Cpu).unwrap(), |acc, i| {
+                    let w = Tensor::from_vec(weights[i].clone(), shapes[i], &Device::Cpu).unwrap();
+                    (acc + (vars[&format!("p{i}")].as_tensor().sqr().unwrap() * w).unwrap().sum_all().unwrap()).unwrap()
+                })
+            };
+            let weights: Vec<Vec<f32>> = shapes.iter().map(|s| (0..s.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            fused.step(&loss(&fused_map, &weights).backward().unwrap()).unwrap();
+            tensor.step(&loss(&tensor_map, &weights).backward().unwrap()).unwrap();
+        }
+        for i in 0..shapes.len() {
+            let get = |m: &VarMap| m.data().lock().unwrap()[&format!("p{i}")].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (a, b) = (get(&fused_map), get(&tensor_map));
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "{config:?} parameter {i}: fused and tensor paths differ by {worst}");
+        }
+    }
+
+    #[test]
+    fn fused_updates_match_the_tensor_operations() {
+        let shapes: &[&[usize]] = &[&[1], &[7], &[13, 5], &[64, 33], &[3, 1, 2]];
+        compare_paths(OptimizerConfig::default(), shapes);
+        compare_paths(OptimizerConfig::Sgd { momentum: 0.9 }, shapes);
+    }
 }

@@ -5,17 +5,17 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::TrainConfig;
+use super::config::{Objective, TrainConfig};
 use super::optimizer::Optimizer;
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
-use crate::objective::{negative_elbo_terms, NoiseSource};
+use crate::objective::{log_importance_weights, log_mean_exp, negative_elbo_terms, NoiseSource};
 use crate::{Error, Result};
 
 /// Figures of one optimisation step (batch means, in nats).
@@ -29,7 +29,10 @@ pub struct StepRecord {
     pub reconstruction: f64,
     /// Mean KL term (unweighted).
     pub kl: f64,
-    /// Mean loss = reconstruction + beta * KL.
+    /// The KL term as it entered the loss (beta, warm-up, free bits or capacity applied); `None` for the IWAE
+    /// objective, where the KL is not a separate term.
+    pub weighted_kl: Option<f64>,
+    /// The minimised loss: reconstruction + weighted KL, or the negative IWAE bound.
     pub loss: f64,
     /// Learning rate used for this step.
     pub learning_rate: f64,
@@ -46,6 +49,10 @@ pub struct EpochRecord {
     pub step: usize,
     /// Means of the training steps' terms over the epoch.
     pub train: ElboEstimate,
+    /// Mean of the steps' weighted KL over the epoch (`None` for the IWAE objective).
+    pub train_weighted_kl: Option<f64>,
+    /// Mean of the steps' losses over the epoch.
+    pub train_loss: f64,
     /// The held-out set's single-sample negative ELBO and terms after the epoch.
     pub held_out: ElboEstimate,
     /// Learning rate at the end of the epoch.
@@ -117,7 +124,8 @@ pub fn train(
     let mut outcome = TrainOutcome::default();
     for epoch in 1..=config.epochs {
         let epoch_started = Instant::now();
-        let (train_estimate, stopped) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
+        let (totals, stopped) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
+        let train_estimate = totals.estimate;
         let epoch_seconds = epoch_started.elapsed().as_secs_f64();
         outcome.train_seconds += epoch_seconds;
         outcome.steps = loop_state.step;
@@ -132,6 +140,8 @@ pub fn train(
             epoch,
             step: loop_state.step,
             train: train_estimate,
+            train_weighted_kl: totals.weighted_kl(),
+            train_loss: totals.loss_sum / totals.steps.max(1) as f64,
             held_out,
             learning_rate: loop_state.optimizer.learning_rate(),
             wall_seconds: started.elapsed().as_secs_f64(),
@@ -169,7 +179,7 @@ impl<'a> LoopState<'a> {
         })
     }
 
-    /// One pass over the training set; returns the epoch's mean terms and whether an observer asked to stop.
+    /// One pass over the training set; returns the epoch's totals and whether an observer asked to stop.
     fn run_epoch(
         &mut self,
         vae: &Vae,
@@ -178,48 +188,71 @@ impl<'a> LoopState<'a> {
         device: &Device,
         started: Instant,
         observers: &mut [&mut dyn TrainingObserver],
-    ) -> Result<(ElboEstimate, bool)> {
+    ) -> Result<(EpochTotals, bool)> {
         let mut batcher = Batcher::shuffled(train, self.config.batch_size, &mut self.shuffle_rng);
         for observer in observers.iter_mut() {
             observer.on_epoch_start(epoch, batcher.num_batches())?;
         }
-        let mut estimate = ElboEstimate::default();
+        let mut totals = EpochTotals::default();
         while let Some((mut values, rows)) = batcher.next_batch() {
             self.config.binarization.apply(&mut values, &mut self.binarize_rng);
             let x = batch_tensor(values, rows, train.shape.dim(), device)?;
             let record = self.step(vae, &x, epoch, started)?;
-            estimate.accumulate(rows, record.reconstruction * rows as f64, record.kl * rows as f64);
+            totals.add(&record, rows);
             for observer in observers.iter_mut() {
                 observer.on_step(&record)?;
             }
             if observers.iter().any(|observer| observer.should_stop()) {
-                return Ok((estimate, true));
+                return Ok((totals, true));
             }
         }
-        Ok((estimate, false))
+        Ok((totals, false))
     }
 
     /// One optimisation step on the batch `x`.
-    fn step(&mut self, vae: &Vae, x: &candle_core::Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
+    fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
         self.step += 1;
-        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
-        let terms = negative_elbo_terms(vae, x, &eps)?; // steps 1-4
-        let loss = terms.loss(self.config.beta)?; // step 5: reconstruction + beta * KL, averaged over the batch
-        let reconstruction = f64::from(terms.reconstruction.mean_all()?.to_scalar::<f32>()?);
-        let kl = f64::from(terms.kl.mean_all()?.to_scalar::<f32>()?);
-        let loss_value = f64::from(loss.to_scalar::<f32>()?);
-        self.check_finite(epoch, &[("reconstruction", reconstruction), ("KL", kl), ("loss", loss_value)])?;
-        let grads = loss.backward()?; // step 6: backprop through everything, including the encoder
+        let terms = match self.config.objective {
+            Objective::Elbo => self.elbo_loss(vae, x)?,
+            Objective::Iwae { samples } => self.iwae_loss(vae, x, samples)?,
+        };
+        let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
+        let (reconstruction, kl, loss_value) = (to_f64(&terms.reconstruction)?, to_f64(&terms.kl)?, to_f64(&terms.loss)?);
+        let weighted_kl = terms.weighted_kl.as_ref().map(to_f64).transpose()?;
+        let checked = [("reconstruction", reconstruction), ("KL", kl), ("loss", loss_value)];
+        self.check_finite(epoch, &checked)?;
+        let grads = terms.loss.backward()?; // step 6: backprop through everything, including the encoder
         self.optimizer.step(&grads)?;
         Ok(StepRecord {
             epoch,
             step: self.step,
             reconstruction,
             kl,
+            weighted_kl,
             loss: loss_value,
             learning_rate: self.optimizer.learning_rate(),
             wall_seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Steps 1-5 of the seed: the loss reconstruction + weighted KL, batch means as scalars.
+    fn elbo_loss(&mut self, vae: &Vae, x: &Tensor) -> Result<StepTerms> {
+        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
+        let terms = negative_elbo_terms(vae, x, &eps)?; // steps 1-4
+        let reconstruction = terms.reconstruction.mean_all()?;
+        let weighted_kl = self.config.kl.weighted_kl(&terms.posterior.kl_per_dimension()?, self.step)?;
+        let loss = (&reconstruction + &weighted_kl)?; // step 5: reconstruction + (weighted) KL
+        Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
+    }
+
+    /// The negative IWAE bound with `samples` draws per example, batch mean.
+    fn iwae_loss(&mut self, vae: &Vae, x: &Tensor, samples: usize) -> Result<StepTerms> {
+        let posterior = vae.encode(x)?;
+        let eps = self.noise.standard_normal(x.dim(0)? * samples, vae.config().latent_dim, x.dtype(), x.device())?;
+        let (log_weights, reconstruction) = log_importance_weights(vae, x, &posterior, &eps, samples)?;
+        let loss = log_mean_exp(&log_weights)?.mean_all()?.neg()?;
+        let kl = posterior.kl_to_standard_normal()?.mean_all()?;
+        Ok(StepTerms { reconstruction: reconstruction.mean_all()?, kl, weighted_kl: None, loss })
     }
 
     fn check_finite(&self, epoch: usize, terms: &[(&str, f64)]) -> Result<()> {
@@ -227,5 +260,35 @@ impl<'a> LoopState<'a> {
             Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
             None => Ok(()),
         }
+    }
+}
+
+/// The scalar terms of one step, still on the device (the loss keeps its graph for backprop).
+struct StepTerms {
+    reconstruction: Tensor,
+    kl: Tensor,
+    weighted_kl: Option<Tensor>,
+    loss: Tensor,
+}
+
+/// Sums over an epoch's steps.
+#[derive(Default)]
+struct EpochTotals {
+    estimate: ElboEstimate,
+    weighted_kl_sum: Option<f64>,
+    loss_sum: f64,
+    steps: usize,
+}
+
+impl EpochTotals {
+    fn add(&mut self, record: &StepRecord, rows: usize) {
+        self.estimate.accumulate(rows, record.reconstruction * rows as f64, record.kl * rows as f64);
+        self.weighted_kl_sum = record.weighted_kl.map(|w| self.weighted_kl_sum.unwrap_or(0.0) + w);
+        self.loss_sum += record.loss;
+        self.steps += 1;
+    }
+
+    fn weighted_kl(&self) -> Option<f64> {
+        self.weighted_kl_sum.map(|sum| sum / self.steps.max(1) as f64)
     }
 }

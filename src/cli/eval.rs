@@ -1,0 +1,106 @@
+//! `elbo eval`: the negative ELBO and the importance-weighted estimate of -log p(x), labelled as the bounds they are.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use elbo::data::binarized;
+use elbo::evaluation::{evaluate_bounds, BoundsConfig, BoundsReport, Figure};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::run_data::{load_dataset, load_run};
+
+/// Flags of `elbo eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The run directory of a trained model.
+    #[arg(long)]
+    run: PathBuf,
+    /// Data to evaluate (default: the run's own held-out data). A directory's test split is used, a file whole.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// CSV only: the column holding labels.
+    #[arg(long)]
+    label_column: Option<usize>,
+    /// Evaluate the training split instead of the held-out one.
+    #[arg(long)]
+    train_split: bool,
+    /// Importance samples K per example for the IWAE estimate (and S for the averaged ELBO); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    iw_samples: usize,
+    /// Evaluate only the first N examples.
+    #[arg(long)]
+    max_examples: Option<usize>,
+    /// Most decoder rows (examples x samples) at once; bounds memory.
+    #[arg(long, default_value_t = 16_384)]
+    max_rows: usize,
+    /// Seed of the noise (and of a dynamic binarization of the data).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Compute threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Runs `elbo eval`.
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    super::set_threads(args.threads);
+    let device = super::device(&args.device)?;
+    let loaded = load_run(&args.run, &device)?;
+    let mut dataset = load_dataset(&loaded, args.data.as_ref(), args.label_column, args.train_split)?;
+    if let Some(limit) = args.max_examples {
+        dataset = dataset.subset(&(0..dataset.len().min(limit)).collect::<Vec<_>>());
+    }
+    let dataset = binarized(&dataset, loaded.config.training.binarization, args.seed);
+    let config = BoundsConfig { importance_samples: args.iw_samples, max_rows: args.max_rows, seed: args.seed };
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(dataset.len() as u64) };
+    bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} examples, eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let report = evaluate_bounds(&loaded.vae, &dataset, &config, &device, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&json_report(&report, &dataset.source))?);
+    } else {
+        print_table(&report, &dataset.source);
+    }
+    Ok(())
+}
+
+fn json_report(report: &BoundsReport, source: &str) -> serde_json::Value {
+    let with_bits = |f: &Figure| serde_json::json!({"nats": f.mean, "standard_error": f.standard_error, "bits_per_dim": report.bits_per_dim(f.mean)});
+    serde_json::json!({
+        "data": source,
+        "examples": report.examples,
+        "data_dim": report.data_dim,
+        "negative_elbo": with_bits(&report.negative_elbo),
+        "reconstruction": with_bits(&report.reconstruction),
+        "kl": with_bits(&report.kl),
+        "importance_samples": report.importance_samples,
+        "negative_elbo_averaged": report.negative_elbo_averaged.as_ref().map(with_bits),
+        "negative_iwae": report.negative_iwae.as_ref().map(with_bits),
+        "note": "every figure is an upper bound on -log p(x): the ELBO and the IWAE estimate are lower bounds on log p(x); the IWAE bound tightens as K grows",
+    })
+}
+
+fn print_table(report: &BoundsReport, source: &str) {
+    println!("{source}: {} examples x {} values; nats per example, +- standard error across examples", report.examples, report.data_dim);
+    println!("{:<58} {:>10} {:>9} {:>9}", "", "nats", "+- s.e.", "bits/dim");
+    let row = |label: &str, f: &Figure| {
+        println!("{label:<58} {:>10.3} {:>9.3} {:>9.4}", f.mean, f.standard_error, report.bits_per_dim(f.mean));
+    };
+    row("-ELBO, 1 sample (ELBO = a lower bound on log p(x))", &report.negative_elbo);
+    row("  reconstruction -log p(x|z)", &report.reconstruction);
+    row("  KL(q(z|x) || p(z)), exact", &report.kl);
+    let k = report.importance_samples;
+    if let Some(averaged) = &report.negative_elbo_averaged {
+        row(&format!("-ELBO, reconstruction averaged over S = {k} samples"), averaged);
+    }
+    if let Some(iwae) = &report.negative_iwae {
+        row(&format!("-log p(x) estimate, IWAE K = {k}"), iwae);
+        println!("  the IWAE estimate is still a bound (an upper bound on -log p(x)); it tightens as K grows");
+    }
+}

@@ -1,0 +1,80 @@
+//! Command-line flags for the training objective and the remedies for posterior collapse.
+
+use clap::{Args, ValueEnum};
+use elbo::objective::{Capacity, KlSchedule, KlWeighting};
+use elbo::training::Objective;
+
+/// Objective flags.
+#[derive(Args, Debug, Clone)]
+pub struct ObjectiveArgs {
+    /// The bound maximised: the ELBO, or the importance-weighted bound with --train-iw-samples draws.
+    #[arg(long, value_enum, default_value_t = ObjectiveKind::Elbo)]
+    objective: ObjectiveKind,
+    /// IWAE objective: importance samples k per example.
+    #[arg(long, default_value_t = 5)]
+    train_iw_samples: usize,
+    /// Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    beta: f64,
+    /// KL warm-up: the weight rises linearly from 0 to beta over this many epochs.
+    #[arg(long, conflicts_with_all = ["warmup_steps", "kl_cycles"])]
+    warmup_epochs: Option<f64>,
+    /// KL warm-up over this many steps.
+    #[arg(long, conflicts_with = "kl_cycles")]
+    warmup_steps: Option<usize>,
+    /// Cyclical KL annealing: this many cycles over the whole run.
+    #[arg(long)]
+    kl_cycles: Option<usize>,
+    /// Cyclical KL annealing: fraction of each cycle spent rising.
+    #[arg(long, default_value_t = 0.5)]
+    cycle_ratio: f64,
+    /// Free bits: each latent dimension's batch-mean KL counts at least this many nats.
+    #[arg(long)]
+    free_bits: Option<f64>,
+    /// Capacity objective gamma * |KL - C|: the final capacity C_max in nats.
+    #[arg(long)]
+    capacity_max: Option<f64>,
+    /// Capacity objective: epochs over which C rises to C_max (default: the whole run).
+    #[arg(long)]
+    capacity_epochs: Option<f64>,
+    /// Capacity objective: gamma.
+    #[arg(long, default_value_t = 100.0)]
+    capacity_gamma: f64,
+}
+
+/// Objective choices.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum ObjectiveKind {
+    /// The evidence lower bound.
+    Elbo,
+    /// The importance-weighted bound (Burda et al.).
+    Iwae,
+}
+
+impl ObjectiveArgs {
+    /// The bound to maximise.
+    pub fn objective(&self) -> Objective {
+        match self.objective {
+            ObjectiveKind::Elbo => Objective::Elbo,
+            ObjectiveKind::Iwae => Objective::Iwae { samples: self.train_iw_samples },
+        }
+    }
+
+    /// The KL weighting, with epoch counts turned into steps (`steps_per_epoch`, `epochs` of the run).
+    pub fn kl_weighting(&self, steps_per_epoch: usize, epochs: usize) -> KlWeighting {
+        let to_steps = |epochs: f64| ((epochs * steps_per_epoch as f64).round() as usize).max(1);
+        let total_steps = steps_per_epoch * epochs;
+        let schedule = match (self.warmup_epochs, self.warmup_steps, self.kl_cycles) {
+            (Some(epochs), _, _) => KlSchedule::Linear { steps: to_steps(epochs) },
+            (_, Some(steps), _) => KlSchedule::Linear { steps },
+            (_, _, Some(cycles)) => KlSchedule::Cyclical { period: total_steps.div_ceil(cycles.max(1)), ratio: self.cycle_ratio },
+            _ => KlSchedule::Constant,
+        };
+        let capacity = self.capacity_max.map(|max_nats| Capacity {
+            max_nats,
+            steps: self.capacity_epochs.map_or(total_steps.max(1), to_steps),
+            gamma: self.capacity_gamma,
+        });
+        KlWeighting { beta: self.beta, schedule, free_bits: self.free_bits, capacity }
+    }
+}
