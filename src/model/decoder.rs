@@ -24,6 +24,6 @@ impl Decoder {
 
     /// Decoder forward on z: the likelihood's raw parameters, shape `[batch, output_dim]`.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        Ok(self.output.forward(&self.body.forward(z)?)?)
+        self.output.forward(&self.body.forward(z)?)
     }
 }
