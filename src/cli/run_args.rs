@@ -32,7 +32,8 @@ impl RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct InputArgs {
     /// Data (default: the run's own data). A directory of MNIST-style IDX files or train.npy/test.npy brings its
-    /// splits; a single .npy, .csv or IDX file is used whole.
+    /// splits; a single .npy, .csv or IDX file is used whole (with --split train: the part the run's validation
+    /// fraction leaves for training).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// CSV only: the column (from 0) holding integer class labels.

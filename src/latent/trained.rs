@@ -59,11 +59,13 @@ impl TrainedRun {
         Ok(splits)
     }
 
-    /// One set of examples: a single file given in `data` is used whole; otherwise the `split` of
-    /// [`TrainedRun::splits`]. Errors when the examples do not fit the model.
+    /// One set of examples: the `split` of [`TrainedRun::splits`], except that a single file given in `data` is used
+    /// whole for [`Split::Test`]. Errors when the examples do not fit the model.
     pub fn dataset(&self, data: Option<&DataSpec>, split: Split) -> Result<Dataset> {
         let dataset = match data {
-            Some(DataSpec::Path { path, label_column }) if !path.is_dir() => data::load_file(path, *label_column)?,
+            Some(DataSpec::Path { path, label_column }) if !path.is_dir() && split == Split::Test => {
+                data::load_file(path, *label_column)?
+            }
             _ => split.of(self.splits(data)?),
         };
         self.vae.check_input(&dataset.shape, &dataset.source)?;
