@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::mlp::Activation;
+use crate::cpu::{contiguous_f32, gemm_parallelism};
 use crate::Result;
 
 /// A linear layer followed by an optional activation. Weights: `weight` `[out, in]`, `bias` `[out]`.
@@ -99,7 +100,7 @@ impl CustomOp3 for FusedDense {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?, contiguous_f32(bs, bl)?);
+        let (x, w, b) = (contiguous_f32(xs, xl, "fused dense")?, contiguous_f32(ws, wl, "fused dense")?, contiguous_f32(bs, bl, "fused dense")?);
         let (&[rows, inner], &[outputs, weight_inner]) = (xl.dims(), wl.dims()) else {
             candle_core::bail!("fused dense: expected x [n, k] and weight [m, k], got {:?} and {:?}", xl.dims(), wl.dims())
         };
@@ -110,7 +111,7 @@ impl CustomOp3 for FusedDense {
         // out = 1 * out + 1 * x W^T: the bias rides in the matrix multiply
         unsafe {
             gemm::gemm(rows, outputs, inner, out.as_mut_ptr(), 1, outputs as isize, true, x.as_ptr(), 1, inner as isize,
-                w.as_ptr(), inner as isize, 1, 1.0, 1.0, false, false, false, parallelism(rows * outputs * inner));
+                w.as_ptr(), inner as isize, 1, 1.0, 1.0, false, false, false, gemm_parallelism(rows * outputs * inner));
         }
         if !matches!(self.activation, OutputActivation::Identity) {
             out.iter_mut().for_each(|v| *v = self.activation.apply(*v));
@@ -129,19 +130,6 @@ impl CustomOp3 for FusedDense {
         let grad_x = if x.track_op() { Some(grad_pre.matmul(weight)?) } else { None };
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
     }
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("fused dense: needs contiguous f32 tensors"),
-    }
-}
-
-/// Threads for the matrix multiply: candle's setting, but none for products too small to share.
-fn parallelism(flops: usize) -> gemm::Parallelism {
-    let threads = candle_core::utils::get_num_threads();
-    if threads > 1 && flops > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None }
 }
 
 fn to_candle(error: crate::Error) -> candle_core::Error {

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, InplaceOp2, Layout};
 
+use crate::cpu::{contiguous_f32, contiguous_f32_mut};
+
 /// Adam's hyper-parameters for one step, bias corrections included.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamStep {
@@ -83,17 +85,15 @@ impl InplaceOp2 for FusedSgd<'_> {
     }
 }
 
-/// The contiguous f32 slices of a parameter and its gradient; an error for other dtypes or layouts.
+/// The contiguous f32 slices of a parameter and its gradient, of the same size.
 fn f32_pair<'a>(
     dst: &'a mut CpuStorage,
     dst_l: &Layout,
     (src, src_l): (&'a CpuStorage, &Layout),
 ) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
-    let (Some((d0, d1)), Some((s0, s1))) = (dst_l.contiguous_offsets(), src_l.contiguous_offsets()) else {
-        candle_core::bail!("fused optimiser: parameter and gradient must be contiguous")
-    };
-    match (dst, src) {
-        (CpuStorage::F32(param), CpuStorage::F32(grad)) if d1 - d0 == s1 - s0 => Ok((&mut param[d0..d1], &grad[s0..s1])),
-        _ => candle_core::bail!("fused optimiser: needs f32 parameter and gradient of the same size"),
+    let (param, grad) = (contiguous_f32_mut(dst, dst_l, "fused optimiser")?, contiguous_f32(src, src_l, "fused optimiser")?);
+    if param.len() != grad.len() {
+        candle_core::bail!("fused optimiser: parameter of {} values, gradient of {}", param.len(), grad.len())
     }
+    Ok((param, grad))
 }
