@@ -79,13 +79,30 @@ impl OutputActivation {
     }
 
     /// d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus: 1 - exp(-y).
-    fn derivative(&self, output: &Tensor) -> Result<Option<Tensor>> {
-        Ok(match self {
-            OutputActivation::Identity => None,
-            OutputActivation::Relu => Some(output.gt(0.0)?.to_dtype(output.dtype())?),
-            OutputActivation::Tanh => Some(output.sqr()?.affine(-1.0, 1.0)?),
-            OutputActivation::Softplus => Some(output.neg()?.exp()?.affine(-1.0, 1.0)?),
-        })
+    fn derivative(&self, y: f32) -> f32 {
+        match self {
+            OutputActivation::Identity => 1.0,
+            OutputActivation::Relu => f32::from(u8::from(y > 0.0)),
+            OutputActivation::Tanh => 1.0 - y * y,
+            OutputActivation::Softplus => 1.0 - (-y).exp(),
+        }
+    }
+}
+
+/// The gradient through the activation in one pass: grad_output * activation'(output).
+struct ActivationGradient {
+    activation: OutputActivation,
+}
+
+impl candle_core::CustomOp2 for ActivationGradient {
+    fn name(&self) -> &'static str {
+        "fused-activation-gradient"
+    }
+
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (output, grad) = (contiguous_f32(ys, yl, self.name())?, contiguous_f32(gs, gl, self.name())?);
+        let values = output.iter().zip(grad).map(|(&y, &g)| g * self.activation.derivative(y)).collect();
+        Ok((CpuStorage::F32(values), yl.shape().clone()))
     }
 }
 
@@ -120,9 +137,9 @@ impl CustomOp3 for FusedDense {
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, output: &Tensor, grad_output: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_pre = match self.activation.derivative(output).map_err(to_candle)? {
-            Some(derivative) => (grad_output * derivative)?,
-            None => grad_output.clone(),
+        let grad_pre = match self.activation {
+            OutputActivation::Identity => grad_output.clone(),
+            activation => output.apply_op2_no_bwd(&grad_output.contiguous()?, &ActivationGradient { activation })?,
         };
         let grad_weight = grad_pre.t()?.matmul(x)?;
         let grad_bias = grad_pre.sum(0)?;
@@ -132,9 +149,6 @@ impl CustomOp3 for FusedDense {
     }
 }
 
-fn to_candle(error: crate::Error) -> candle_core::Error {
-    candle_core::Error::Msg(error.to_string())
-}
 
 #[cfg(test)]
 mod tests {
