@@ -66,6 +66,9 @@ impl CustomOp2 for FusedBernoulli {
     }
 }
 
+/// One row of the gradient kernel: (output, logits) with (targets, upstream gradient).
+type RowPair<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a f32));
+
 /// Backward: logits `[n, d]`, targets `[n, d]`, upstream gradient `[n]` -> g_n * (sigmoid(l) - x), `[n, d]`.
 struct BernoulliGradient;
 
@@ -79,7 +82,7 @@ impl CustomOp3 for BernoulliGradient {
             (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?, contiguous_f32(gs, gl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
         let mut grad = vec![0.0f32; rows * dim];
-        let fill = |((out, l), (x, &g)): ((&mut [f32], &[f32]), (&[f32], &f32))| {
+        let fill = |((out, l), (x, &g)): RowPair<'_>| {
             out.iter_mut().zip(l).zip(x).for_each(|((o, &l), &x)| *o = g * (sigmoid(l) - x));
         };
         let dim = dim.max(1);
