@@ -60,12 +60,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let config = BoundsConfig { importance_samples: args.iw_samples, max_rows: args.max_rows, seed: args.seed };
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(dataset.len() as u64) };
     bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} examples, eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let started = std::time::Instant::now();
     let report = evaluate_bounds(&loaded.vae, &dataset, &config, &device, &mut |done| bar.set_position(done as u64))?;
+    let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string(&json_report(&report, &dataset.source))?);
+        let mut value = json_report(&report, &dataset.source);
+        value["seconds"] = seconds.into();
+        value["examples_per_second"] = (report.examples as f64 / seconds).into();
+        println!("{}", serde_json::to_string(&value)?);
     } else {
         print_table(&report, &dataset.source);
+        println!("evaluated in {seconds:.2} s ({:.1} examples/s)", report.examples as f64 / seconds);
     }
     Ok(())
 }

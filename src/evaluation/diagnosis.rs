@@ -65,6 +65,8 @@ pub struct Diagnosis {
     pub total_kl: f64,
     /// I(x; z) in nats (He et al. 2019), at most log(examples).
     pub mutual_information: f64,
+    /// The most the estimate can show: log(examples). A value near it means "at least this much".
+    pub mutual_information_ceiling: f64,
     /// The decoder check.
     pub latent_use: LatentUse,
     /// The conclusion.
@@ -93,6 +95,7 @@ pub fn diagnose(vae: &Vae, dataset: &Dataset, max_examples: usize, seed: u64, de
         inactive_dimensions: per_dimension.iter().filter(|s| !s.active).map(|s| s.dimension).collect(),
         per_dimension,
         mutual_information,
+        mutual_information_ceiling: (encodings.examples as f64).ln(),
         latent_use,
         verdict: Verdict::Healthy,
         reasons: vec![],
@@ -147,6 +150,9 @@ impl Diagnosis {
             self.reasons.push(format!("{active} of {dims} latent dimensions are active (activity > {ACTIVITY_THRESHOLD}); I(x; z) = {mi:.3} nats; KL {:.3} nats per example", self.total_kl));
             Verdict::Healthy
         };
+        if mi > 0.95 * self.mutual_information_ceiling {
+            self.reasons.push(format!("I(x; z) reaches the estimator's ceiling log N = {:.3} nats for N = {} examples: the true value is at least this, possibly more (evaluate more examples)", self.mutual_information_ceiling, self.examples));
+        }
         if active > 0 && !self.inactive_dimensions.is_empty() {
             self.reasons.push(format!("dimensions {:?} are unused (the prior fits them); the active ones carry the information, which is not collapse", self.inactive_dimensions));
         }
