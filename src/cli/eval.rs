@@ -1,29 +1,19 @@
 //! `elbo eval`: the negative ELBO and the importance-weighted estimate of -log p(x), labelled as the bounds they are.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use elbo::data::binarized;
 use elbo::evaluation::{evaluate_bounds, BoundsConfig, BoundsReport, Figure};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::run_data::{load_dataset, load_run};
+use super::run_args::{InputArgs, RunArgs};
 
 /// Flags of `elbo eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The run directory of a trained model.
-    #[arg(long)]
-    run: PathBuf,
-    /// Data to evaluate (default: the run's own held-out data). A directory's test split is used, a file whole.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// CSV only: the column holding labels.
-    #[arg(long)]
-    label_column: Option<usize>,
-    /// Evaluate the training split instead of the held-out one.
-    #[arg(long)]
-    train_split: bool,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    input: InputArgs,
     /// Importance samples K per example for the IWAE estimate (and S for the averaged ELBO); 0 skips it.
     #[arg(long, default_value_t = 1000)]
     iw_samples: usize,
@@ -42,17 +32,13 @@ pub struct EvalArgs {
     /// Compute threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 /// Runs `elbo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     super::set_threads(args.threads);
-    let device = super::device(&args.device)?;
-    let loaded = load_run(&args.run, &device)?;
-    let mut dataset = load_dataset(&loaded, args.data.as_ref(), args.label_column, args.train_split)?;
+    let (loaded, device) = args.run.open()?;
+    let mut dataset = args.input.dataset(&loaded)?;
     if let Some(limit) = args.max_examples {
         dataset = dataset.subset(&(0..dataset.len().min(limit)).collect::<Vec<_>>());
     }

@@ -14,7 +14,6 @@ mod progress;
 mod reconstruct;
 mod report;
 mod run_args;
-mod run_data;
 mod sample;
 mod train;
 mod traverse;
