@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod evaluation;
+pub mod fast_math;
 pub mod latent;
 pub mod model;
 pub mod objective;

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, worth_parallel};
+use crate::fast_math;
 use crate::Result;
 
 /// -log Bernoulli(x; sigmoid(logits)) per example, summed over dimensions; shape `[batch]`.
@@ -29,13 +30,26 @@ pub fn negative_log_prob_unfused(logits: &Tensor, x: &Tensor) -> Result<Tensor> 
 }
 
 /// -log p(x|z) = max(l, 0) - x * l + log(1 + exp(-|l|)) for one value.
+#[inline(always)]
 fn term(l: f32, x: f32) -> f32 {
-    l.max(0.0) - x * l + (-l.abs()).exp().ln_1p()
+    l.max(0.0) - x * l + fast_math::softplus_tail(l)
 }
 
-/// sigmoid(l) = 1 / (1 + exp(-l)), the derivative of softplus(l).
-fn sigmoid(l: f32) -> f32 {
-    1.0 / (1.0 + (-l).exp())
+/// Accumulator lanes of a row sum: independent partial sums let the loop vectorise (a single in-order float sum
+/// cannot be reordered by the compiler); the order is fixed, so results stay reproducible.
+const LANES: usize = 8;
+
+/// sum_d term(l_d, x_d) over one example.
+fn row_sum(logits: &[f32], targets: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (l_chunks, x_chunks) = (logits.chunks_exact(LANES), targets.chunks_exact(LANES));
+    let tail: f32 = l_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(&l, &x)| term(l, x)).sum();
+    for (l, x) in l_chunks.zip(x_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += term(l[lane], x[lane]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// Forward: logits `[n, d]`, targets `[n, d]` -> per-example sums `[n]`.
@@ -49,7 +63,7 @@ impl CustomOp2 for FusedBernoulli {
     fn cpu_fwd(&self, ls: &CpuStorage, ll: &Layout, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, targets) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
-        let row_sum = |(l, x): (&[f32], &[f32])| l.iter().zip(x).map(|(&l, &x)| term(l, x)).sum::<f32>();
+        let row_sum = |(l, x): (&[f32], &[f32])| row_sum(l, x);
         let sums: Vec<f32> = if worth_parallel(rows * dim) {
             logits.par_chunks(dim.max(1)).zip(targets.par_chunks(dim.max(1))).map(row_sum).collect()
         } else {
@@ -83,7 +97,7 @@ impl CustomOp3 for BernoulliGradient {
         let (rows, dim) = ll.shape().dims2()?;
         let mut grad = vec![0.0f32; rows * dim];
         let fill = |((out, l), (x, &g)): RowPair<'_>| {
-            out.iter_mut().zip(l).zip(x).for_each(|((o, &l), &x)| *o = g * (sigmoid(l) - x));
+            out.iter_mut().zip(l).zip(x).for_each(|((o, &l), &x)| *o = g * (fast_math::sigmoid(l) - x));
         };
         let dim = dim.max(1);
         if worth_parallel(rows * dim) {
