@@ -86,17 +86,17 @@ pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
     let training = &config.training;
     let shape = model.input_shape;
     let rows = [
-        vec!["data".into(), format!("{:?}", config.data)],
+        vec!["data".into(), readable(&config.data)],
         vec!["input".into(), format!("{} x {} x {} = {} values", shape.channels, shape.height, shape.width, shape.dim())],
-        vec!["encoder hidden widths".into(), format!("{:?}", model.encoder_hidden)],
+        vec!["encoder hidden widths".into(), readable(&model.encoder_hidden)],
         vec!["latent dimensions".into(), model.latent_dim.to_string()],
-        vec!["decoder hidden widths".into(), format!("{:?}", model.decoder_hidden)],
-        vec!["activation".into(), format!("{:?}", model.activation)],
-        vec!["decoder likelihood p(x|z)".into(), format!("{:?}", model.likelihood)],
+        vec!["decoder hidden widths".into(), readable(&model.decoder_hidden)],
+        vec!["activation".into(), readable(&model.activation)],
+        vec!["decoder likelihood p(x|z)".into(), readable(&model.likelihood)],
         vec!["epochs, batch size".into(), format!("{}, {}", training.epochs, training.batch_size)],
-        vec!["optimiser, learning rate".into(), format!("{:?}, {}", training.optimizer, training.learning_rate)],
-        vec!["objective".into(), format!("{:?}", training.objective)],
-        vec!["KL weighting".into(), format!("{:?}", training.kl)],
+        vec!["optimiser, learning rate".into(), format!("{}, {}", readable(&training.optimizer), training.learning_rate)],
+        vec!["objective".into(), readable(&training.objective)],
+        vec!["KL weighting".into(), readable(&training.kl)],
         vec!["seed, threads, device".into(), format!("{}, {}, {}", training.seed, config.threads, config.device)],
         vec!["elbo version".into(), config.elbo_version.clone()],
     ];
@@ -115,4 +115,32 @@ fn fixed(value: f64) -> String {
 
 fn percent(value: f64) -> String {
     format!("{:.1}%", 100.0 * value)
+}
+
+/// A setting as a person reads it: its JSON form with the punctuation dropped, e.g. the Adam optimiser as
+/// "adam (beta1 0.9, beta2 0.999, epsilon 1e-8)" and unset options left out.
+fn readable<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).map_or_else(|e| e.to_string(), |v| render(&v))
+}
+
+fn render(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join(", "),
+        Value::Object(fields) => {
+            let kind = fields.get("kind").or_else(|| fields.get("mode")).map(render);
+            let rest: Vec<String> = fields
+                .iter()
+                .filter(|(key, v)| !matches!(key.as_str(), "kind" | "mode") && !v.is_null())
+                .map(|(key, v)| if v.is_object() { format!("{key}: {}", render(v)) } else { format!("{key} {}", render(v)) })
+                .collect();
+            match (kind, rest.is_empty()) {
+                (Some(kind), true) => kind,
+                (Some(kind), false) => format!("{kind} ({})", rest.join(", ")),
+                (None, _) => rest.join(", "),
+            }
+        }
+        other => other.to_string(),
+    }
 }
