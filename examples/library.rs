@@ -13,7 +13,8 @@ fn main() -> elbo::Result<()> {
     let splits = data::load(&spec, 0.1, 1)?;
     let config = VaeConfig { input_shape: splits.train.shape, latent_dim: 8, ..VaeConfig::default() };
     let (vae, varmap) = Vae::fresh(&config, 1, DType::F32, &device)?;
-    let outcome = train(&vae, &varmap, &splits, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &device, &mut [])?;
+    let outcome =
+        train(&vae, &varmap, &splits, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &device, &mut [])?;
     if let Some(last) = outcome.last_epoch {
         println!("held-out negative ELBO (an upper bound on -log p(x)): {:.2} nats", last.held_out.negative_elbo());
     }

@@ -14,7 +14,7 @@ const ROUNDING: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.336_54, 88.376_26); // keeps n in -126..=127, a normal power of two
-    // e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln 2 / 2
+                                            // e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln 2 / 2
     let n = (x * LOG2_E + ROUNDING) - ROUNDING;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let mut p = 1.987_569_1e-4_f32;

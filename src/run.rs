@@ -4,6 +4,7 @@
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
+use crate::atomic::write_json;
 use crate::data::{binarized, Dataset, Splits};
 use crate::evaluation::{diagnose, read_curves, Diagnosis};
 use crate::model::Vae;
@@ -11,7 +12,6 @@ use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
 use crate::outputs::{EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
 use crate::report::write_report;
 use crate::training::{train, TrainOutcome, TrainingObserver};
-use crate::atomic::write_json;
 use crate::Result;
 
 /// Examples used by the diagnosis at the end of training.
@@ -92,9 +92,15 @@ fn summary_of(outcome: &TrainOutcome, held_out_split: &str) -> RunSummary {
     }
 }
 
-
 /// Diagnoses a trained model on `dataset`, reads the run's training curves, and writes `diagnosis.json`.
-pub fn diagnose_run(vae: &Vae, run: &RunDir, dataset: &Dataset, max_examples: usize, seed: u64, device: &Device) -> Result<Diagnosis> {
+pub fn diagnose_run(
+    vae: &Vae,
+    run: &RunDir,
+    dataset: &Dataset,
+    max_examples: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Diagnosis> {
     let curves = read_curves(&run.metrics_path())?.read();
     let diagnosis = diagnose(vae, dataset, max_examples, seed, device)?.with_curves(curves);
     write_json(&run.file("diagnosis.json"), &diagnosis)?;

@@ -33,7 +33,8 @@ fn ppca_model() -> Vae {
     set("decoder.output.weight", W.iter().flatten().map(|&v| v as f32).collect(), &[DATA_DIM, LATENT_DIM]);
     set("decoder.output.bias", B.iter().map(|&v| v as f32).collect(), &[DATA_DIM]);
     // An imperfect encoder: roughly W^T-shaped means, a fixed variance.
-    let mu_weight: Vec<f32> = (0..LATENT_DIM).flat_map(|j| (0..DATA_DIM).map(move |i| (0.5 * W[i][j]) as f32)).collect();
+    let mu_weight: Vec<f32> =
+        (0..LATENT_DIM).flat_map(|j| (0..DATA_DIM).map(move |i| (0.5 * W[i][j]) as f32)).collect();
     set("encoder.mu.weight", mu_weight, &[LATENT_DIM, DATA_DIM]);
     set("encoder.mu.bias", vec![0.0; LATENT_DIM], &[LATENT_DIM]);
     set("encoder.log_var.weight", vec![0.0; LATENT_DIM * DATA_DIM], &[LATENT_DIM, DATA_DIM]);

@@ -22,8 +22,24 @@ fn assert_fails_with(output: &Output, words: &[&str]) {
 }
 
 fn train_tiny(dir: &Path, out: &str) -> Output {
-    let args = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--hidden", "32",
-        "--latent-dim", "4", "--threads", "1", "--quiet", "--out", out];
+    let args = [
+        "train",
+        "--sprite-count",
+        "300",
+        "--sprite-size",
+        "16",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--latent-dim",
+        "4",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        out,
+    ];
     elbo(&args, dir)
 }
 
@@ -36,7 +52,9 @@ fn train_then_sample_and_reconstruct() {
     assert!(printed.contains("epoch   2") && printed.contains("rec ") && printed.contains("KL "), "{printed}");
     assert!(printed.contains("upper bound"), "the ELBO is labelled as a bound: {printed}");
     let run = dir.path().join("run");
-    for file in ["config.json", "model.safetensors", "metrics.csv", "summary.json", "samples.png", "reconstructions.png"] {
+    for file in
+        ["config.json", "model.safetensors", "metrics.csv", "summary.json", "samples.png", "reconstructions.png"]
+    {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     let sample = elbo(&["sample", "--run", "run", "--n", "10", "--temperature", "0.5", "--out", "s.png"], dir.path());
@@ -66,8 +84,11 @@ fn bad_data_files_are_reported_by_name() {
     assert_fails_with(&elbo(&["train", "--data", "missing.npy"], dir.path()), &["missing.npy"]);
     assert_fails_with(&elbo(&["train", "--data", "bad.npy"], dir.path()), &["bad.npy", "magic"]);
     assert_fails_with(&elbo(&["train", "--data", "ragged.csv"], dir.path()), &["ragged.csv", "line 2"]);
-    std::fs::write(dir.path().join("big.csv"), "0.5,2.0\n0.1,0.2\n0.3,0.4\n0.5,0.6\n0.1,0.9\n0.2,0.2\n0.3,0.1\n0.7,0.1\n0.2,0.5\n0.3,0.3\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("big.csv"),
+        "0.5,2.0\n0.1,0.2\n0.3,0.4\n0.5,0.6\n0.1,0.9\n0.2,0.2\n0.3,0.1\n0.7,0.1\n0.2,0.5\n0.3,0.3\n",
+    )
+    .unwrap();
     assert_fails_with(&elbo(&["train", "--data", "big.csv", "--quiet"], dir.path()), &["big.csv", "[0, 1]"]);
 }
 
@@ -92,31 +113,67 @@ fn eval_labels_bounds_and_diagnose_writes_its_verdict() {
     let table = elbo(&["eval", "--run", "run", "--iw-samples", "20"], dir.path());
     let printed = text(&table);
     assert!(table.status.success(), "{printed}");
-    assert!(printed.contains("a lower bound on log p(x)") && printed.contains("IWAE K = 20") && printed.contains("bits/dim"), "{printed}");
+    assert!(
+        printed.contains("a lower bound on log p(x)")
+            && printed.contains("IWAE K = 20")
+            && printed.contains("bits/dim"),
+        "{printed}"
+    );
     let json = elbo(&["eval", "--run", "run", "--iw-samples", "20", "--json"], dir.path());
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let (elbo_nats, iwae_nats) = (value["negative_elbo"]["nats"].as_f64().unwrap(), value["negative_iwae"]["nats"].as_f64().unwrap());
+    let (elbo_nats, iwae_nats) =
+        (value["negative_elbo"]["nats"].as_f64().unwrap(), value["negative_iwae"]["nats"].as_f64().unwrap());
     assert!(iwae_nats < elbo_nats, "the IWAE bound is tighter: {iwae_nats} vs {elbo_nats}");
     assert!(value["negative_iwae"]["standard_error"].as_f64().unwrap() > 0.0);
     let diagnosis = elbo(&["diagnose", "--run", "run", "--json"], dir.path());
     let value: serde_json::Value = serde_json::from_slice(&diagnosis.stdout).unwrap();
-    assert!(value["verdict"].is_string() && value["active_units"].is_u64() && value["per_dimension"].as_array().unwrap().len() == 4);
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/diagnosis.json")).unwrap()).unwrap();
+    assert!(
+        value["verdict"].is_string()
+            && value["active_units"].is_u64()
+            && value["per_dimension"].as_array().unwrap().len() == 4
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/diagnosis.json")).unwrap()).unwrap();
     assert_eq!(saved["verdict"], value["verdict"]);
 }
 
 #[test]
 fn remedies_are_flags_and_conflicting_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let args = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--hidden", "32", "--latent-dim", "4",
-        "--quiet", "--out", "warm", "--warmup-epochs", "1", "--free-bits", "0.1"];
+    let args = [
+        "train",
+        "--sprite-count",
+        "300",
+        "--sprite-size",
+        "16",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--latent-dim",
+        "4",
+        "--quiet",
+        "--out",
+        "warm",
+        "--warmup-epochs",
+        "1",
+        "--free-bits",
+        "0.1",
+    ];
     let output = elbo(&args, dir.path());
     assert!(output.status.success(), "{}", text(&output));
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("warm/config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("warm/config.json")).unwrap()).unwrap();
     assert_eq!(config["training"]["kl"]["schedule"]["kind"], "linear");
     assert_eq!(config["training"]["kl"]["free_bits"], 0.1);
-    assert_fails_with(&elbo(&["train", "--objective", "iwae", "--beta", "4"], dir.path()), &["IWAE objective takes no beta"]);
-    assert_fails_with(&elbo(&["train", "--warmup-epochs", "2", "--kl-cycles", "3"], dir.path()), &["cannot be used with"]);
+    assert_fails_with(
+        &elbo(&["train", "--objective", "iwae", "--beta", "4"], dir.path()),
+        &["IWAE objective takes no beta"],
+    );
+    assert_fails_with(
+        &elbo(&["train", "--warmup-epochs", "2", "--kl-cycles", "3"], dir.path()),
+        &["cannot be used with"],
+    );
 }
 
 #[test]
@@ -169,7 +226,10 @@ fn latent_commands_fail_clearly_on_bad_input() {
     assert_fails_with(&decode("wide_labels.npy"), &["wide_labels.npy", "descr"]);
     assert!(elbo(&["decode", "--run", "run", "--latents", "wide.npy", "--out", "images"], dir.path()).status.success());
     assert_fails_with(&decode("images/decoded.npy"), &["decoded.npy", "N x 4", "16 x 16"]);
-    assert_fails_with(&elbo(&["encode", "--run", "run", "--out", "codes.json"], dir.path()), &["codes.json", ".npy or .csv"]);
+    assert_fails_with(
+        &elbo(&["encode", "--run", "run", "--out", "codes.json"], dir.path()),
+        &["codes.json", ".npy or .csv"],
+    );
     let far = elbo(&["interpolate", "--run", "run", "--from", "0", "--to", "999"], dir.path());
     assert_fails_with(&far, &["to", "999", "30 examples"]);
     assert_fails_with(&elbo(&["traverse", "--run", "run", "--dims", "9"], dir.path()), &["dims", "dimension 9"]);
@@ -179,6 +239,9 @@ fn latent_commands_fail_clearly_on_bad_input() {
     assert_fails_with(&factor, &["colour", "shape, scale, rotation, x, y"]);
     let rows: String = (0..12).map(|i| format!("0.{i},0.5\n")).collect();
     codes("flat.csv", &rows);
-    assert_fails_with(&elbo(&["probe", "--run", "run", "--data", "flat.csv"], dir.path()), &["flat.csv", "2 values", "256"]);
+    assert_fails_with(
+        &elbo(&["probe", "--run", "run", "--data", "flat.csv"], dir.path()),
+        &["flat.csv", "2 values", "256"],
+    );
     assert_fails_with(&elbo(&["report", "--run", "nowhere"], dir.path()), &["nowhere", "config.json"]);
 }

@@ -12,16 +12,29 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 fn dataset(values: Vec<f32>, dim: usize) -> Dataset {
-    Dataset { source: "synthetic".into(), values: Values::F32(values), shape: ExampleShape::flat(dim), labels: None, factors: None }
+    Dataset {
+        source: "synthetic".into(),
+        values: Values::F32(values),
+        shape: ExampleShape::flat(dim),
+        labels: None,
+        factors: None,
+    }
 }
 
 /// Binary-ish images: one of four prototypes with pixel noise.
 fn prototypes(count: usize, seed: u64) -> Dataset {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let values = (0..count)
-        .flat_map(|i| (0..16).map(move |d| (i % 4, d)))
-        .map(|(class, d)| if (d / 4 == class) || (d % 4 == class) { rng.random_range(0.8..1.0) } else { rng.random_range(0.0..0.2) })
-        .collect();
+    let values =
+        (0..count)
+            .flat_map(|i| (0..16).map(move |d| (i % 4, d)))
+            .map(|(class, d)| {
+                if (d / 4 == class) || (d % 4 == class) {
+                    rng.random_range(0.8..1.0)
+                } else {
+                    rng.random_range(0.0..0.2)
+                }
+            })
+            .collect();
     dataset(values, 16)
 }
 
@@ -47,11 +60,24 @@ fn train_and_diagnose(config: &VaeConfig, splits: &Splits, training: &TrainConfi
 }
 
 fn mlp(dim: usize, latent_dim: usize, likelihood: LikelihoodConfig) -> VaeConfig {
-    VaeConfig { input_shape: ExampleShape::flat(dim), latent_dim, encoder_hidden: vec![32], decoder_hidden: vec![32], likelihood, ..VaeConfig::default() }
+    VaeConfig {
+        input_shape: ExampleShape::flat(dim),
+        latent_dim,
+        encoder_hidden: vec![32],
+        decoder_hidden: vec![32],
+        likelihood,
+        ..VaeConfig::default()
+    }
 }
 
 fn training(epochs: usize, beta: f64) -> TrainConfig {
-    TrainConfig { epochs, batch_size: 64, learning_rate: 3e-3, kl: KlWeighting { beta, ..KlWeighting::default() }, ..TrainConfig::default() }
+    TrainConfig {
+        epochs,
+        batch_size: 64,
+        learning_rate: 3e-3,
+        kl: KlWeighting { beta, ..KlWeighting::default() },
+        ..TrainConfig::default()
+    }
 }
 
 #[test]
@@ -61,7 +87,11 @@ fn a_normally_trained_model_is_healthy() {
     println!("{diagnosis}");
     assert_eq!(diagnosis.verdict, Verdict::Healthy);
     assert!(diagnosis.active_units > 0);
-    assert!(diagnosis.mutual_information > 0.5, "four prototypes carry up to ln 4 = 1.39 nats: {}", diagnosis.mutual_information);
+    assert!(
+        diagnosis.mutual_information > 0.5,
+        "four prototypes carry up to ln 4 = 1.39 nats: {}",
+        diagnosis.mutual_information
+    );
     assert!(diagnosis.latent_use.uses_latent);
     assert!(diagnosis.remedies.is_empty());
 }
@@ -76,7 +106,10 @@ fn a_very_large_beta_collapses_the_posterior() {
     assert!(diagnosis.mutual_information < 0.05, "{}", diagnosis.mutual_information);
     assert_eq!(diagnosis.inactive_dimensions, vec![0, 1, 2, 3], "the collapsed dimensions are named");
     assert!(!diagnosis.latent_use.uses_latent, "a collapsed posterior leaves the decoder nothing to use");
-    assert!(diagnosis.remedies.iter().any(|r| r.contains("warm-up")) && diagnosis.remedies.iter().any(|r| r.contains("free bits")));
+    assert!(
+        diagnosis.remedies.iter().any(|r| r.contains("warm-up"))
+            && diagnosis.remedies.iter().any(|r| r.contains("free bits"))
+    );
 }
 
 #[test]
@@ -101,7 +134,12 @@ fn a_small_kl_with_inputs_still_distinguished_is_not_collapse() {
     // A tiny signal: each example shifts one pixel a little, so an informative posterior needs little KL.
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let make = |rng: &mut ChaCha8Rng, count: usize| {
-        let values = (0..count).flat_map(|_| { let s: f32 = StandardNormal.sample(rng); [0.3 * s, 0.0, 0.0, 0.0] }).collect();
+        let values = (0..count)
+            .flat_map(|_| {
+                let s: f32 = StandardNormal.sample(rng);
+                [0.3 * s, 0.0, 0.0, 0.0]
+            })
+            .collect();
         dataset(values, 4)
     };
     let splits = Splits { train: make(&mut rng, 2000), test: make(&mut rng, 400), test_is_validation: false };

@@ -133,6 +133,9 @@ fn the_probe_beats_chance_with_a_trained_model_and_not_with_an_untrained_one() {
         let (trained, chance) = probe_accuracy(trained(), factor);
         let (random, _) = probe_accuracy(&untrained, factor);
         assert!(trained > 6.0 * chance, "{factor}: trained {trained} vs chance {chance}");
-        assert!(random - chance < 0.6 * (trained - chance), "{factor}: untrained {random}, trained {trained}, chance {chance}");
+        assert!(
+            random - chance < 0.6 * (trained - chance),
+            "{factor}: untrained {random}, trained {trained}, chance {chance}"
+        );
     }
 }

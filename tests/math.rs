@@ -104,7 +104,9 @@ fn gaussian_is_the_full_density_in_nats() {
     let (fixed, _) = gaussian(GaussianVariance::Fixed { sigma }, 3);
     let got = values(&fixed.negative_log_prob(&tensor(&mean, 1), &tensor(&x, 1)).unwrap())[0];
     let expected: f64 = (0..3)
-        .map(|i| 0.5 * (2.0 * std::f64::consts::PI).ln() + sigma.ln() + (x[i] - mean[i]).powi(2) / (2.0 * sigma * sigma))
+        .map(|i| {
+            0.5 * (2.0 * std::f64::consts::PI).ln() + sigma.ln() + (x[i] - mean[i]).powi(2) / (2.0 * sigma * sigma)
+        })
         .sum();
     assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
 
@@ -148,7 +150,11 @@ fn check_gradient(name: &str, input: &[f64], rows: usize, f: impl Fn(&Tensor) ->
         minus[i] -= h;
         let numeric = (objective(&tensor(&plus, rows)) - objective(&tensor(&minus, rows))) / (2.0 * h);
         let tolerance = 1e-5 * numeric.abs().max(1.0);
-        assert!((analytic[i] - numeric).abs() < tolerance, "{name}[{i}]: autograd {} vs finite difference {numeric}", analytic[i]);
+        assert!(
+            (analytic[i] - numeric).abs() < tolerance,
+            "{name}[{i}]: autograd {} vs finite difference {numeric}",
+            analytic[i]
+        );
     }
 }
 
@@ -158,7 +164,9 @@ fn finite_difference_gradients_of_the_kl() {
     let mu = random(&mut rng, 6, -2.0, 2.0);
     let log_var = random(&mut rng, 6, -2.0, 2.0);
     let lv = tensor(&log_var, 2);
-    check_gradient("KL wrt mu", &mu, 2, |m| DiagonalGaussian::new(m.clone(), lv.clone()).kl_to_standard_normal().unwrap());
+    check_gradient("KL wrt mu", &mu, 2, |m| {
+        DiagonalGaussian::new(m.clone(), lv.clone()).kl_to_standard_normal().unwrap()
+    });
     let m = tensor(&mu, 2);
     check_gradient("KL wrt log_var", &log_var, 2, |lv| {
         DiagonalGaussian::new(m.clone(), lv.clone()).kl_to_standard_normal().unwrap()
@@ -211,7 +219,11 @@ fn finite_difference_gradient_of_the_learned_gaussian_log_variance() {
         plus[i] += 1e-6;
         minus[i] -= 1e-6;
         let numeric = (values(&objective_at(&plus))[0] - values(&objective_at(&minus))[0]) / 2e-6;
-        assert!((analytic[i] - numeric).abs() < 1e-5 * numeric.abs().max(1.0), "log_var[{i}]: {} vs {numeric}", analytic[i]);
+        assert!(
+            (analytic[i] - numeric).abs() < 1e-5 * numeric.abs().max(1.0),
+            "log_var[{i}]: {} vs {numeric}",
+            analytic[i]
+        );
     }
 }
 

@@ -45,7 +45,12 @@ fn external_references(html: &str) -> Vec<String> {
             }
         }
     }
-    found.extend(["http://", "https://", "ftp://", "<link", "<script", "@import"].iter().filter(|m| html.contains(**m)).map(|m| m.to_string()));
+    found.extend(
+        ["http://", "https://", "ftp://", "<link", "<script", "@import"]
+            .iter()
+            .filter(|m| html.contains(**m))
+            .map(|m| m.to_string()),
+    );
     found
 }
 
@@ -81,10 +86,18 @@ fn training_writes_a_self_contained_report_with_every_section() {
     add_weighted_kl(&run);
     write_report(&run, &finished.vae, &splits, &Device::Cpu).unwrap();
     let html = std::fs::read_to_string(run.file("report.html")).unwrap();
-    for text in ["<td>partial collapse</td>", "1.7500", "2 of 4 dimensions inactive", "active (per diagnosis.json)", "Weighted KL"] {
+    for text in [
+        "<td>partial collapse</td>",
+        "1.7500",
+        "2 of 4 dimensions inactive",
+        "active (per diagnosis.json)",
+        "Weighted KL",
+    ] {
         assert!(html.contains(text), "{text} missing after the diagnosis and warm-up");
     }
-    let leftovers = std::fs::read_dir(run.root()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"));
+    let leftovers = std::fs::read_dir(run.root())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"));
     assert_eq!(leftovers.count(), 0, "written atomically, no temporary file left");
 }
 

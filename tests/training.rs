@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use elbo::data::{Dataset, DataSpec, ExampleShape, Splits, Values};
+use elbo::data::{DataSpec, Dataset, ExampleShape, Splits, Values};
 use elbo::model::{LikelihoodConfig, Vae, VaeConfig};
 use elbo::outputs::{RunConfig, RunDir};
 use elbo::run::train_run;
@@ -105,7 +105,8 @@ fn same_seed_gives_the_same_numbers_bit_for_bit() {
     let (first, first_log) = train_fresh(5, 2);
     let (second, second_log) = train_fresh(5, 2);
     assert_eq!(weights(&first), weights(&second));
-    let bits = |log: &Recorder| log.steps.iter().map(|s| (s.reconstruction.to_bits(), s.kl.to_bits())).collect::<Vec<_>>();
+    let bits =
+        |log: &Recorder| log.steps.iter().map(|s| (s.reconstruction.to_bits(), s.kl.to_bits())).collect::<Vec<_>>();
     assert_eq!(bits(&first_log), bits(&second_log));
     let (other, _) = train_fresh(6, 2);
     assert_ne!(weights(&first), weights(&other));
@@ -182,7 +183,8 @@ impl TrainingObserver for StopAfter {
 fn an_interrupted_run_keeps_its_weights_logs_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
-    let finished = train_run(&run_config(5), &splits(), &run, &Device::Cpu, &mut StopAfter { after: 12, seen: 0 }).unwrap();
+    let finished =
+        train_run(&run_config(5), &splits(), &run, &Device::Cpu, &mut StopAfter { after: 12, seen: 0 }).unwrap();
     assert_eq!(finished.summary.status, "interrupted");
     assert_eq!(finished.summary.steps, 12);
     assert_eq!(finished.summary.epochs_completed, 1);
@@ -203,9 +205,18 @@ fn a_completed_run_leaves_a_readable_run_directory() {
     let names: Vec<String> = weights(&varmap).into_iter().map(|(n, _)| n).collect();
     assert_eq!(
         names,
-        ["decoder.hidden.0.bias", "decoder.hidden.0.weight", "decoder.output.bias", "decoder.output.weight",
-         "encoder.hidden.0.bias", "encoder.hidden.0.weight", "encoder.log_var.bias", "encoder.log_var.weight",
-         "encoder.mu.bias", "encoder.mu.weight"]
+        [
+            "decoder.hidden.0.bias",
+            "decoder.hidden.0.weight",
+            "decoder.output.bias",
+            "decoder.output.weight",
+            "encoder.hidden.0.bias",
+            "encoder.hidden.0.weight",
+            "encoder.log_var.bias",
+            "encoder.log_var.weight",
+            "encoder.mu.bias",
+            "encoder.mu.weight"
+        ]
     );
     let metrics = std::fs::read_to_string(run.metrics_path()).unwrap();
     let mut lines = metrics.lines();
@@ -213,15 +224,19 @@ fn a_completed_run_leaves_a_readable_run_directory() {
     assert_eq!(metrics.lines().filter(|l| l.starts_with("step,")).count(), 16);
     assert_eq!(metrics.lines().filter(|l| l.starts_with("epoch,")).count(), 4);
     assert!(metrics.lines().any(|l| l.starts_with("epoch,2,16,test,")));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.summary_path()).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.summary_path()).unwrap()).unwrap();
     assert_eq!(summary["status"], "completed");
     assert!(summary["note"].as_str().unwrap().contains("lower bound"));
     for picture in ["samples.png", "reconstructions.png"] {
         let image = image::open(run.file(picture)).unwrap();
         assert!(image.width() > 16 && image.height() > 4, "{picture}");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
 }
 
@@ -248,7 +263,10 @@ fn bernoulli_targets_outside_the_unit_interval_are_rejected_with_the_source() {
         model: VaeConfig { likelihood: LikelihoodConfig::Gaussian { variance: Default::default() }, ..model_config() },
         ..run_config(1)
     };
-    assert!(train_run(&gaussian, &bad, &run, &Device::Cpu, &mut Recorder::default()).is_ok(), "gaussian takes any value");
+    assert!(
+        train_run(&gaussian, &bad, &run, &Device::Cpu, &mut Recorder::default()).is_ok(),
+        "gaussian takes any value"
+    );
 }
 
 #[test]

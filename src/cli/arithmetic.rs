@@ -43,12 +43,16 @@ pub fn run(args: ArithmeticArgs) -> anyhow::Result<()> {
     let labels = labels_of(&dataset, &choice)?;
     let from = parse_label(&dataset, &choice, &labels, &args.from_label)?;
     let to = parse_label(&dataset, &choice, &labels, &args.to_label)?;
-    let result = latent_arithmetic(&trained.vae, &dataset, &labels, (from, to), args.n, trained.eval_batch_size(), &device)?;
+    let result =
+        latent_arithmetic(&trained.vae, &dataset, &labels, (from, to), args.n, trained.eval_batch_size(), &device)?;
     let names = (label_name(&dataset, &choice, from), label_name(&dataset, &choice, to));
     let out = args.out.unwrap_or_else(|| trained.run.file("arithmetic.png"));
     save_png(&arithmetic_grid(&result, &dataset.shape, (&names.0, &names.1))?, &out)?;
     let norm = result.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-    println!("attribute vector mean(mu | {}) - mean(mu | {}) over {}: length {norm:.3}", names.1, names.0, dataset.source);
+    println!(
+        "attribute vector mean(mu | {}) - mean(mu | {}) over {}: length {norm:.3}",
+        names.1, names.0, dataset.source
+    );
     println!(
         "wrote {} (rows: {} examples of class {}, their reconstructions, the same codes plus the vector)",
         out.display(),

@@ -28,7 +28,8 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let latents = read_latents(&args.latents, model.latent_dim)?;
     let decoded = decode_latents(&trained.vae, &latents, trained.eval_batch_size(), &device)?;
     let written = write_decoded(&args.out, &decoded, &model.input_shape)?;
-    let byte = Compression { input_values: model.input_shape.dim(), input_value_bytes: 1, latent_values: model.latent_dim };
+    let byte =
+        Compression { input_values: model.input_shape.dim(), input_value_bytes: 1, latent_values: model.latent_dim };
     let float = Compression { input_value_bytes: 4, ..byte };
     println!(
         "decoded {} codes of {} values; compression {:.1}x against 8-bit inputs ({} bytes -> {} bytes per example), \
@@ -42,7 +43,9 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     );
     match written.as_slice() {
         [single] => println!("wrote {}", single.display()),
-        [array, ..] => println!("wrote {} and {} PNG images in {}", array.display(), written.len() - 1, args.out.display()),
+        [array, ..] => {
+            println!("wrote {} and {} PNG images in {}", array.display(), written.len() - 1, args.out.display())
+        }
         [] => {}
     }
     Ok(())

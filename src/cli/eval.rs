@@ -45,7 +45,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let dataset = binarized(&dataset, loaded.config.training.binarization, args.seed);
     let config = BoundsConfig { importance_samples: args.iw_samples, max_rows: args.max_rows, seed: args.seed };
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(dataset.len() as u64) };
-    bar.set_style(ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} examples, eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} examples, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let started = std::time::Instant::now();
     let report = evaluate_bounds(&loaded.vae, &dataset, &config, &device, &mut |done| bar.set_position(done as u64))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -79,7 +82,10 @@ fn json_report(report: &BoundsReport, source: &str) -> serde_json::Value {
 }
 
 fn print_table(report: &BoundsReport, source: &str) {
-    println!("{source}: {} examples x {} values; nats per example, +- standard error across examples", report.examples, report.data_dim);
+    println!(
+        "{source}: {} examples x {} values; nats per example, +- standard error across examples",
+        report.examples, report.data_dim
+    );
     println!("{:<58} {:>10} {:>9} {:>9}", "", "nats", "+- s.e.", "bits/dim");
     let row = |label: &str, f: &Figure| {
         println!("{label:<58} {:>10.3} {:>9.3} {:>9.4}", f.mean, f.standard_error, report.bits_per_dim(f.mean));

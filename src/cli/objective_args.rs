@@ -67,7 +67,9 @@ impl ObjectiveArgs {
         let schedule = match (self.warmup_epochs, self.warmup_steps, self.kl_cycles) {
             (Some(epochs), _, _) => KlSchedule::Linear { steps: to_steps(epochs) },
             (_, Some(steps), _) => KlSchedule::Linear { steps },
-            (_, _, Some(cycles)) => KlSchedule::Cyclical { period: total_steps.div_ceil(cycles.max(1)), ratio: self.cycle_ratio },
+            (_, _, Some(cycles)) => {
+                KlSchedule::Cyclical { period: total_steps.div_ceil(cycles.max(1)), ratio: self.cycle_ratio }
+            }
             _ => KlSchedule::Constant,
         };
         let capacity = self.capacity_max.map(|max_nats| Capacity {

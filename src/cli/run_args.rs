@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
 use candle_core::Device;
+use clap::{Args, ValueEnum};
 use elbo::data::{DataSpec, Dataset, Splits};
 use elbo::latent::{Split, TrainedRun};
 

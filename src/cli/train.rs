@@ -91,10 +91,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let run = RunDir::create(&out)?;
     print_plan(&config, &splits, &out);
     let mut progress = Progress::new(args.quiet, splits.test_is_validation);
-    let finished = train_run(&config, &splits, &run, &device, &mut progress)
-        .with_context(|| {
-            format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
-        })?;
+    let finished = train_run(&config, &splits, &run, &device, &mut progress).with_context(|| {
+        format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
+    })?;
     print!("{}", finished.diagnosis);
     if progress.was_interrupted() {
         println!("interrupted: weights, metrics and summary of the steps so far are saved");

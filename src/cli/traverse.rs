@@ -37,8 +37,12 @@ pub struct TraverseArgs {
 pub fn run(args: TraverseArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
-    let settings =
-        TraversalSettings { seed_index: args.example, dimensions: args.dims.parse()?, range: args.range, steps: args.steps };
+    let settings = TraversalSettings {
+        seed_index: args.example,
+        dimensions: args.dims.parse()?,
+        range: args.range,
+        steps: args.steps,
+    };
     let traversal = traverse(&trained.vae, &dataset, &settings, trained.eval_batch_size(), &device)?;
     let out = args.out.unwrap_or_else(|| trained.run.file("traversal.png"));
     save_png(&traversal_grid(&traversal, &dataset.shape)?, &out)?;
@@ -46,6 +50,12 @@ pub fn run(args: TraverseArgs) -> anyhow::Result<()> {
     for row in &traversal.rows {
         println!("  z{:<3} KL {:.3}", row.dimension, row.kl);
     }
-    println!("wrote {} (example {}, each dimension from -{r} to {r} in {} steps)", out.display(), args.example, args.steps, r = args.range);
+    println!(
+        "wrote {} (example {}, each dimension from -{r} to {r} in {} steps)",
+        out.display(),
+        args.example,
+        args.steps,
+        r = args.range
+    );
     Ok(())
 }

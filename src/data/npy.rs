@@ -285,8 +285,8 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use crate::data::ExampleShape;
+    use std::path::PathBuf;
     use tempfile::TempDir;
 
     /// An NPY file of the given version with `header` as header text and `data` after it.

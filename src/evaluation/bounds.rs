@@ -105,7 +105,14 @@ fn single_sample(vae: &Vae, x: &Tensor, noise: &mut NoiseSource, values: &mut Pe
 }
 
 /// K importance samples per example, in chunks of `chunk` samples, accumulated per example in f64.
-fn importance_weighted(vae: &Vae, x: &Tensor, samples: usize, chunk: usize, noise: &mut NoiseSource, values: &mut PerExample) -> Result<()> {
+fn importance_weighted(
+    vae: &Vae,
+    x: &Tensor,
+    samples: usize,
+    chunk: usize,
+    noise: &mut NoiseSource,
+    values: &mut PerExample,
+) -> Result<()> {
     let rows = x.dim(0)?;
     let posterior = vae.encode(x)?;
     let mut log_sum = vec![LogSumExp::default(); rows];

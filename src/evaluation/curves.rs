@@ -40,9 +40,13 @@ pub struct Curves {
 pub fn read_curves(path: &Path) -> Result<Curves> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut lines = text.lines();
-    let header: HashMap<&str, usize> = lines.next().unwrap_or_default().split(',').enumerate().map(|(i, n)| (n, i)).collect();
-    let column = |name: &str| header.get(name).copied().ok_or_else(|| Error::bad_input(path, "header", format!("no `{name}` column")));
-    let (kind, split, reconstruction, kl) = (column("kind")?, column("split")?, column("reconstruction")?, column("kl")?);
+    let header: HashMap<&str, usize> =
+        lines.next().unwrap_or_default().split(',').enumerate().map(|(i, n)| (n, i)).collect();
+    let column = |name: &str| {
+        header.get(name).copied().ok_or_else(|| Error::bad_input(path, "header", format!("no `{name}` column")))
+    };
+    let (kind, split, reconstruction, kl) =
+        (column("kind")?, column("split")?, column("reconstruction")?, column("kl")?);
     let mut curves = Curves::default();
     for (number, line) in lines.enumerate() {
         let cells: Vec<&str> = line.split(',').collect();
@@ -50,7 +54,9 @@ pub fn read_curves(path: &Path) -> Result<Curves> {
             continue;
         }
         let value = |index: usize| -> Result<f64> {
-            let problem = || Error::bad_input(path, format!("line {}", number + 2), "expected a number for reconstruction and kl");
+            let problem = || {
+                Error::bad_input(path, format!("line {}", number + 2), "expected a number for reconstruction and kl")
+            };
             cells.get(index).and_then(|c| c.parse().ok()).ok_or_else(problem)
         };
         let pair = (value(reconstruction)?, value(kl)?);
@@ -76,7 +82,13 @@ impl Curves {
         let half = &self.epochs[self.epochs.len() / 2..];
         let both_shrinking =
             half.len() > 1 && half.windows(2).all(|w| w[1].0 <= w[0].0) && half.last()?.1 < half.first()?.1;
-        let mut reading = CurveReading { early_kl, kl_near_zero_early: early_kl < EARLY_KL_NEAR_ZERO, reconstruction_stuck, both_shrinking, notes: vec![] };
+        let mut reading = CurveReading {
+            early_kl,
+            kl_near_zero_early: early_kl < EARLY_KL_NEAR_ZERO,
+            reconstruction_stuck,
+            both_shrinking,
+            notes: vec![],
+        };
         reading.notes = reading.describe(first, half.first()?, last);
         Some(reading)
     }
@@ -90,7 +102,10 @@ impl CurveReading {
             notes.push(format!("KL near zero early in training ({:.3} nats over the first tenth of the steps): posterior-collapse risk", self.early_kl));
         }
         if self.reconstruction_stuck {
-            notes.push(format!("reconstruction stuck ({:.3} -> {:.3} nats): the decoder is failing to use the latent", first.0, last.0));
+            notes.push(format!(
+                "reconstruction stuck ({:.3} -> {:.3} nats): the decoder is failing to use the latent",
+                first.0, last.0
+            ));
         }
         if self.both_shrinking {
             notes.push(format!("both terms shrinking over the last half of training (reconstruction {:.3} -> {:.3}, KL {:.3} -> {:.3}): healthy", middle.0, last.0, middle.1, last.1));

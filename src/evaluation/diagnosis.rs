@@ -196,9 +196,20 @@ impl fmt::Display for Diagnosis {
         writeln!(f, "  dim        KL   activity   spread(mu)   mean sigma   active")?;
         for s in &self.per_dimension {
             let active = if s.active { "yes" } else { "no" };
-            writeln!(f, "  {:>3} {:>9.4} {:>10.4} {:>12.4} {:>12.4}   {active}", s.dimension, s.kl, s.activity, s.mu_spread, s.mean_sigma)?;
+            writeln!(
+                f,
+                "  {:>3} {:>9.4} {:>10.4} {:>12.4} {:>12.4}   {active}",
+                s.dimension, s.kl, s.activity, s.mu_spread, s.mean_sigma
+            )?;
         }
-        writeln!(f, "  active units: {} of {}   I(x; z): {:.3} nats   KL: {:.3} nats", self.active_units, self.per_dimension.len(), self.mutual_information, self.total_kl)?;
+        writeln!(
+            f,
+            "  active units: {} of {}   I(x; z): {:.3} nats   KL: {:.3} nats",
+            self.active_units,
+            self.per_dimension.len(),
+            self.mutual_information,
+            self.total_kl
+        )?;
         writeln!(f, "verdict: {}", self.verdict)?;
         self.reasons.iter().try_for_each(|r| writeln!(f, "  - {r}"))?;
         if !self.remedies.is_empty() {

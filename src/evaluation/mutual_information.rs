@@ -31,7 +31,8 @@ fn log_aggregate_posterior(z: &Tensor, mu: &Tensor, log_var: &Tensor) -> Result<
     // sum_d (z - mu)^2 / var = z^2 . (1/var) - 2 z . (mu/var) + sum_d mu^2/var, as matrix products over all pairs
     let inverse_variance = log_var.neg()?.exp()?;
     let mu_scaled = (mu * &inverse_variance)?;
-    let per_posterior = ((mu * &mu_scaled)?.sum(D::Minus1)? + log_var.sum(D::Minus1)?)?.affine(1.0, d as f64 * LN_2PI)?;
+    let per_posterior =
+        ((mu * &mu_scaled)?.sum(D::Minus1)? + log_var.sum(D::Minus1)?)?.affine(1.0, d as f64 * LN_2PI)?;
     let mut total = 0.0;
     for start in (0..n).step_by(ROWS_PER_CHUNK) {
         let rows = z.narrow(0, start, ROWS_PER_CHUNK.min(n - start))?;

@@ -74,10 +74,20 @@ impl Encodings {
         let mean_mu = self.column(&self.mu, u).sum::<f64>() / n;
         let activity = self.column(&self.mu, u).map(|m| (m - mean_mu).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
         // KL = 0.5 * (sigma^2 + mu^2 - 1 - log sigma^2)
-        let kl = self.column(&self.mu, u).zip(self.column(&self.log_var, u))
+        let kl = self
+            .column(&self.mu, u)
+            .zip(self.column(&self.log_var, u))
             .map(|(m, lv)| 0.5 * (lv.exp() + m * m - 1.0 - lv))
-            .sum::<f64>() / n;
+            .sum::<f64>()
+            / n;
         let mean_sigma = self.column(&self.log_var, u).map(|lv| (0.5 * lv).exp()).sum::<f64>() / n;
-        DimensionStats { dimension: u, kl, activity, mu_spread: activity.sqrt(), mean_sigma, active: activity > ACTIVITY_THRESHOLD }
+        DimensionStats {
+            dimension: u,
+            kl,
+            activity,
+            mu_spread: activity.sqrt(),
+            mean_sigma,
+            active: activity > ACTIVITY_THRESHOLD,
+        }
     }
 }

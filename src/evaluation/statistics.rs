@@ -17,7 +17,8 @@ impl Figure {
             return Figure::default();
         }
         let mean = values.iter().sum::<f64>() / n;
-        let variance = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        let variance =
+            if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
         Figure { mean, standard_error: (variance / n).sqrt() }
     }
 }

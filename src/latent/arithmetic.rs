@@ -71,7 +71,8 @@ pub fn latent_arithmetic(
     let vector = attribute_vector(&encodings, labels, from, to)?;
     let indices: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == from).take(count.max(1)).collect();
     let mu: Vec<f32> = indices.iter().flat_map(|&i| encodings.mu_row(i).to_vec()).collect();
-    let moved: Vec<f32> = mu.chunks(vector.len()).flat_map(|code| code.iter().zip(&vector).map(|(m, v)| m + v)).collect();
+    let moved: Vec<f32> =
+        mu.chunks(vector.len()).flat_map(|code| code.iter().zip(&vector).map(|(m, v)| m + v)).collect();
     let decode = |codes: &[f32]| -> Result<Vec<f32>> {
         let z = Tensor::from_slice(codes, (indices.len(), vector.len()), device)?;
         flat_values(&vae.decode_mean(&z)?)

@@ -73,8 +73,7 @@ fn write_npy_files(path: &Path, encodings: &Encodings, blocks: &[Block]) -> Resu
 
 fn write_csv(path: &Path, encodings: &Encodings, blocks: &[Block]) -> Result<()> {
     let d = encodings.latent_dim;
-    let mut header: Vec<String> =
-        blocks.iter().flat_map(|b| (0..d).map(move |i| format!("{}_{i}", b.name))).collect();
+    let mut header: Vec<String> = blocks.iter().flat_map(|b| (0..d).map(move |i| format!("{}_{i}", b.name))).collect();
     if encodings.labels.is_some() {
         header.push("label".into());
     }
@@ -106,7 +105,9 @@ pub fn read_latents(path: &Path, latent_dim: usize) -> Result<Vec<f32>> {
     }
     match array.values {
         Values::F32(values) => Ok(values),
-        Values::U8(_) => Err(Error::bad_input(path, "descr", "latent codes must be floats ('<f4' or '<f8'), found bytes")),
+        Values::U8(_) => {
+            Err(Error::bad_input(path, "descr", "latent codes must be floats ('<f4' or '<f8'), found bytes"))
+        }
     }
 }
 

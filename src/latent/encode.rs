@@ -89,7 +89,12 @@ mod tests {
     use super::*;
 
     fn encodings() -> Encodings {
-        Encodings { latent_dim: 2, mu: vec![0.0, 1.0, 0.0, -1.0], log_var: vec![0.0, 0.0, 2f32.ln(), 0.0], labels: None }
+        Encodings {
+            latent_dim: 2,
+            mu: vec![0.0, 1.0, 0.0, -1.0],
+            log_var: vec![0.0, 0.0, 2f32.ln(), 0.0],
+            labels: None,
+        }
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub fn labels_of(dataset: &Dataset, choice: &LabelChoice) -> Result<Vec<u32>> {
         }),
         LabelChoice::Factor(name) => {
             let factors = dataset.factors.as_ref().ok_or_else(|| {
-                Error::bad_input(&dataset.source, "factors", "the data has no ground-truth factors (only the sprites do)")
+                Error::bad_input(
+                    &dataset.source,
+                    "factors",
+                    "the data has no ground-truth factors (only the sprites do)",
+                )
             })?;
             let column = factors.names.iter().position(|n| n == name).ok_or_else(|| {
                 let problem = format!("no factor `{name}`; the data has {}", factors.names.join(", "));

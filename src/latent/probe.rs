@@ -57,11 +57,18 @@ pub struct ProbeReport {
 
 /// Fits the three probes on `splits.train` and scores them on `splits.test`; codes are computed in batches of
 /// `batch_size`.
-pub fn probe(vae: &Vae, splits: &Splits, config: &ProbeConfig, batch_size: usize, device: &Device) -> Result<ProbeReport> {
+pub fn probe(
+    vae: &Vae,
+    splits: &Splits,
+    config: &ProbeConfig,
+    batch_size: usize,
+    device: &Device,
+) -> Result<ProbeReport> {
     let train_labels = labels_of(&splits.train, &config.labels)?;
     let test_labels = labels_of(&splits.test, &config.labels)?;
     let classes = class_count(&train_labels).max(class_count(&test_labels));
-    let fit = |train: &Tensor, test: &Tensor| score(train, &train_labels, test, &test_labels, classes, &config.logistic);
+    let fit =
+        |train: &Tensor, test: &Tensor| score(train, &train_labels, test, &test_labels, classes, &config.logistic);
     let codes = |data: &Dataset| encode_dataset(vae, data, batch_size, device)?.mu_tensor(device);
     let latent = fit(&codes(&splits.train)?, &codes(&splits.test)?)?;
     let (raw_train, raw_test) = (all_examples(&splits.train, device)?, all_examples(&splits.test, device)?);

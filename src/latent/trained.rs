@@ -81,7 +81,8 @@ impl TrainedRun {
 /// An error unless `index` picks one of the examples of `dataset`; `setting` names the flag for the message.
 pub fn check_index(dataset: &Dataset, index: usize, setting: &str) -> Result<()> {
     if index >= dataset.len() {
-        let problem = format!("{index} is past the {} examples of {} (indices start at 0)", dataset.len(), dataset.source);
+        let problem =
+            format!("{index} is past the {} examples of {} (indices start at 0)", dataset.len(), dataset.source);
         return Err(Error::invalid_setting(setting, problem));
     }
     Ok(())

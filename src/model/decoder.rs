@@ -16,7 +16,13 @@ pub struct Decoder {
 
 impl Decoder {
     /// Builds a decoder from `latent_dim` to `output_dim` raw outputs.
-    pub fn new(latent_dim: usize, hidden: &[usize], activation: Activation, output_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        latent_dim: usize,
+        hidden: &[usize],
+        activation: Activation,
+        output_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let body = Mlp::new(latent_dim, hidden, activation, vb.clone())?;
         let output = Dense::new(body.output_dim(latent_dim), output_dim, None, vb.pp("output"))?;
         Ok(Decoder { body, output })

@@ -103,7 +103,13 @@ impl candle_core::CustomOp2 for ActivationGradient {
         "fused-activation-gradient"
     }
 
-    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (output, grad) = (contiguous_f32(ys, yl, self.name())?, contiguous_f32(gs, gl, self.name())?);
         Ok((CpuStorage::F32(self.activation.gradient(output, grad)), yl.shape().clone()))
     }
@@ -119,10 +125,26 @@ impl CustomOp3 for FusedDense {
         "fused-dense"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous_f32(xs, xl, "fused dense")?, contiguous_f32(ws, wl, "fused dense")?, contiguous_f32(bs, bl, "fused dense")?);
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            contiguous_f32(xs, xl, "fused dense")?,
+            contiguous_f32(ws, wl, "fused dense")?,
+            contiguous_f32(bs, bl, "fused dense")?,
+        );
         let (&[rows, inner], &[outputs, weight_inner]) = (xl.dims(), wl.dims()) else {
-            candle_core::bail!("fused dense: expected x [n, k] and weight [m, k], got {:?} and {:?}", xl.dims(), wl.dims())
+            candle_core::bail!(
+                "fused dense: expected x [n, k] and weight [m, k], got {:?} and {:?}",
+                xl.dims(),
+                wl.dims()
+            )
         };
         if inner != weight_inner || b.len() != outputs {
             candle_core::bail!("fused dense: shapes {:?}, {:?}, {:?} do not fit", xl.dims(), wl.dims(), bl.dims())
@@ -130,14 +152,40 @@ impl CustomOp3 for FusedDense {
         let mut out: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
         // out = 1 * out + 1 * x W^T: the bias rides in the matrix multiply
         unsafe {
-            gemm::gemm(rows, outputs, inner, out.as_mut_ptr(), 1, outputs as isize, true, x.as_ptr(), 1, inner as isize,
-                w.as_ptr(), inner as isize, 1, 1.0, 1.0, false, false, false, gemm_parallelism(rows * outputs * inner));
+            gemm::gemm(
+                rows,
+                outputs,
+                inner,
+                out.as_mut_ptr(),
+                1,
+                outputs as isize,
+                true,
+                x.as_ptr(),
+                1,
+                inner as isize,
+                w.as_ptr(),
+                inner as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm_parallelism(rows * outputs * inner),
+            );
         }
         self.activation.apply_in_place(&mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, output: &Tensor, grad_output: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad_pre = match self.activation {
             OutputActivation::Identity => grad_output.clone(),
             activation => output.apply_op2_no_bwd(&grad_output.contiguous()?, &ActivationGradient { activation })?,
@@ -149,7 +197,6 @@ impl CustomOp3 for FusedDense {
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -170,7 +217,8 @@ mod tests {
     /// Values and gradients of the fused and the unfused layer, for `rows x inputs -> outputs`.
     fn compare(rows: usize, inputs: usize, outputs: usize, activation: Option<Activation>) {
         let varmap = VarMap::new();
-        let layer = Dense::new(inputs, outputs, activation, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+        let layer = Dense::new(inputs, outputs, activation, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
+            .unwrap();
         crate::model::init::initialize(&varmap, 3).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64((rows * 1000 + inputs * 10 + outputs) as u64);
         let x = Var::from_tensor(&random(&mut rng, (rows, inputs))).unwrap();
@@ -182,13 +230,19 @@ mod tests {
         let vars = varmap.data().lock().unwrap();
         for tensor in [x.as_tensor(), vars["weight"].as_tensor(), vars["bias"].as_tensor()] {
             let (a, b) = (fused_grads.get(tensor).unwrap(), unfused_grads.get(tensor).unwrap());
-            assert!(max_difference(a, b) < 1e-3, "{activation:?} {rows}x{inputs}->{outputs}: gradients differ by {}", max_difference(a, b));
+            assert!(
+                max_difference(a, b) < 1e-3,
+                "{activation:?} {rows}x{inputs}->{outputs}: gradients differ by {}",
+                max_difference(a, b)
+            );
         }
     }
 
     #[test]
     fn the_fused_layer_matches_candles_ops_in_values_and_gradients() {
-        for activation in [None, Some(Activation::Relu), Some(Activation::Tanh), Some(Activation::Softplus), Some(Activation::Silu)] {
+        for activation in
+            [None, Some(Activation::Relu), Some(Activation::Tanh), Some(Activation::Softplus), Some(Activation::Silu)]
+        {
             for (rows, inputs, outputs) in [(1, 1, 1), (3, 7, 5), (128, 784, 400), (17, 33, 65), (64, 20, 400)] {
                 compare(rows, inputs, outputs, activation);
             }
@@ -198,7 +252,9 @@ mod tests {
     #[test]
     fn an_untracked_input_gets_no_gradient() {
         let varmap = VarMap::new();
-        let layer = Dense::new(4, 3, Some(Activation::Relu), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+        let layer =
+            Dense::new(4, 3, Some(Activation::Relu), VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
+                .unwrap();
         let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
         let grads = layer.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&x).is_none());

@@ -18,7 +18,13 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds the encoder for inputs of `input_dim` values.
-    pub fn new(input_dim: usize, hidden: &[usize], activation: Activation, latent_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        input_dim: usize,
+        hidden: &[usize],
+        activation: Activation,
+        latent_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let body = Mlp::new(input_dim, hidden, activation, vb.clone())?;
         let features = body.output_dim(input_dim);
         let mu = Dense::new(features, latent_dim, None, vb.pp("mu"))?;

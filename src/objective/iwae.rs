@@ -18,7 +18,8 @@ pub fn log_importance_weights(
     samples: usize,
 ) -> Result<(Tensor, Tensor)> {
     let batch = x.dim(0)?;
-    let repeated = DiagonalGaussian::new(repeat_rows(&posterior.mu, samples)?, repeat_rows(&posterior.log_var, samples)?);
+    let repeated =
+        DiagonalGaussian::new(repeat_rows(&posterior.mu, samples)?, repeat_rows(&posterior.log_var, samples)?);
     let z = repeated.reparameterize(eps)?;
     let x_repeated = repeat_rows(x, samples)?;
     let reconstruction = vae.likelihood().negative_log_prob(&vae.decode(&z)?, &x_repeated)?;

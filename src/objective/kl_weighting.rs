@@ -46,7 +46,10 @@ impl KlSchedule {
         match *self {
             KlSchedule::Linear { steps: 0 } => Err(Error::invalid_setting("warm-up", "needs at least 1 step")),
             KlSchedule::Cyclical { period, ratio } if period == 0 || !(ratio > 0.0 && ratio <= 1.0) => {
-                Err(Error::invalid_setting("cyclical annealing", format!("needs period >= 1 and ratio in (0, 1], got {period} and {ratio}")))
+                Err(Error::invalid_setting(
+                    "cyclical annealing",
+                    format!("needs period >= 1 and ratio in (0, 1], got {period} and {ratio}"),
+                ))
             }
             _ => Ok(()),
         }
@@ -109,7 +112,10 @@ impl KlWeighting {
         }
         if let Some(lambda) = self.free_bits {
             if !(lambda >= 0.0 && lambda.is_finite()) {
-                return Err(Error::invalid_setting("free bits", format!("must be a non-negative number of nats, got {lambda}")));
+                return Err(Error::invalid_setting(
+                    "free bits",
+                    format!("must be a non-negative number of nats, got {lambda}"),
+                ));
             }
         }
         if let Some(c) = self.capacity {

@@ -21,7 +21,10 @@ const LABEL_BACKGROUND: Rgb<u8> = Rgb([40, 40, 40]);
 pub fn image_grid(values: &[f32], shape: &ExampleShape, columns: usize) -> Result<RgbImage> {
     let dim = shape.dim();
     if dim == 0 || !values.len().is_multiple_of(dim) || values.is_empty() {
-        return Err(Error::invalid_setting("grid", format!("{} values do not split into examples of {dim}", values.len())));
+        return Err(Error::invalid_setting(
+            "grid",
+            format!("{} values do not split into examples of {dim}", values.len()),
+        ));
     }
     let count = values.len() / dim;
     let columns = columns.clamp(1, count);

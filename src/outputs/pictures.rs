@@ -15,15 +15,24 @@ pub fn prior_samples(vae: &Vae, count: usize, temperature: f64, seed: u64, devic
     if !(temperature > 0.0 && temperature.is_finite()) {
         return Err(Error::invalid_setting("temperature", format!("must be a positive number, got {temperature}")));
     }
-    let z = (NoiseSource::new(seed).standard_normal(count, vae.config().latent_dim, DType::F32, device)? * temperature)?;
+    let z =
+        (NoiseSource::new(seed).standard_normal(count, vae.config().latent_dim, DType::F32, device)? * temperature)?;
     flat_values(&vae.decode_mean(&z)?)
 }
 
 /// The examples at `indices` and their reconstructions, decoded from the posterior mean z = mu_x.
-pub fn reconstructions(vae: &Vae, dataset: &Dataset, indices: &[usize], device: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn reconstructions(
+    vae: &Vae,
+    dataset: &Dataset,
+    indices: &[usize],
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     vae.check_input(&dataset.shape, &dataset.source)?;
     if let Some(&bad) = indices.iter().find(|&&i| i >= dataset.len()) {
-        return Err(Error::invalid_setting("index", format!("{bad} is past the {} examples of {}", dataset.len(), dataset.source)));
+        return Err(Error::invalid_setting(
+            "index",
+            format!("{bad} is past the {} examples of {}", dataset.len(), dataset.source),
+        ));
     }
     let mut inputs = Vec::with_capacity(indices.len() * dataset.shape.dim());
     indices.iter().for_each(|&i| dataset.push_example(i, &mut inputs));
@@ -33,14 +42,27 @@ pub fn reconstructions(vae: &Vae, dataset: &Dataset, indices: &[usize], device: 
 }
 
 /// Writes a grid of `count` prior samples, 8 per row, to `path`.
-pub fn save_sample_grid(vae: &Vae, path: &Path, count: usize, temperature: f64, seed: u64, device: &Device) -> Result<()> {
+pub fn save_sample_grid(
+    vae: &Vae,
+    path: &Path,
+    count: usize,
+    temperature: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
     let samples = prior_samples(vae, count, temperature, seed, device)?;
     save_png(&image_grid(&samples, &display_shape(&vae.config().input_shape), 8)?, path)
 }
 
 /// Writes inputs above their reconstructions (rows alternate: up to 8 inputs, then their reconstructions) to
 /// `path`, for the first `count` examples of `dataset` (rounded down to whole rows).
-pub fn save_reconstruction_grid(vae: &Vae, dataset: &Dataset, path: &Path, count: usize, device: &Device) -> Result<()> {
+pub fn save_reconstruction_grid(
+    vae: &Vae,
+    dataset: &Dataset,
+    path: &Path,
+    count: usize,
+    device: &Device,
+) -> Result<()> {
     let columns = count.min(dataset.len()).clamp(1, 8);
     let indices: Vec<usize> = (0..count.min(dataset.len()) / columns * columns).collect();
     let (inputs, outputs) = reconstructions(vae, dataset, &indices, device)?;

@@ -27,8 +27,18 @@ fn summary_html(summary: &RunSummary) -> String {
         Some(e) => {
             let row = |name: String, rec: f64, kl: f64, total: f64| vec![name, fixed(rec), fixed(kl), fixed(total)];
             let rows = [
-                row(format!("train (mean over epoch {})", e.epoch), e.train_reconstruction, e.train_kl, e.train_negative_elbo),
-                row(format!("{} (after epoch {})", summary.held_out_split, e.epoch), e.held_out_reconstruction, e.held_out_kl, e.held_out_negative_elbo),
+                row(
+                    format!("train (mean over epoch {})", e.epoch),
+                    e.train_reconstruction,
+                    e.train_kl,
+                    e.train_negative_elbo,
+                ),
+                row(
+                    format!("{} (after epoch {})", summary.held_out_split, e.epoch),
+                    e.held_out_reconstruction,
+                    e.held_out_kl,
+                    e.held_out_negative_elbo,
+                ),
             ];
             let header = ["", "reconstruction -log p(x|z)", "KL", "negative ELBO (upper bound on -log p(x))"];
             html.push_str(&table(&header, &rows));
@@ -87,14 +97,20 @@ pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
     let shape = model.input_shape;
     let rows = [
         vec!["data".into(), readable(&config.data)],
-        vec!["input".into(), format!("{} x {} x {} = {} values", shape.channels, shape.height, shape.width, shape.dim())],
+        vec![
+            "input".into(),
+            format!("{} x {} x {} = {} values", shape.channels, shape.height, shape.width, shape.dim()),
+        ],
         vec!["encoder hidden widths".into(), readable(&model.encoder_hidden)],
         vec!["latent dimensions".into(), model.latent_dim.to_string()],
         vec!["decoder hidden widths".into(), readable(&model.decoder_hidden)],
         vec!["activation".into(), readable(&model.activation)],
         vec!["decoder likelihood p(x|z)".into(), readable(&model.likelihood)],
         vec!["epochs, batch size".into(), format!("{}, {}", training.epochs, training.batch_size)],
-        vec!["optimiser, learning rate".into(), format!("{}, {}", readable(&training.optimizer), training.learning_rate)],
+        vec![
+            "optimiser, learning rate".into(),
+            format!("{}, {}", readable(&training.optimizer), training.learning_rate),
+        ],
         vec!["objective".into(), readable(&training.objective)],
         vec!["KL weighting".into(), readable(&training.kl)],
         vec!["seed, threads, device".into(), format!("{}, {}, {}", training.seed, config.threads, config.device)],
@@ -133,7 +149,15 @@ fn render(value: &serde_json::Value) -> String {
             let rest: Vec<String> = fields
                 .iter()
                 .filter(|(key, v)| !matches!(key.as_str(), "kind" | "mode") && !v.is_null())
-                .map(|(key, v)| if v.is_object() { format!("{key}: {}", render(v)) } else { format!("{key} {}", render(v)) })
+                .map(
+                    |(key, v)| {
+                        if v.is_object() {
+                            format!("{key}: {}", render(v))
+                        } else {
+                            format!("{key} {}", render(v))
+                        }
+                    },
+                )
                 .collect();
             match (kind, rest.is_empty()) {
                 (Some(kind), true) => kind,

@@ -57,7 +57,8 @@ pub fn note(text: &str) -> String {
 /// A table with a header row; cells are plain text, right-aligned when they parse as numbers.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let head: String = header.iter().map(|h| format!("<th>{}</th>", escape(h))).collect();
-    let body: String = rows.iter().map(|row| format!("<tr>{}</tr>\n", row.iter().map(|c| cell(c)).collect::<String>())).collect();
+    let body: String =
+        rows.iter().map(|row| format!("<tr>{}</tr>\n", row.iter().map(|c| cell(c)).collect::<String>())).collect();
     format!("<table>\n<tr>{head}</tr>\n{body}</table>\n")
 }
 
@@ -81,7 +82,9 @@ pub fn legend(entries: &[(&str, RGBColor)]) -> String {
 /// are dropped.
 pub fn inline_svg(svg: &str) -> String {
     let start = svg.find("<svg").unwrap_or(0);
-    svg[start..].replace(" xmlns=\"http://www.w3.org/2000/svg\"", "").replace(" xmlns:xlink=\"http://www.w3.org/1999/xlink\"", "")
+    svg[start..]
+        .replace(" xmlns=\"http://www.w3.org/2000/svg\"", "")
+        .replace(" xmlns:xlink=\"http://www.w3.org/1999/xlink\"", "")
 }
 
 /// An image embedded as a PNG data URI, drawn `scale` times its size with sharp pixels, with a caption.
@@ -118,7 +121,10 @@ mod tests {
         let svg = "<?xml version=\"1.0\"?>\n<svg width=\"2\" xmlns=\"http://www.w3.org/2000/svg\"><rect/></svg>";
         assert_eq!(inline_svg(svg), "<svg width=\"2\"><rect/></svg>");
         let figure = image_figure(&RgbImage::new(3, 2), 2, "a <grid>").unwrap();
-        assert!(figure.contains("src=\"data:image/png;base64,iVBORw0KGgo") && figure.contains("width=\"6\""), "{figure}");
+        assert!(
+            figure.contains("src=\"data:image/png;base64,iVBORw0KGgo") && figure.contains("width=\"6\""),
+            "{figure}"
+        );
         assert!(figure.contains("a &lt;grid&gt;"));
     }
 }

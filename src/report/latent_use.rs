@@ -27,7 +27,8 @@ pub fn latent_section(kl: &[f32], data: &str, diagnosis: Option<Result<Value>>) 
             Bar { value: f64::from(v), colour: if on { ACTIVE_COLOUR } else { INACTIVE_COLOUR } }
         })
         .collect();
-    let svg = bar_chart("KL per latent dimension", "nats per example", &bars).map_err(|e| Error::io("report.html", e))?;
+    let svg =
+        bar_chart("KL per latent dimension", "nats per example", &bars).map_err(|e| Error::io("report.html", e))?;
     let mut body = match active {
         Some(_) => legend(&[("active (per diagnosis.json)", ACTIVE_COLOUR), ("inactive", INACTIVE_COLOUR)]),
         None => String::new(),
@@ -45,9 +46,13 @@ pub fn latent_section(kl: &[f32], data: &str, diagnosis: Option<Result<Value>>) 
 fn diagnosis_html(diagnosis: Option<Result<Value>>) -> String {
     let value = match diagnosis {
         None => {
-            return note("Active units, mutual information and verdict: not available (this run has no diagnosis.json).")
+            return note(
+                "Active units, mutual information and verdict: not available (this run has no diagnosis.json).",
+            )
         }
-        Some(Err(error)) => return note(&format!("Active units, mutual information and verdict: not available ({error}).")),
+        Some(Err(error)) => {
+            return note(&format!("Active units, mutual information and verdict: not available ({error})."))
+        }
         Some(Ok(value)) => value,
     };
     let show = |key: &str| value.get(key).map_or("not available".to_string(), plain);

@@ -63,7 +63,11 @@ impl MetricsTable {
     /// The held-out split's name in this file: `test` if any row has it, otherwise `validation`.
     pub fn held_out_split(&self) -> &'static str {
         let split_at = self.index("split").unwrap_or_default();
-        if self.rows.iter().any(|row| row[split_at] == "test") { "test" } else { "validation" }
+        if self.rows.iter().any(|row| row[split_at] == "test") {
+            "test"
+        } else {
+            "validation"
+        }
     }
 
     fn index(&self, column: &str) -> Option<usize> {
@@ -98,7 +102,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(metrics.series("step", "train", "reconstruction").unwrap(), [(1.0, 90.5), (2.0, 80.0)]);
-        assert_eq!(metrics.series("epoch", "validation", "weighted_kl").unwrap(), [(2.0, 1.8)], "empty fields are skipped");
+        assert_eq!(
+            metrics.series("epoch", "validation", "weighted_kl").unwrap(),
+            [(2.0, 1.8)],
+            "empty fields are skipped"
+        );
         assert!(metrics.series("epoch", "train", "missing").unwrap().is_empty());
         assert!(metrics.has_column("weighted_kl") && !metrics.has_column("missing"));
         assert_eq!(metrics.held_out_split(), "validation");

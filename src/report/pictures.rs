@@ -55,7 +55,11 @@ fn traversal_html(vae: &Vae, held_out: &Dataset, encodings: &Encodings, scale: u
     let top: Vec<usize> = order_by_kl(&all, &kl).iter().take(TRAVERSED).map(|r| r.dimension).collect();
     let settings = TraversalSettings { dimensions: Dimensions::List(top.clone()), ..TraversalSettings::default() };
     let traversal = traverse_encodings(vae, encodings, &settings, device)?;
-    let which = if top.len() < kl.len() { format!("the {} dimensions with the highest KL", top.len()) } else { "every dimension".into() };
+    let which = if top.len() < kl.len() {
+        format!("the {} dimensions with the highest KL", top.len())
+    } else {
+        "every dimension".into()
+    };
     let caption = format!(
         "Traversal: held-out example 0 with one latent dimension swept from -{r} to {r} in {s} steps and the others \
          fixed at its mu; one row for {which}, highest KL first.",

@@ -74,7 +74,8 @@ fn draw_lines(root: &DrawingArea<SVGBackend, Shift>, title: &str, y_label: &str,
         .draw()
         .map_err(|e| e.to_string())?;
     for curve in series.iter().filter(|s| !s.points.is_empty()) {
-        let style = ShapeStyle { color: curve.colour.to_rgba(), filled: false, stroke_width: 1 + u32::from(curve.per_epoch) };
+        let style =
+            ShapeStyle { color: curve.colour.to_rgba(), filled: false, stroke_width: 1 + u32::from(curve.per_epoch) };
         let points: Vec<(f64, f64)> =
             curve.points.iter().map(|&(x, y)| (x, y.clamp(y_range.start, y_range.end))).collect();
         chart.draw_series(LineSeries::new(points.clone(), style)).map_err(|e| e.to_string())?;
@@ -154,8 +155,9 @@ mod tests {
     #[test]
     fn a_line_chart_is_svg_with_its_title_and_labels() {
         let steps: Vec<(f64, f64)> = (1..=50).map(|s| (s as f64, 100.0 / s as f64)).collect();
-        let svg = line_chart("Reconstruction", "nats", &[series(steps, false), series(vec![(25.0, 4.0), (50.0, 2.0)], true)])
-            .unwrap();
+        let svg =
+            line_chart("Reconstruction", "nats", &[series(steps, false), series(vec![(25.0, 4.0), (50.0, 2.0)], true)])
+                .unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for text in ["Reconstruction", "nats", "\nstep\n", "\n50\n", "<polyline", "<circle"] {
             assert!(svg.contains(text), "{text} missing");
@@ -176,7 +178,8 @@ mod tests {
 
     #[test]
     fn a_bar_chart_draws_one_rectangle_per_bar() {
-        let bars = vec![Bar { value: 2.0, colour: BLUE }, Bar { value: 0.0, colour: RED }, Bar { value: 0.5, colour: BLUE }];
+        let bars =
+            vec![Bar { value: 2.0, colour: BLUE }, Bar { value: 0.0, colour: RED }, Bar { value: 0.5, colour: BLUE }];
         let svg = bar_chart("KL per dimension", "nats", &bars).unwrap();
         assert!(svg.contains("KL per dimension") && svg.contains("latent dimension"));
         assert!(svg.matches("<rect").count() >= 3, "{svg}");

@@ -77,7 +77,10 @@ impl TrainConfig {
                 return Err(Error::invalid_setting("iw-samples", "the IWAE objective needs at least 1 sample"));
             }
             if !self.kl.is_plain_elbo() {
-                return Err(Error::invalid_setting("objective", "the IWAE objective takes no beta, warm-up, free bits or capacity"));
+                return Err(Error::invalid_setting(
+                    "objective",
+                    "the IWAE objective takes no beta, warm-up, free bits or capacity",
+                ));
             }
         }
         if let Binarization::Static { threshold } = self.binarization {

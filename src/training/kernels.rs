@@ -41,10 +41,17 @@ impl InplaceOp2 for FusedAdam<'_> {
     }
 
     /// dst is the parameter, the source its gradient.
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, src: &CpuStorage, src_l: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
         let mut first = self.first_moment.lock().map_err(|_| candle_core::Error::Msg("moment lock poisoned".into()))?;
-        let mut second = self.second_moment.lock().map_err(|_| candle_core::Error::Msg("moment lock poisoned".into()))?;
+        let mut second =
+            self.second_moment.lock().map_err(|_| candle_core::Error::Msg("moment lock poisoned".into()))?;
         let s = self.step;
         let step_size = s.learning_rate / s.first_correction;
         let root_correction = s.second_correction.sqrt();
@@ -73,9 +80,16 @@ impl InplaceOp2 for FusedSgd<'_> {
         "fused-sgd"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, src: &CpuStorage, src_l: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
-        let mut velocity = self.velocity.lock().map_err(|_| candle_core::Error::Msg("velocity lock poisoned".into()))?;
+        let mut velocity =
+            self.velocity.lock().map_err(|_| candle_core::Error::Msg("velocity lock poisoned".into()))?;
         for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
             // v = momentum * v + g;  p -= lr * v
             *v = self.momentum * *v + g;
@@ -91,7 +105,8 @@ fn f32_pair<'a>(
     dst_l: &Layout,
     (src, src_l): (&'a CpuStorage, &Layout),
 ) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
-    let (param, grad) = (contiguous_f32_mut(dst, dst_l, "fused optimiser")?, contiguous_f32(src, src_l, "fused optimiser")?);
+    let (param, grad) =
+        (contiguous_f32_mut(dst, dst_l, "fused optimiser")?, contiguous_f32(src, src_l, "fused optimiser")?);
     if param.len() != grad.len() {
         candle_core::bail!("fused optimiser: parameter of {} values, gradient of {}", param.len(), grad.len())
     }

@@ -125,7 +125,11 @@ impl Optimizer {
                     slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
                 }
                 (Moments::Buffers { first, .. }, OptimizerConfig::Sgd { momentum }) => {
-                    let op = FusedSgd { learning_rate: self.learning_rate as f32, momentum: momentum as f32, velocity: Mutex::new(first) };
+                    let op = FusedSgd {
+                        learning_rate: self.learning_rate as f32,
+                        momentum: momentum as f32,
+                        velocity: Mutex::new(first),
+                    };
                     slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
                 }
                 (Moments::Tensors { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
@@ -159,9 +163,13 @@ fn validate(config: &OptimizerConfig, learning_rate: f64) -> Result<()> {
     let in_unit = |v: f64| (0.0..1.0).contains(&v);
     match *config {
         OptimizerConfig::Adam { beta1, beta2, epsilon } if in_unit(beta1) && in_unit(beta2) && epsilon > 0.0 => Ok(()),
-        OptimizerConfig::Adam { .. } => Err(Error::invalid_setting("adam", "beta1 and beta2 must be in [0, 1), epsilon > 0")),
+        OptimizerConfig::Adam { .. } => {
+            Err(Error::invalid_setting("adam", "beta1 and beta2 must be in [0, 1), epsilon > 0"))
+        }
         OptimizerConfig::Sgd { momentum } if in_unit(momentum) => Ok(()),
-        OptimizerConfig::Sgd { momentum } => Err(Error::invalid_setting("momentum", format!("must be in [0, 1), got {momentum}"))),
+        OptimizerConfig::Sgd { momentum } => {
+            Err(Error::invalid_setting("momentum", format!("must be in [0, 1), got {momentum}")))
+        }
     }
 }
 
@@ -194,7 +202,8 @@ mod tests {
         let make = || {
             let varmap = VarMap::new();
             for (i, shape) in shapes.iter().enumerate() {
-                let values: Vec<f32> = (0..shape.iter().product()).map(|j| ((i * 31 + j) % 17) as f32 * 0.1 - 0.8).collect();
+                let values: Vec<f32> =
+                    (0..shape.iter().product()).map(|j| ((i * 31 + j) % 17) as f32 * 0.1 - 0.8).collect();
                 let var = Var::from_tensor(&Tensor::from_vec(values, *shape, &Device::Cpu).unwrap()).unwrap();
                 varmap.data().lock().unwrap().insert(format!("p{i}"), var);
             }
@@ -212,12 +221,15 @@ mod tests {
                     (acc + (vars[&format!("p{i}")].as_tensor().sqr().unwrap() * w).unwrap().sum_all().unwrap()).unwrap()
                 })
             };
-            let weights: Vec<Vec<f32>> = shapes.iter().map(|s| (0..s.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            let weights: Vec<Vec<f32>> =
+                shapes.iter().map(|s| (0..s.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
             fused.step(&loss(&fused_map, &weights).backward().unwrap()).unwrap();
             tensor.step(&loss(&tensor_map, &weights).backward().unwrap()).unwrap();
         }
         for i in 0..shapes.len() {
-            let get = |m: &VarMap| m.data().lock().unwrap()[&format!("p{i}")].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let get = |m: &VarMap| {
+                m.data().lock().unwrap()[&format!("p{i}")].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
             let (a, b) = (get(&fused_map), get(&tensor_map));
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert!(worst < 1e-6, "{config:?} parameter {i}: fused and tensor paths differ by {worst}");

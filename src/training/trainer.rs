@@ -134,8 +134,14 @@ pub fn train(
             outcome.interrupted = true;
             break;
         }
-        let held_out =
-            evaluate_negative_elbo(vae, &splits.test, config.eval_batch_size, config.binarization, config.seed, device)?;
+        let held_out = evaluate_negative_elbo(
+            vae,
+            &splits.test,
+            config.eval_batch_size,
+            config.binarization,
+            config.seed,
+            device,
+        )?;
         let record = EpochRecord {
             epoch,
             step: loop_state.step,
@@ -217,7 +223,8 @@ impl<'a> LoopState<'a> {
             Objective::Iwae { samples } => self.iwae_loss(vae, x, samples)?,
         };
         let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
-        let (reconstruction, kl, loss_value) = (to_f64(&terms.reconstruction)?, to_f64(&terms.kl)?, to_f64(&terms.loss)?);
+        let (reconstruction, kl, loss_value) =
+            (to_f64(&terms.reconstruction)?, to_f64(&terms.kl)?, to_f64(&terms.loss)?);
         let weighted_kl = terms.weighted_kl.as_ref().map(to_f64).transpose()?;
         let checked = [("reconstruction", reconstruction), ("KL", kl), ("loss", loss_value)];
         self.check_finite(epoch, &checked)?;

@@ -14,7 +14,8 @@ use crate::Result;
 
 /// -log Bernoulli(x; sigmoid(logits)) per example, summed over dimensions; shape `[batch]`.
 pub fn negative_log_prob(logits: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let fusable = logits.device().is_cpu() && logits.dtype() == DType::F32 && x.dtype() == DType::F32 && logits.rank() == 2;
+    let fusable =
+        logits.device().is_cpu() && logits.dtype() == DType::F32 && x.dtype() == DType::F32 && logits.rank() == 2;
     if fusable && logits.shape() == x.shape() {
         return Ok(logits.apply_op2(x, FusedBernoulli)?);
     }
@@ -60,7 +61,13 @@ impl CustomOp2 for FusedBernoulli {
         "fused-bernoulli"
     }
 
-    fn cpu_fwd(&self, ls: &CpuStorage, ll: &Layout, xs: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        ls: &CpuStorage,
+        ll: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, targets) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
         let row_sum = |(l, x): (&[f32], &[f32])| row_sum(l, x);
@@ -72,7 +79,13 @@ impl CustomOp2 for FusedBernoulli {
         Ok((CpuStorage::F32(sums), Shape::from(rows)))
     }
 
-    fn bwd(&self, logits: &Tensor, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // d/dl = sigmoid(l) - x;  d/dx = -l (only when the targets are themselves computed)
         let grad_logits = logits.apply_op3_no_bwd(x, &grad_res.contiguous()?, &BernoulliGradient)?;
         let grad_x = if x.track_op() { Some(logits.broadcast_mul(&grad_res.unsqueeze(1)?)?.neg()?) } else { None };
@@ -91,9 +104,20 @@ impl CustomOp3 for BernoulliGradient {
         "fused-bernoulli-gradient"
     }
 
-    fn cpu_fwd(&self, ls: &CpuStorage, ll: &Layout, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (logits, targets, upstream) =
-            (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?, contiguous_f32(gs, gl, self.name())?);
+    fn cpu_fwd(
+        &self,
+        ls: &CpuStorage,
+        ll: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (logits, targets, upstream) = (
+            contiguous_f32(ls, ll, self.name())?,
+            contiguous_f32(xs, xl, self.name())?,
+            contiguous_f32(gs, gl, self.name())?,
+        );
         let (rows, dim) = ll.shape().dims2()?;
         let mut grad = vec![0.0f32; rows * dim];
         let fill = |((out, l), (x, &g)): RowPair<'_>| {
@@ -101,7 +125,10 @@ impl CustomOp3 for BernoulliGradient {
         };
         let dim = dim.max(1);
         if worth_parallel(rows * dim) {
-            grad.par_chunks_mut(dim).zip(logits.par_chunks(dim)).zip(targets.par_chunks(dim).zip(upstream.par_iter())).for_each(fill);
+            grad.par_chunks_mut(dim)
+                .zip(logits.par_chunks(dim))
+                .zip(targets.par_chunks(dim).zip(upstream.par_iter()))
+                .for_each(fill);
         } else {
             grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
         }
@@ -119,17 +146,29 @@ mod tests {
     fn fused_matches_the_tensor_ops_in_values_and_gradients() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         for (rows, dim) in [(1, 1), (3, 7), (128, 784), (33, 65), (700, 300)] {
-            let values = |rng: &mut rand_chacha::ChaCha8Rng, low: f32, high: f32| -> Vec<f32> { (0..rows * dim).map(|_| rng.random_range(low..high)).collect() };
+            let values = |rng: &mut rand_chacha::ChaCha8Rng, low: f32, high: f32| -> Vec<f32> {
+                (0..rows * dim).map(|_| rng.random_range(low..high)).collect()
+            };
             let logits = Var::from_vec(values(&mut rng, -30.0, 30.0), (rows, dim), &Device::Cpu).unwrap();
             let x = Tensor::from_vec(values(&mut rng, 0.0, 1.0), (rows, dim), &Device::Cpu).unwrap();
-            let weights = Tensor::from_vec((0..rows).map(|_| rng.random_range(0.5f32..1.5)).collect::<Vec<_>>(), rows, &Device::Cpu).unwrap();
-            let (fused, unfused) = (negative_log_prob(&logits, &x).unwrap(), negative_log_prob_unfused(&logits, &x).unwrap());
-            let relative = ((&fused - &unfused).unwrap().abs().unwrap() / (unfused.abs().unwrap() + 1.0).unwrap()).unwrap();
+            let weights = Tensor::from_vec(
+                (0..rows).map(|_| rng.random_range(0.5f32..1.5)).collect::<Vec<_>>(),
+                rows,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let (fused, unfused) =
+                (negative_log_prob(&logits, &x).unwrap(), negative_log_prob_unfused(&logits, &x).unwrap());
+            let relative =
+                ((&fused - &unfused).unwrap().abs().unwrap() / (unfused.abs().unwrap() + 1.0).unwrap()).unwrap();
             let difference = relative.max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(difference < 1e-5, "{rows}x{dim}: values differ by {difference} (relative)");
-            let gradient = |t: Tensor| (t * &weights).unwrap().sum_all().unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().clone();
+            let gradient = |t: Tensor| {
+                (t * &weights).unwrap().sum_all().unwrap().backward().unwrap().get(logits.as_tensor()).unwrap().clone()
+            };
             let (a, b) = (gradient(fused), gradient(unfused));
-            let difference = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let difference =
+                (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(difference < 1e-5, "{rows}x{dim}: gradients differ by {difference}");
         }
     }

@@ -16,7 +16,10 @@ impl Categorical {
     /// Creates the likelihood; `levels` must be at least 2.
     pub fn new(levels: usize, data_dim: usize) -> Result<Self> {
         if levels < 2 {
-            return Err(Error::invalid_setting("levels", format!("a categorical decoder needs at least 2 levels, got {levels}")));
+            return Err(Error::invalid_setting(
+                "levels",
+                format!("a categorical decoder needs at least 2 levels, got {levels}"),
+            ));
         }
         Ok(Categorical { levels, data_dim })
     }

@@ -33,7 +33,6 @@ pub enum LikelihoodConfig {
     },
 }
 
-
 impl LikelihoodConfig {
     /// Number of decoder outputs needed per data dimension.
     pub fn outputs_per_dimension(&self) -> usize {
@@ -46,7 +45,9 @@ impl LikelihoodConfig {
     /// Checks the likelihood's own settings: a positive fixed sigma, at least 2 categorical levels.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            LikelihoodConfig::Gaussian { variance: GaussianVariance::Fixed { sigma } } if !(sigma > 0.0 && sigma.is_finite()) => {
+            LikelihoodConfig::Gaussian { variance: GaussianVariance::Fixed { sigma } }
+                if !(sigma > 0.0 && sigma.is_finite()) =>
+            {
                 Err(Error::invalid_setting("gaussian sigma", format!("must be a positive number, got {sigma}")))
             }
             LikelihoodConfig::Categorical { levels } => categorical::Categorical::new(levels, 1).map(|_| ()),
