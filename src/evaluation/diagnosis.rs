@@ -8,8 +8,9 @@ use candle_core::{DType, Device};
 
 use super::curves::CurveReading;
 use super::mutual_information::mutual_information;
-use super::posterior_stats::{encode_dataset, DimensionStats, ACTIVITY_THRESHOLD};
+use super::posterior_stats::{DimensionStats, ACTIVITY_THRESHOLD};
 use crate::data::{batch_tensor, Batcher, Dataset};
+use crate::latent::encode_dataset;
 use crate::model::Vae;
 use crate::objective::NoiseSource;
 use crate::Result;
@@ -85,17 +86,17 @@ pub struct Diagnosis {
 pub fn diagnose(vae: &Vae, dataset: &Dataset, max_examples: usize, seed: u64, device: &Device) -> Result<Diagnosis> {
     let subset = dataset.subset(&(0..dataset.len().min(max_examples.max(2))).collect::<Vec<_>>());
     let encodings = encode_dataset(vae, &subset, 500, device)?;
-    let per_dimension = encodings.dimension_stats();
+    let per_dimension = encodings.dimension_stats()?;
     let mutual_information = mutual_information(&encodings, seed, device)?;
     let latent_use = latent_use(vae, &subset, seed, device)?;
     let mut diagnosis = Diagnosis {
-        examples: encodings.examples,
+        examples: encodings.len(),
         active_units: per_dimension.iter().filter(|s| s.active).count(),
         total_kl: per_dimension.iter().map(|s| s.kl).sum(),
         inactive_dimensions: per_dimension.iter().filter(|s| !s.active).map(|s| s.dimension).collect(),
         per_dimension,
         mutual_information,
-        mutual_information_ceiling: (encodings.examples as f64).ln(),
+        mutual_information_ceiling: (encodings.len() as f64).ln(),
         latent_use,
         verdict: Verdict::Healthy,
         reasons: vec![],

@@ -12,5 +12,5 @@ pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};
 pub use curves::{read_curves, CurveReading, Curves};
 pub use diagnosis::{diagnose, Diagnosis, LatentUse, Verdict};
 pub use elbo::{evaluate_negative_elbo, ElboEstimate};
-pub use posterior_stats::{encode_dataset, DimensionStats, Encodings};
+pub use posterior_stats::DimensionStats;
 pub use statistics::Figure;

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::posterior_stats::Encodings;
+use crate::latent::Encodings;
 use crate::model::gaussian::LN_2PI;
 use crate::objective::NoiseSource;
 use crate::Result;
@@ -14,7 +14,7 @@ const ROWS_PER_CHUNK: usize = 512;
 
 /// I(x; z) in nats, from one sample z_i ~ q(z|x_i) per example.
 pub fn mutual_information(encodings: &Encodings, seed: u64, device: &Device) -> Result<f64> {
-    let (n, d) = (encodings.examples, encodings.latent_dim);
+    let (n, d) = (encodings.len(), encodings.latent_dim);
     let mu = Tensor::from_slice(&encodings.mu, (n, d), device)?.to_dtype(DType::F64)?;
     let log_var = Tensor::from_slice(&encodings.log_var, (n, d), device)?.to_dtype(DType::F64)?;
     let eps = NoiseSource::new(seed).standard_normal(n, d, DType::F64, device)?;
