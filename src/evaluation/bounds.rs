@@ -8,8 +8,8 @@ use candle_core::{Device, Tensor};
 
 use super::statistics::{Figure, LogSumExp};
 use crate::data::{batch_tensor, Batcher, Dataset};
-use crate::model::Vae;
-use crate::objective::{log_importance_weights, negative_elbo_terms, NoiseSource};
+use crate::model::{DiagonalGaussian, Vae};
+use crate::objective::{log_importance_weights, negative_elbo_terms_given, NoiseSource};
 use crate::{Error, Result};
 
 /// What to compute.
@@ -87,18 +87,25 @@ pub fn evaluate_bounds(
     let mut batcher = Batcher::sequential(dataset, examples_per_batch);
     while let Some((batch, rows)) = batcher.next_batch() {
         let x = batch_tensor(batch, rows, dataset.shape.dim(), device)?;
-        single_sample(vae, &x, &mut noise, &mut values)?;
+        let posterior = vae.encode(&x)?; // once per batch, for both estimates
+        single_sample(vae, &x, posterior.clone(), &mut noise, &mut values)?;
         if samples > 0 {
-            importance_weighted(vae, &x, samples, chunk, &mut noise, &mut values)?;
+            importance_weighted(vae, &x, &posterior, samples, chunk, &mut noise, &mut values)?;
         }
         progress(values.kl.len());
     }
     Ok(report(values, dataset.shape.dim(), samples))
 }
 
-fn single_sample(vae: &Vae, x: &Tensor, noise: &mut NoiseSource, values: &mut PerExample) -> Result<()> {
-    let eps = noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
-    let terms = negative_elbo_terms(vae, x, &eps)?;
+fn single_sample(
+    vae: &Vae,
+    x: &Tensor,
+    posterior: DiagonalGaussian,
+    noise: &mut NoiseSource,
+    values: &mut PerExample,
+) -> Result<()> {
+    let eps = noise.like(&posterior.mu)?;
+    let terms = negative_elbo_terms_given(vae, x, posterior, &eps)?;
     values.reconstruction.extend(to_f64(&terms.reconstruction)?);
     values.kl.extend(to_f64(&terms.kl)?);
     Ok(())
@@ -108,20 +115,20 @@ fn single_sample(vae: &Vae, x: &Tensor, noise: &mut NoiseSource, values: &mut Pe
 fn importance_weighted(
     vae: &Vae,
     x: &Tensor,
+    posterior: &DiagonalGaussian,
     samples: usize,
     chunk: usize,
     noise: &mut NoiseSource,
     values: &mut PerExample,
 ) -> Result<()> {
     let rows = x.dim(0)?;
-    let posterior = vae.encode(x)?;
     let mut log_sum = vec![LogSumExp::default(); rows];
     let mut reconstruction_sum = vec![0.0; rows];
     let mut done = 0;
     while done < samples {
         let take = chunk.min(samples - done);
         let eps = noise.standard_normal(rows * take, vae.config().latent_dim, x.dtype(), x.device())?;
-        let (log_weights, reconstruction) = log_importance_weights(vae, x, &posterior, &eps, take)?;
+        let (log_weights, reconstruction) = log_importance_weights(vae, x, posterior, &eps, take)?;
         let (log_weights, reconstruction) = (to_f64(&log_weights)?, to_f64(&reconstruction)?);
         for example in 0..rows {
             log_sum[example].extend(log_weights[example * take..(example + 1) * take].iter().copied());

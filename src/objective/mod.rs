@@ -6,7 +6,7 @@ pub mod iwae;
 pub mod kl_weighting;
 pub mod noise;
 
-pub use elbo::{negative_elbo_terms, ElboTerms};
+pub use elbo::{negative_elbo_terms, negative_elbo_terms_given, ElboTerms};
 pub use iwae::{log_importance_weights, log_mean_exp};
 pub use kl_weighting::{Capacity, KlSchedule, KlWeighting};
 pub use noise::NoiseSource;

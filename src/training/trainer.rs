@@ -247,7 +247,7 @@ impl<'a> LoopState<'a> {
         let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
         let terms = negative_elbo_terms(vae, x, &eps)?; // steps 1-4
         let reconstruction = terms.reconstruction.mean_all()?;
-        let weighted_kl = self.config.kl.weighted_kl(&terms.posterior.kl_per_dimension()?, self.step)?;
+        let weighted_kl = self.config.kl.weighted_kl(&terms.kl_per_dimension, self.step)?;
         let loss = (&reconstruction + &weighted_kl)?; // step 5: reconstruction + (weighted) KL
         Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
     }
