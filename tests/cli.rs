@@ -22,24 +22,14 @@ fn assert_fails_with(output: &Output, words: &[&str]) {
 }
 
 fn train_tiny(dir: &Path, out: &str) -> Output {
-    let args = [
-        "train",
-        "--sprite-count",
-        "300",
-        "--sprite-size",
-        "16",
-        "--epochs",
-        "2",
-        "--hidden",
-        "32",
-        "--latent-dim",
-        "4",
-        "--threads",
-        "1",
-        "--quiet",
-        "--out",
-        out,
-    ];
+    train_tiny_with(dir, out, &[])
+}
+
+/// A tiny run on small sprites, with `extra` flags added.
+fn train_tiny_with(dir: &Path, out: &str, extra: &[&str]) -> Output {
+    let tiny = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--hidden", "32"];
+    let rest = ["--latent-dim", "4", "--threads", "1", "--quiet", "--out", out];
+    let args: Vec<&str> = tiny.iter().chain(&rest).chain(extra).copied().collect();
     elbo(&args, dir)
 }
 
@@ -140,27 +130,7 @@ fn eval_labels_bounds_and_diagnose_writes_its_verdict() {
 #[test]
 fn remedies_are_flags_and_conflicting_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "train",
-        "--sprite-count",
-        "300",
-        "--sprite-size",
-        "16",
-        "--epochs",
-        "2",
-        "--hidden",
-        "32",
-        "--latent-dim",
-        "4",
-        "--quiet",
-        "--out",
-        "warm",
-        "--warmup-epochs",
-        "1",
-        "--free-bits",
-        "0.1",
-    ];
-    let output = elbo(&args, dir.path());
+    let output = train_tiny_with(dir.path(), "warm", &["--warmup-epochs", "1", "--free-bits", "0.1"]);
     assert!(output.status.success(), "{}", text(&output));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("warm/config.json")).unwrap()).unwrap();

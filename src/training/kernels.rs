@@ -49,9 +49,7 @@ impl InplaceOp2 for FusedAdam<'_> {
         src_l: &Layout,
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
-        let mut first = self.first_moment.lock().map_err(|_| candle_core::Error::Msg("moment lock poisoned".into()))?;
-        let mut second =
-            self.second_moment.lock().map_err(|_| candle_core::Error::Msg("moment lock poisoned".into()))?;
+        let (mut first, mut second) = (lock(&self.first_moment)?, lock(&self.second_moment)?);
         let s = self.step;
         let step_size = s.learning_rate / s.first_correction;
         let root_correction = s.second_correction.sqrt();
@@ -88,8 +86,7 @@ impl InplaceOp2 for FusedSgd<'_> {
         src_l: &Layout,
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
-        let mut velocity =
-            self.velocity.lock().map_err(|_| candle_core::Error::Msg("velocity lock poisoned".into()))?;
+        let mut velocity = lock(&self.velocity)?;
         for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
             // v = momentum * v + g;  p -= lr * v
             *v = self.momentum * *v + g;
@@ -97,6 +94,11 @@ impl InplaceOp2 for FusedSgd<'_> {
         }
         Ok(())
     }
+}
+
+/// The optimiser state buffer behind a lock (the op is called through `&self`).
+fn lock<'m, 'a>(buffer: &'m Mutex<&'a mut [f32]>) -> candle_core::Result<std::sync::MutexGuard<'m, &'a mut [f32]>> {
+    buffer.lock().map_err(|_| candle_core::Error::Msg("optimiser state lock poisoned".into()))
 }
 
 /// The contiguous f32 slices of a parameter and its gradient, of the same size.
