@@ -9,7 +9,7 @@ use elbo::training::{train, TrainConfig};
 
 fn main() -> elbo::Result<()> {
     let device = Device::Cpu;
-    let spec = DataSpec::Sprites(SpriteConfig { size: 28, count: 5_000, seed: 1 });
+    let spec = DataSpec::Sprites(SpriteConfig { size: 28, count: 5_000, seed: 1, full_grid: false });
     let splits = data::load(&spec, 0.1, 1)?;
     let config = VaeConfig { input_shape: splits.train.shape, latent_dim: 8, ..VaeConfig::default() };
     let (vae, varmap) = Vae::fresh(&config, 1, DType::F32, &device)?;

@@ -6,6 +6,8 @@ use candle_nn::VarMap;
 
 use crate::atomic::write_json;
 use crate::data::{binarized, Dataset, Splits};
+use crate::evaluation::disentanglement::{compute_metrics, MetricsConfig, MetricsReport, Representation};
+use crate::evaluation::sprite_codes::sprite_factor_space;
 use crate::evaluation::{diagnose, read_curves, Diagnosis};
 use crate::model::Vae;
 use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
@@ -105,4 +107,20 @@ pub fn diagnose_run(
     let diagnosis = diagnose(vae, dataset, max_examples, seed, device)?.with_curves(curves);
     write_json(&run.file("diagnosis.json"), &diagnosis)?;
     Ok(diagnosis)
+}
+
+/// The file `elbo metrics` writes into the run directory.
+pub const DISENTANGLEMENT_FILE: &str = "disentanglement.json";
+
+/// Computes the disentanglement metrics of the sprites' `representation` (e.g.
+/// [`crate::evaluation::sprite_codes::SpriteCodes`] of a trained model)
+/// and writes them to `disentanglement.json` in `run`.
+pub fn disentanglement_run(
+    run: &RunDir,
+    representation: &mut dyn Representation,
+    config: &MetricsConfig,
+) -> Result<MetricsReport> {
+    let report = compute_metrics(&sprite_factor_space(), representation, config)?;
+    write_json(&run.file(DISENTANGLEMENT_FILE), &report)?;
+    Ok(report)
 }

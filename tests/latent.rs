@@ -22,7 +22,7 @@ const LATENT_DIM: usize = 6;
 fn splits() -> &'static Splits {
     static SPLITS: OnceLock<Splits> = OnceLock::new();
     SPLITS.get_or_init(|| {
-        let spec = DataSpec::Sprites(SpriteConfig { size: 16, count: 2000, seed: 3 });
+        let spec = DataSpec::Sprites(SpriteConfig { size: 16, count: 2000, seed: 3, full_grid: false });
         data::load(&spec, 0.25, 1).unwrap()
     })
 }

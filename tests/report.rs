@@ -14,7 +14,7 @@ struct Quiet;
 impl TrainingObserver for Quiet {}
 
 fn train(run: &RunDir) -> (FinishedRun, elbo::data::Splits) {
-    let spec = DataSpec::Sprites(SpriteConfig { size: 16, count: 300, seed: 2 });
+    let spec = DataSpec::Sprites(SpriteConfig { size: 16, count: 300, seed: 2, full_grid: false });
     let splits = data::load(&spec, 0.1, 1).unwrap();
     let config = RunConfig {
         elbo_version: "test".into(),

@@ -7,6 +7,7 @@ mod diagnose;
 mod encode;
 mod eval;
 mod interpolate;
+mod metrics;
 mod model_args;
 mod objective_args;
 mod probe;
@@ -56,6 +57,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Is the latent used? Active units, I(x; z), and a verdict on posterior collapse.
     Diagnose(diagnose::DiagnoseArgs),
+    /// Disentanglement of a sprites model: beta-VAE and FactorVAE scores, MIG, DCI.
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
@@ -75,6 +78,7 @@ pub fn run() -> ExitCode {
         Command::Report(args) => report::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Diagnose(args) => diagnose::run(args),
+        Command::Metrics(args) => metrics::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

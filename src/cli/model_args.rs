@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use elbo::data::ExampleShape;
-use elbo::model::{Activation, GaussianVariance, LikelihoodConfig, VaeConfig};
+use elbo::model::{Activation, ConvConfig, GaussianVariance, LikelihoodConfig, VaeConfig};
 
 /// The architecture flags.
 #[derive(Args, Debug, Clone)]
@@ -22,9 +22,16 @@ pub struct ModelArgs {
     /// Number of latent dimensions.
     #[arg(long, default_value_t = 20)]
     pub latent_dim: usize,
-    /// Encoder hidden widths, comma-separated (e.g. 400 or 512,256).
-    #[arg(long, value_delimiter = ',', default_value = "400")]
-    pub hidden: Vec<usize>,
+    /// The network type: dense layers only, or convolutions (images) before and after them.
+    #[arg(long, value_enum, default_value_t = ArchitectureKind::Mlp)]
+    pub architecture: ArchitectureKind,
+    /// Convolutional models: output channels of each 4x4 stride-2 convolution, comma-separated (default: 32,32,64,64
+    /// for images of 64 pixels or more, the disentanglement architecture; 32,64 for smaller ones).
+    #[arg(long, value_delimiter = ',')]
+    pub conv_channels: Option<Vec<usize>>,
+    /// Encoder hidden widths, comma-separated (default: 400 for the mlp, 256 after the convolutions).
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
     /// Decoder hidden widths, comma-separated (default: the encoder's, reversed).
     #[arg(long, value_delimiter = ',')]
     pub decoder_hidden: Option<Vec<usize>>,
@@ -42,6 +49,15 @@ pub enum LikelihoodKind {
     Gaussian,
     /// Softmax over K levels per dimension.
     Categorical,
+}
+
+/// Architecture choices.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchitectureKind {
+    /// Dense layers on flattened inputs.
+    Mlp,
+    /// Strided convolutions, dense layers, transposed convolutions (images only).
+    Conv,
 }
 
 /// Gaussian variance choices.
@@ -71,11 +87,18 @@ pub enum ActivationKind {
 impl ModelArgs {
     /// The architecture for inputs of `input_shape`.
     pub fn config(&self, input_shape: ExampleShape) -> VaeConfig {
-        let decoder_hidden = self.decoder_hidden.clone().unwrap_or_else(|| self.hidden.iter().rev().copied().collect());
+        let conv = (self.architecture == ArchitectureKind::Conv).then(|| {
+            let preset = ConvConfig::preset_for(input_shape.height.min(input_shape.width));
+            ConvConfig { channels: self.conv_channels.clone().unwrap_or(preset.channels), ..preset }
+        });
+        let default_hidden = if conv.is_some() { 256 } else { 400 };
+        let hidden = self.hidden.clone().unwrap_or_else(|| vec![default_hidden]);
+        let decoder_hidden = self.decoder_hidden.clone().unwrap_or_else(|| hidden.iter().rev().copied().collect());
         VaeConfig {
             input_shape,
             latent_dim: self.latent_dim,
-            encoder_hidden: self.hidden.clone(),
+            conv,
+            encoder_hidden: hidden,
             decoder_hidden,
             activation: match self.activation {
                 ActivationKind::Relu => Activation::Relu,

@@ -7,12 +7,16 @@ use elbo::training::Objective;
 /// Objective flags.
 #[derive(Args, Debug, Clone)]
 pub struct ObjectiveArgs {
-    /// The bound maximised: the ELBO, or the importance-weighted bound with --train-iw-samples draws.
+    /// The objective: the ELBO, the importance-weighted bound with --train-iw-samples draws, or beta-TCVAE with
+    /// --tc-beta.
     #[arg(long, value_enum, default_value_t = ObjectiveKind::Elbo)]
     objective: ObjectiveKind,
     /// IWAE objective: importance samples k per example.
     #[arg(long, default_value_t = 5)]
     train_iw_samples: usize,
+    /// beta-TCVAE objective: the weight of the total correlation (Chen et al. use 6 on dSprites).
+    #[arg(long, default_value_t = 6.0, allow_negative_numbers = true)]
+    tc_beta: f64,
     /// Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     beta: f64,
@@ -49,6 +53,8 @@ enum ObjectiveKind {
     Elbo,
     /// The importance-weighted bound (Burda et al.).
     Iwae,
+    /// beta-TCVAE: the ELBO with the KL's total-correlation part weighted by --tc-beta (Chen et al.).
+    Tcvae,
 }
 
 impl ObjectiveArgs {
@@ -57,6 +63,7 @@ impl ObjectiveArgs {
         match self.objective {
             ObjectiveKind::Elbo => Objective::Elbo,
             ObjectiveKind::Iwae => Objective::Iwae { samples: self.train_iw_samples },
+            ObjectiveKind::Tcvae => Objective::Tcvae { tc_beta: self.tc_beta },
         }
     }
 

@@ -26,6 +26,10 @@ pub struct TrainArgs {
     /// Passes over the training data.
     #[arg(long, default_value_t = 10)]
     epochs: usize,
+    /// Stop after this many optimisation steps, if that comes before the last epoch ends (the last epoch is then
+    /// partial, but evaluated and saved like the others).
+    #[arg(long)]
+    max_steps: Option<usize>,
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -123,6 +127,7 @@ fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
         kl: args.objective.kl_weighting(steps_per_epoch, args.epochs),
         seed: args.seed,
         binarization: args.binarize.to_binarization(args.threshold),
+        max_steps: args.max_steps,
         ..TrainConfig::default()
     }
 }
@@ -138,12 +143,8 @@ fn print_plan(config: &RunConfig, splits: &data::Splits, out: &Path) {
         model.input_shape.dim()
     );
     println!(
-        "model: {}-{:?}-{} MLP, {:?}, {} decoder; {} epochs, batch {}, lr {}, {:?}, beta {}, seed {}, {} threads",
-        model.input_shape.dim(),
-        model.encoder_hidden,
-        model.latent_dim,
-        model.activation,
-        model.likelihood.name(),
+        "model: {}; {} epochs, batch {}, lr {}, {:?}, beta {}, seed {}, {} threads",
+        model.describe(),
         config.training.epochs,
         config.training.batch_size,
         config.training.learning_rate,
@@ -159,7 +160,9 @@ fn print_plan(config: &RunConfig, splits: &data::Splits, out: &Path) {
 fn next_free_run_dir(spec: &DataSpec) -> PathBuf {
     let name = match spec {
         DataSpec::Sprites(_) => "sprites".to_string(),
-        DataSpec::Path { path, .. } => path.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned()),
+        DataSpec::Path { path, .. } | DataSpec::Images(elbo::data::image_folder::ImageFolderConfig { path, .. }) => {
+            path.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned())
+        }
     };
     (1..).map(|n| PathBuf::from(format!("runs/{name}-{n}"))).find(|p| !p.exists()).unwrap_or_default()
 }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod csv;
 pub mod idx;
+pub mod image_folder;
 pub mod npy;
 pub mod source;
 pub mod sprites;
@@ -25,6 +26,8 @@ pub enum Values {
     U8(Vec<u8>),
     /// Floating-point values, used as they are.
     F32(Vec<f32>),
+    /// Sprites drawn from their factor indices when read, never stored (bytes scaled to [0, 1]).
+    Rendered(sprites::RenderedSprites),
 }
 
 impl Values {
@@ -33,6 +36,7 @@ impl Values {
         match self {
             Values::U8(v) => v.len(),
             Values::F32(v) => v.len(),
+            Values::Rendered(sprites) => sprites.len() * sprites.size * sprites.size,
         }
     }
 
@@ -119,6 +123,7 @@ impl Dataset {
         match &self.values {
             Values::U8(v) => out.extend(v[range].iter().map(|&b| b as f32 / 255.0)),
             Values::F32(v) => out.extend_from_slice(&v[range]),
+            Values::Rendered(sprites) => sprites.push_example(index, out),
         }
     }
 
@@ -128,6 +133,7 @@ impl Dataset {
         let values = match &self.values {
             Values::U8(v) => Values::U8(gather_rows(v, indices, dim)),
             Values::F32(v) => Values::F32(gather_rows(v, indices, dim)),
+            Values::Rendered(sprites) => Values::Rendered(sprites.subset(indices)),
         };
         let labels = self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect());
         let factors = self.factors.as_ref().map(|f| Factors {
@@ -147,6 +153,8 @@ impl Dataset {
                 (min, max)
             }
             Values::F32(v) => v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x))),
+            // rendered sprites are black backgrounds with white shapes
+            Values::Rendered(_) => (0.0, 1.0),
         }
     }
 }
@@ -179,6 +187,7 @@ impl Values {
         match self {
             Values::U8(v) => Values::U8(hwc_to_chw(&v, shape)),
             Values::F32(v) => Values::F32(hwc_to_chw(&v, shape)),
+            rendered @ Values::Rendered(_) => rendered,
         }
     }
 }

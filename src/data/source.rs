@@ -5,6 +5,10 @@
 //!   `t10k-images-idx3-ubyte`, each possibly `.gz`, with optional `train-labels-idx1-ubyte` and
 //!   `t10k-labels-idx1-ubyte`) or NPY files (`train.npy` and `test.npy`, with optional `train_labels.npy` and
 //!   `test_labels.npy`). Then `test_is_validation` is false and the validation fraction is not used.
+//! - A directory with none of those but with PNG or JPEG files (directly, in one subfolder per class, or in `train/`
+//!   and `test/` subfolders) is an image folder, read by [`image_folder`](super::image_folder) with the settings of
+//!   [`DataSpec::Images`] (the defaults for a plain [`DataSpec::Path`]). Without `train/` and `test/`, a validation
+//!   fraction is held out as for a single file.
 //! - A single file is split: a seeded random `validation_fraction` of its examples is held out.
 //! - The sprites' held-out set is generated, not split: `validation_fraction x count` more sprites with the same
 //!   settings and seed, drawn from an independent random stream.
@@ -15,6 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::image_folder::{self, ImageFolderConfig};
 use super::sprites::{self, SpriteConfig};
 use super::{csv, idx, npy, Dataset};
 use crate::{Error, Result};
@@ -31,6 +36,8 @@ pub enum DataSpec {
         /// For CSV files: the 0-based column that holds class labels.
         label_column: Option<usize>,
     },
+    /// A folder of PNG or JPEG images, and how to turn them into examples.
+    Images(ImageFolderConfig),
 }
 
 /// Training data plus held-out data.
@@ -53,11 +60,34 @@ pub fn load(spec: &DataSpec, validation_fraction: f32, seed: u64) -> Result<Spli
             let metadata = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
             if metadata.is_dir() {
                 reject_label_column(path, *label_column)?;
-                load_directory(path)
+                if is_image_folder(path) {
+                    load_images(&ImageFolderConfig::new(path), validation_fraction, seed)
+                } else {
+                    load_directory(path)
+                }
             } else {
                 split(&load_file(path, *label_column)?, validation_fraction, seed)
             }
         }
+        DataSpec::Images(config) => load_images(config, validation_fraction, seed),
+    }
+}
+
+/// True when `path` is a directory of images: it holds none of the IDX or NPY files a data directory is recognised
+/// by, and PNG or JPEG files directly or in subfolders.
+pub fn is_image_folder(path: &Path) -> bool {
+    path.is_dir() && !LAYOUTS.iter().any(|l| (l.find)(path, l.names[0]).is_some()) && image_folder::holds_images(path)
+}
+
+/// An image folder: its own `train` / `test` split, or a held-out fraction. Skipped files are reported on stderr.
+fn load_images(config: &ImageFolderConfig, validation_fraction: f32, seed: u64) -> Result<Splits> {
+    let folder = image_folder::load(config)?;
+    if let Some(warning) = folder.warning() {
+        eprintln!("warning: {warning}");
+    }
+    match folder.test {
+        Some(test) => Ok(Splits { train: folder.train, test, test_is_validation: false }),
+        None => split(&folder.train, validation_fraction, seed),
     }
 }
 
@@ -72,6 +102,10 @@ pub fn load_file(path: &Path, label_column: Option<usize>) -> Result<Dataset> {
         npy::load_examples
     } else if name.contains("idx") || name.ends_with("-ubyte") || name.ends_with(".gz") {
         idx::load_images
+    } else if image_folder::is_image_name(&name) {
+        let problem = "one image is not a data set; give the folder that holds the images (directly, in one \
+                       subfolder per class, or in train/ and test/ subfolders)";
+        return Err(Error::bad_input(path, "file name", problem));
     } else {
         let problem = "unknown format; expected a .npy or .csv file, or an IDX file (a name containing 'idx', or \
                        ending in -ubyte or .gz)";
@@ -175,7 +209,11 @@ fn find_exact(dir: &Path, name: &str) -> Option<PathBuf> {
 fn load_directory(dir: &Path) -> Result<Splits> {
     let layout = LAYOUTS.iter().find(|l| (l.find)(dir, l.names[0]).is_some()).ok_or_else(|| {
         let looked_for: Vec<String> = LAYOUTS.iter().map(Layout::describe).collect();
-        Error::bad_input(dir, "directory", format!("no data found; looked for {}", looked_for.join(" and for ")))
+        let problem = format!(
+            "no data found; looked for {}, and for PNG or JPEG images (directly or in subfolders)",
+            looked_for.join(" and for ")
+        );
+        Error::bad_input(dir, "directory", problem)
     })?;
     let [train, test, train_labels, test_labels] = layout.names;
     let train = layout.load_part(dir, train, train_labels)?;
@@ -252,7 +290,7 @@ mod tests {
 
     #[test]
     fn sprites_get_a_generated_validation_set() {
-        let config = SpriteConfig { size: 16, count: 200, seed: 4 };
+        let config = SpriteConfig { size: 16, count: 200, seed: 4, full_grid: false };
         let splits = load(&DataSpec::Sprites(config), 0.1, 9).unwrap();
         assert_eq!((splits.train.len(), splits.test.len()), (200, 20));
         assert!(splits.test_is_validation);
@@ -268,6 +306,7 @@ mod tests {
         let firsts = |d: &Dataset| match &d.values {
             Values::U8(v) => v.iter().step_by(2).map(|&b| b as usize).collect::<Vec<_>>(),
             Values::F32(v) => v.iter().step_by(2).map(|&x| x as usize).collect(),
+            Values::Rendered(_) => unreachable!("stored sprites"),
         };
         let mut all = [firsts(&splits.train), firsts(&splits.test)].concat();
         all.sort();

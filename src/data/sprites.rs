@@ -43,17 +43,111 @@ pub struct SpriteConfig {
     pub count: usize,
     /// Seed of the random factor draws: the same seed gives the same bytes.
     pub seed: u64,
+    /// Train on the whole factor grid ([`GRID_SIZE`] images, each combination once, as dSprites), rendered on
+    /// demand instead of stored; `count` is then ignored for training, and the held-out set is drawn from the grid.
+    pub full_grid: bool,
 }
 
 impl Default for SpriteConfig {
     fn default() -> Self {
-        SpriteConfig { size: 32, count: 20_000, seed: 1 }
+        SpriteConfig { size: 32, count: 20_000, seed: 1, full_grid: false }
     }
 }
 
-/// Generates `config.count` sprites with factors drawn uniformly at random, seeded by `config.seed`. Labels are the
-/// shape indices. Errors when the size is below 16 or the count is zero.
+/// Number of cells of the factor grid: 3 x 6 x 40 x 32 x 32 = 737,280.
+pub const GRID_SIZE: usize = 737_280;
+
+/// Sprites kept as factor indices and drawn when an example is read, so the full grid at 64 x 64 costs 15 MB of
+/// indices instead of 3 GB of pixels. Rendering is deterministic: the same indices give the same bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedSprites {
+    /// Image side in pixels.
+    pub size: usize,
+    /// Five factor indices per example, in the order of [`FACTOR_NAMES`].
+    pub factor_indices: Vec<u32>,
+}
+
+impl RenderedSprites {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.factor_indices.len() / FACTOR_SIZES.len()
+    }
+
+    /// True when there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.factor_indices.is_empty()
+    }
+
+    /// The factor indices of example `index`.
+    pub fn factors_of(&self, index: usize) -> [u32; 5] {
+        let mut factors = [0; 5];
+        factors.copy_from_slice(&self.factor_indices[index * 5..][..5]);
+        factors
+    }
+
+    /// Renders example `index` and appends its pixels, scaled to [0, 1], to `out`.
+    pub fn push_example(&self, index: usize, out: &mut Vec<f32>) {
+        out.extend(render(&self.factors_of(index), self.size).into_iter().map(|b| f32::from(b) / 255.0));
+    }
+
+    /// The examples at `indices`.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        let factor_indices = indices.iter().flat_map(|&i| self.factors_of(i)).collect();
+        RenderedSprites { size: self.size, factor_indices }
+    }
+}
+
+/// The factor indices of grid cell `cell` (0 .. [`GRID_SIZE`]), in dSprites' order: shape varies slowest, y fastest.
+pub fn grid_cell(cell: usize) -> [u32; 5] {
+    let mut rest = cell;
+    let mut factors = [0; 5];
+    for (factor, &size) in FACTOR_SIZES.iter().enumerate().rev() {
+        factors[factor] = (rest % size as usize) as u32;
+        rest /= size as usize;
+    }
+    factors
+}
+
+/// A dataset of sprites with the given factor rows (five per example), rendered on demand.
+fn rendered(size: usize, factor_indices: Vec<u32>, source: String) -> Dataset {
+    let labels = factor_indices.iter().step_by(FACTOR_SIZES.len()).copied().collect();
+    let factors = Factors {
+        names: FACTOR_NAMES.iter().map(|name| name.to_string()).collect(),
+        sizes: FACTOR_SIZES.iter().map(|&n| n as usize).collect(),
+        indices: factor_indices.clone(),
+    };
+    Dataset {
+        source,
+        values: Values::Rendered(RenderedSprites { size, factor_indices }),
+        shape: ExampleShape::image(1, size, size),
+        labels: Some(labels),
+        factors: Some(factors),
+    }
+}
+
+/// Every cell of the factor grid once, in [`grid_cell`] order, rendered on demand at `size` pixels.
+pub fn full_grid(size: usize) -> Result<Dataset> {
+    check(&SpriteConfig { size, count: 1, seed: 0, full_grid: true })?;
+    let factor_indices = (0..GRID_SIZE).flat_map(grid_cell).collect();
+    Ok(rendered(size, factor_indices, format!("sprites(size={size}, full grid of {GRID_SIZE})")))
+}
+
+/// `count` cells of the factor grid drawn uniformly at random (with replacement) from `seed`, rendered on demand.
+pub fn grid_sample(size: usize, count: usize, seed: u64) -> Result<Dataset> {
+    check(&SpriteConfig { size, count, seed, full_grid: true })?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(2);
+    let factor_indices = (0..count).flat_map(|_| FACTOR_SIZES.map(|n| rng.random_range(0..n))).collect();
+    Ok(rendered(size, factor_indices, format!("sprites(size={size}, {count} grid cells, seed={seed})")))
+}
+
+/// Generates `config.count` sprites with factors drawn uniformly at random, seeded by `config.seed`, or the full
+/// grid rendered on demand when `config.full_grid`. Labels are the shape indices. Errors when the size is below 16
+/// or the count is zero.
 pub fn generate(config: &SpriteConfig) -> Result<Dataset> {
+    if config.full_grid {
+        return full_grid(config.size);
+    }
     generate_on_stream(config, 0, "")
 }
 
@@ -61,6 +155,9 @@ pub fn generate(config: &SpriteConfig) -> Result<Dataset> {
 /// data. Being drawn independently, a few may share all factors with training examples (a grid cell holds 1 in
 /// 737,280 of the combinations).
 pub fn generate_held_out(config: &SpriteConfig, count: usize) -> Result<Dataset> {
+    if config.full_grid {
+        return grid_sample(config.size, count, config.seed);
+    }
     generate_on_stream(&SpriteConfig { count, ..*config }, 1, ", held out")
 }
 
@@ -213,18 +310,42 @@ mod tests {
     use super::*;
 
     fn config(seed: u64) -> SpriteConfig {
-        SpriteConfig { size: 32, count: 500, seed }
+        SpriteConfig { size: 32, count: 500, seed, full_grid: false }
     }
 
     fn bytes(data: &Dataset) -> &[u8] {
         match &data.values {
             Values::U8(v) => v,
-            Values::F32(_) => panic!("sprites are bytes"),
+            _ => panic!("sprites are bytes"),
         }
     }
 
     fn lit(image: &[u8]) -> u32 {
         image.iter().map(|&p| u32::from(p)).sum()
+    }
+
+    #[test]
+    fn the_full_grid_holds_every_cell_once_and_renders_like_the_stored_sprites() {
+        let grid = full_grid(32).unwrap();
+        assert_eq!(grid.len(), GRID_SIZE);
+        let factors = grid.factors.as_ref().unwrap();
+        assert_eq!(&factors.indices[..10], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(grid_cell(GRID_SIZE - 1), [2, 5, 39, 31, 31]);
+        let cells: std::collections::HashSet<[u32; 5]> = (0..GRID_SIZE).step_by(997).map(grid_cell).collect();
+        assert_eq!(cells.len(), GRID_SIZE.div_ceil(997));
+        let stored = generate(&config(4)).unwrap();
+        let row =
+            |i: usize| -> [u32; 5] { std::array::from_fn(|f| stored.factors.as_ref().unwrap().indices[i * 5 + f]) };
+        let cell = (0..5).rev().fold((0usize, 1usize), |(cell, scale), f| {
+            (cell + row(7)[f] as usize * scale, scale * FACTOR_SIZES[f] as usize)
+        });
+        let (mut from_grid, mut from_store) = (Vec::new(), Vec::new());
+        grid.push_example(cell.0, &mut from_grid);
+        stored.push_example(7, &mut from_store);
+        assert_eq!(from_grid, from_store);
+        let sample = grid_sample(32, 50, 3).unwrap();
+        assert_eq!((sample.len(), sample.labels.as_ref().unwrap().len()), (50, 50));
+        assert_eq!(sample.subset(&[4, 2]).factors.unwrap().indices[..5], sample.factors.unwrap().indices[20..25]);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
-/// Below this mean KL (nats per example) over the first tenth of the steps, the KL counts as near zero early.
+/// Below this mean KL (nats per example) the KL counts as near zero: over the first tenth of the steps (collapse
+/// risk) or at the end (the decoder fits x without z).
 pub const EARLY_KL_NEAR_ZERO: f64 = 0.1;
 /// A reconstruction term that fell by less than this fraction from the first epoch to the last is stuck.
 pub const STUCK_FRACTION: f64 = 0.01;
@@ -76,9 +77,15 @@ impl Curves {
         if early.is_empty() {
             return None;
         }
-        let early_kl = early.iter().map(|s| s.1).sum::<f64>() / early.len() as f64;
-        let (first, last) = (self.epochs.first()?, self.epochs.last()?);
-        let reconstruction_stuck = self.epochs.len() > 1 && first.0 - last.0 < STUCK_FRACTION * first.0.abs();
+        let early_kl = mean(early).1;
+        // with one epoch, its start and end are the first and last tenth of its steps
+        let (first, last) = match self.epochs.len() {
+            0 => return None,
+            1 => (mean(early), mean(&self.steps[self.steps.len() - early.len()..])),
+            _ => (*self.epochs.first()?, *self.epochs.last()?),
+        };
+        let (first, last) = (&first, &last);
+        let reconstruction_stuck = self.steps.len() > 1 && first.0 - last.0 < STUCK_FRACTION * first.0.abs();
         let half = &self.epochs[self.epochs.len() / 2..];
         let both_shrinking =
             half.len() > 1 && half.windows(2).all(|w| w[1].0 <= w[0].0) && half.last()?.1 < half.first()?.1;
@@ -92,6 +99,12 @@ impl Curves {
         reading.notes = reading.describe(first, half.first()?, last);
         Some(reading)
     }
+}
+
+/// The mean (reconstruction, KL) of some steps (at least one).
+fn mean(steps: &[(f64, f64)]) -> (f64, f64) {
+    let (reconstruction, kl) = steps.iter().fold((0.0, 0.0), |(r, k), s| (r + s.0, k + s.1));
+    (reconstruction / steps.len() as f64, kl / steps.len() as f64)
 }
 
 impl CurveReading {
@@ -109,6 +122,8 @@ impl CurveReading {
         }
         if self.both_shrinking {
             notes.push(format!("both terms shrinking over the last half of training (reconstruction {:.3} -> {:.3}, KL {:.3} -> {:.3}): healthy", middle.0, last.0, middle.1, last.1));
+        } else if !self.reconstruction_stuck && last.1 < EARLY_KL_NEAR_ZERO {
+            notes.push(format!("reconstruction falling ({:.3} -> {:.3} nats) while the KL stays near zero ({:.3}): the decoder is fitting x without z", first.0, last.0, last.1));
         } else if !self.reconstruction_stuck {
             notes.push(format!("reconstruction falling ({:.3} -> {:.3} nats) while the KL settles at {:.3}: the encoder is putting information into z", first.0, last.0, last.1));
         }

@@ -3,9 +3,11 @@
 pub mod bounds;
 pub mod curves;
 pub mod diagnosis;
+pub mod disentanglement;
 pub mod elbo;
 pub mod mutual_information;
 pub mod posterior_stats;
+pub mod sprite_codes;
 pub mod statistics;
 
 pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};

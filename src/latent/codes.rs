@@ -105,7 +105,7 @@ pub fn read_latents(path: &Path, latent_dim: usize) -> Result<Vec<f32>> {
     }
     match array.values {
         Values::F32(values) => Ok(values),
-        Values::U8(_) => {
+        Values::U8(_) | Values::Rendered(_) => {
             Err(Error::bad_input(path, "descr", "latent codes must be floats ('<f4' or '<f8'), found bytes"))
         }
     }

@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn sprite_labels_are_shapes_and_factors_are_columns() {
-        let data = generate(&SpriteConfig { size: 16, count: 20, seed: 2 }).unwrap();
+        let data = generate(&SpriteConfig { size: 16, count: 20, seed: 2, full_grid: false }).unwrap();
         let shapes = labels_of(&data, &LabelChoice::Labels).unwrap();
         assert_eq!(shapes, labels_of(&data, &LabelChoice::from_factor(Some("shape"))).unwrap());
         let x = labels_of(&data, &LabelChoice::from_factor(Some("x"))).unwrap();
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn missing_labels_and_factors_are_clear_errors() {
-        let mut data = generate(&SpriteConfig { size: 16, count: 4, seed: 2 }).unwrap();
+        let mut data = generate(&SpriteConfig { size: 16, count: 4, seed: 2, full_grid: false }).unwrap();
         let message = labels_of(&data, &LabelChoice::from_factor(Some("colour"))).unwrap_err().to_string();
         assert!(message.contains("colour") && message.contains("shape, scale"), "{message}");
         data.labels = None;

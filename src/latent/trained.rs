@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use crate::data::image_folder::ImageFolderConfig;
 use crate::data::{self, DataSpec, Dataset, Splits};
 use crate::model::Vae;
 use crate::outputs::{RunConfig, RunDir};
@@ -52,8 +53,8 @@ impl TrainedRun {
     /// brings its own test set and a single file is split like the run's (same validation fraction and seed).
     /// Errors when the examples do not fit the model.
     pub fn splits(&self, data: Option<&DataSpec>) -> Result<Splits> {
-        let spec = data.unwrap_or(&self.config.data);
-        let splits = data::load(spec, self.config.validation_fraction, self.config.training.seed)?;
+        let spec = data.map_or_else(|| self.config.data.clone(), |spec| self.like_run(spec));
+        let splits = data::load(&spec, self.config.validation_fraction, self.config.training.seed)?;
         self.vae.check_input(&splits.train.shape, &splits.train.source)?;
         self.vae.check_input(&splits.test.shape, &splits.test.source)?;
         Ok(splits)
@@ -70,6 +71,19 @@ impl TrainedRun {
         };
         self.vae.check_input(&dataset.shape, &dataset.source)?;
         Ok(dataset)
+    }
+
+    /// `spec`, except that an image folder given as a plain path is read with the run's image settings (size,
+    /// channels, fit), so it matches the model.
+    fn like_run(&self, spec: &DataSpec) -> DataSpec {
+        match (spec, &self.config.data) {
+            (DataSpec::Path { path, label_column: None }, DataSpec::Images(settings))
+                if data::source::is_image_folder(path) =>
+            {
+                DataSpec::Images(ImageFolderConfig { path: path.clone(), ..settings.clone() })
+            }
+            _ => spec.clone(),
+        }
     }
 
     /// The batch size for passes without gradients: the run's evaluation batch size.

@@ -7,9 +7,9 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
+use super::fused_activation::OutputActivation;
 use super::mlp::Activation;
 use crate::cpu::{contiguous_f32, gemm_parallelism};
-use crate::fast_math;
 use crate::Result;
 
 /// A linear layer followed by an optional activation. Weights: `weight` `[out, in]`, `bias` `[out]`.
@@ -48,70 +48,8 @@ impl Dense {
     }
 
     fn fused_op(&self, x: &Tensor) -> Option<FusedDense> {
-        let activation = match self.activation {
-            None => OutputActivation::Identity,
-            Some(Activation::Relu) => OutputActivation::Relu,
-            Some(Activation::Tanh) => OutputActivation::Tanh,
-            Some(Activation::Softplus) => OutputActivation::Softplus,
-            Some(Activation::Silu) => return None,
-        };
+        let activation = OutputActivation::of(self.activation)?;
         (x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2).then_some(FusedDense { activation })
-    }
-}
-
-/// Activations whose derivative can be read off the output alone.
-#[derive(Debug, Clone, Copy)]
-enum OutputActivation {
-    Identity,
-    Relu,
-    Tanh,
-    Softplus,
-}
-
-impl OutputActivation {
-    /// Applies the activation to every value; one loop per activation, so each vectorises.
-    fn apply_in_place(&self, values: &mut [f32]) {
-        match self {
-            OutputActivation::Identity => {}
-            OutputActivation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-            OutputActivation::Tanh => values.iter_mut().for_each(|v| *v = fast_math::tanh(*v)),
-            // softplus(v) = max(v, 0) + log(1 + exp(-|v|))
-            OutputActivation::Softplus => values.iter_mut().for_each(|v| *v = fast_math::softplus(*v)),
-        }
-    }
-
-    /// grad * d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus:
-    /// 1 - exp(-y). One loop per activation, so each vectorises.
-    fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
-        let pairs = output.iter().zip(grad);
-        match self {
-            OutputActivation::Identity => grad.to_vec(),
-            OutputActivation::Relu => pairs.map(|(&y, &g)| if y > 0.0 { g } else { 0.0 }).collect(),
-            OutputActivation::Tanh => pairs.map(|(&y, &g)| g * (1.0 - y * y)).collect(),
-            OutputActivation::Softplus => pairs.map(|(&y, &g)| g * (1.0 - fast_math::exp(-y))).collect(),
-        }
-    }
-}
-
-/// The gradient through the activation in one pass: grad_output * activation'(output).
-struct ActivationGradient {
-    activation: OutputActivation,
-}
-
-impl candle_core::CustomOp2 for ActivationGradient {
-    fn name(&self) -> &'static str {
-        "fused-activation-gradient"
-    }
-
-    fn cpu_fwd(
-        &self,
-        ys: &CpuStorage,
-        yl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (output, grad) = (contiguous_f32(ys, yl, self.name())?, contiguous_f32(gs, gl, self.name())?);
-        Ok((CpuStorage::F32(self.activation.gradient(output, grad)), yl.shape().clone()))
     }
 }
 
@@ -186,10 +124,7 @@ impl CustomOp3 for FusedDense {
         output: &Tensor,
         grad_output: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_pre = match self.activation {
-            OutputActivation::Identity => grad_output.clone(),
-            activation => output.apply_op2_no_bwd(&grad_output.contiguous()?, &ActivationGradient { activation })?,
-        };
+        let grad_pre = self.activation.gradient_through(output, grad_output)?;
         let grad_weight = grad_pre.t()?.matmul(x)?;
         let grad_bias = grad_pre.sum(0)?;
         // the data batch needs no gradient: skip its matrix multiply

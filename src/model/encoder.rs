@@ -1,40 +1,51 @@
-//! The Gaussian encoder q(z|x) = N(mu_x, diag sigma_x^2): an MLP with two linear heads, `mu` and `log_var`.
+//! The Gaussian encoder q(z|x) = N(mu_x, diag sigma_x^2): optional convolutions, an MLP, and two linear heads,
+//! `mu` and `log_var`.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::conv::ConvStack;
 use super::dense::Dense;
 use super::gaussian::DiagonalGaussian;
-use super::mlp::{Activation, Mlp};
+use super::mlp::Mlp;
+use super::vae::VaeConfig;
 use crate::Result;
 
-/// The encoder network. Weights: `encoder.hidden.{i}.*`, `encoder.mu.*`, `encoder.log_var.*`.
+/// The encoder network. Weights: `encoder.conv.{i}.*` (convolutional models), `encoder.hidden.{i}.*`,
+/// `encoder.mu.*`, `encoder.log_var.*`.
 #[derive(Debug, Clone)]
 pub struct Encoder {
+    convolutions: Option<ConvStack>,
     body: Mlp,
     mu: Dense,
     log_var: Dense,
 }
 
 impl Encoder {
-    /// Builds the encoder for inputs of `input_dim` values.
-    pub fn new(
-        input_dim: usize,
-        hidden: &[usize],
-        activation: Activation,
-        latent_dim: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let body = Mlp::new(input_dim, hidden, activation, vb.clone())?;
+    /// Builds the encoder of the architecture `config`, weights under `vb`.
+    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let (convolutions, input_dim) = match &config.conv {
+            Some(conv) => {
+                let (channels, height, width) = conv.feature_map(&config.input_shape)?;
+                let stack = ConvStack::new(conv, config.input_shape, config.activation, vb.clone())?;
+                (Some(stack), channels * height * width)
+            }
+            None => (None, config.input_shape.dim()),
+        };
+        let body = Mlp::new(input_dim, &config.encoder_hidden, config.activation, vb.clone())?;
         let features = body.output_dim(input_dim);
-        let mu = Dense::new(features, latent_dim, None, vb.pp("mu"))?;
-        let log_var = Dense::new(features, latent_dim, None, vb.pp("log_var"))?;
-        Ok(Encoder { body, mu, log_var })
+        let mu = Dense::new(features, config.latent_dim, None, vb.pp("mu"))?;
+        let log_var = Dense::new(features, config.latent_dim, None, vb.pp("log_var"))?;
+        Ok(Encoder { convolutions, body, mu, log_var })
     }
 
-    /// Encoder forward on x: (mu_x, log sigma^2_x).
+    /// Encoder forward on x (`[batch, data_dim]`): (mu_x, log sigma^2_x).
     pub fn forward(&self, x: &Tensor) -> Result<DiagonalGaussian> {
-        let h = self.body.forward(x)?;
+        let features = match &self.convolutions {
+            Some(convolutions) => convolutions.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.body.forward(&features)?;
         Ok(DiagonalGaussian::new(self.mu.forward(&h)?, self.log_var.forward(&h)?))
     }
 }

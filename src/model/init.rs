@@ -1,6 +1,8 @@
 //! Seeded parameter initialisation, so that the same seed gives the same model bit for bit.
 //!
-//! Linear layers follow PyTorch's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). Other
+//! Linear and convolutional layers follow PyTorch's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+//! with fan_in = dims[1] x kernel height x kernel width as PyTorch computes it (for a transposed convolution, whose
+//! weight is `[in, out, k, k]`, that is out x k x k). Other
 //! parameters (a decoder's learned log-variance) keep their constant initial value. Each parameter draws from its
 //! own stream, seeded from the run seed and the parameter's name, so adding a parameter never changes the others.
 
@@ -25,13 +27,22 @@ pub fn initialize(varmap: &VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// The fan-in of a linear layer's weight `[out, in]` or of its bias (read from the sibling weight).
+/// The fan-in of a layer's weight (`[out, in]` or `[out, in, k, k]`) or of its bias (read from the sibling weight).
 fn fan_in(name: &str, var: &Var, vars: &std::collections::HashMap<String, Var>) -> Option<usize> {
-    if name.ends_with(".weight") && var.rank() == 2 {
-        return var.dims().get(1).copied();
+    if name.ends_with(".weight") {
+        return weight_fan_in(var);
     }
     let layer = name.strip_suffix(".bias")?;
-    vars.get(&format!("{layer}.weight")).and_then(|w| w.dims().get(1).copied())
+    vars.get(&format!("{layer}.weight")).and_then(weight_fan_in)
+}
+
+/// dims[1] times the kernel's size, for weights of rank 2 (linear) or 4 (convolution).
+fn weight_fan_in(weight: &Var) -> Option<usize> {
+    match weight.dims() {
+        [_, fan_in] => Some(*fan_in),
+        [_, channels, height, width] => Some(channels * height * width),
+        _ => None,
+    }
 }
 
 /// FNV-1a: a stable hash of a parameter name (std's hasher may change between Rust versions).

@@ -1,14 +1,18 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
 
+pub mod conv;
+pub mod conv_kernels;
 pub mod decoder;
 pub mod dense;
 pub mod encoder;
+mod fused_activation;
 pub mod gaussian;
 pub mod init;
 pub mod likelihood;
 pub mod mlp;
 pub mod vae;
 
+pub use conv::ConvConfig;
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
 pub use mlp::Activation;

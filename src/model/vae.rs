@@ -5,6 +5,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::conv::ConvConfig;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::gaussian::DiagonalGaussian;
@@ -22,7 +23,10 @@ pub struct VaeConfig {
     pub input_shape: ExampleShape,
     /// Number of latent dimensions d.
     pub latent_dim: usize,
-    /// Widths of the encoder's hidden layers.
+    /// Convolutional layers before the encoder's hidden layers (mirrored after the decoder's); `None` for an MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvConfig>,
+    /// Widths of the encoder's hidden layers (after the convolutions, if any).
     pub encoder_hidden: Vec<usize>,
     /// Widths of the decoder's hidden layers.
     pub decoder_hidden: Vec<usize>,
@@ -38,6 +42,7 @@ impl Default for VaeConfig {
         VaeConfig {
             input_shape: ExampleShape::flat(784),
             latent_dim: 20,
+            conv: None,
             encoder_hidden: vec![400],
             decoder_hidden: vec![400],
             activation: Activation::Relu,
@@ -58,7 +63,46 @@ impl VaeConfig {
         if self.encoder_hidden.iter().chain(&self.decoder_hidden).any(|&w| w == 0) {
             return Err(Error::invalid_setting("hidden", "hidden layer widths must be at least 1"));
         }
+        if let Some(conv) = &self.conv {
+            conv.feature_map(&self.input_shape)?;
+        }
         self.likelihood.validate()
+    }
+
+    /// A one-line description, e.g. `784-[400]-20 MLP, relu, bernoulli decoder` or
+    /// `1x64x64 conv [32, 32, 64, 64] (4x4, stride 2)-[256]-10, relu, bernoulli decoder`.
+    pub fn describe(&self) -> String {
+        let input = &self.input_shape;
+        let front = match &self.conv {
+            Some(conv) => format!(
+                "{}x{}x{} conv {:?} ({}x{}, stride {})",
+                input.channels, input.height, input.width, conv.channels, conv.kernel, conv.kernel, conv.stride
+            ),
+            None => format!("{}", input.dim()),
+        };
+        let kind = if self.conv.is_some() { "" } else { " MLP" };
+        let activation = serde_json::to_value(self.activation).ok().and_then(|v| v.as_str().map(String::from));
+        format!(
+            "{front}-{:?}-{}{kind}, {}, {} decoder",
+            self.encoder_hidden,
+            self.latent_dim,
+            activation.unwrap_or_default(),
+            self.likelihood.name()
+        )
+    }
+
+    /// The convolutional architecture for images of `input_shape`: the [`ConvConfig::preset_for`] its side, then
+    /// one 256-unit dense layer each way (as in disentanglement_lib), with the given latent size and likelihood.
+    pub fn convolutional(input_shape: ExampleShape, latent_dim: usize, likelihood: LikelihoodConfig) -> Self {
+        VaeConfig {
+            input_shape,
+            latent_dim,
+            conv: Some(ConvConfig::preset_for(input_shape.height.min(input_shape.width))),
+            encoder_hidden: vec![256],
+            decoder_hidden: vec![256],
+            activation: Activation::Relu,
+            likelihood,
+        }
     }
 }
 
@@ -75,13 +119,9 @@ impl Vae {
     /// Builds the networks, reading or creating weights through `vb` under `encoder.*` and `decoder.*`.
     pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let data_dim = config.input_shape.dim();
-        let encoder =
-            Encoder::new(data_dim, &config.encoder_hidden, config.activation, config.latent_dim, vb.pp("encoder"))?;
-        let output_dim = data_dim * config.likelihood.outputs_per_dimension();
-        let decoder =
-            Decoder::new(config.latent_dim, &config.decoder_hidden, config.activation, output_dim, vb.pp("decoder"))?;
-        let likelihood = Likelihood::new(&config.likelihood, data_dim, vb.pp("decoder"))?;
+        let encoder = Encoder::new(config, vb.pp("encoder"))?;
+        let decoder = Decoder::new(config, config.likelihood.outputs_per_dimension(), vb.pp("decoder"))?;
+        let likelihood = Likelihood::new(&config.likelihood, config.input_shape.dim(), vb.pp("decoder"))?;
         Ok(Vae { config: config.clone(), encoder, decoder, likelihood })
     }
 

@@ -18,6 +18,8 @@ pub struct ElboTerms {
     pub kl_per_dimension: Tensor,
     /// The posterior q(z|x) the terms came from.
     pub posterior: DiagonalGaussian,
+    /// The reparameterized sample z~ the reconstruction was computed at, `[batch, latent_dim]`.
+    pub z: Tensor,
 }
 
 impl ElboTerms {
@@ -50,5 +52,5 @@ pub fn negative_elbo_terms_given(
     let reconstruction = vae.likelihood().negative_log_prob(&vae.decode(&z)?, x)?; // 3. -log p(x|z~)
     let kl_per_dimension = posterior.kl_per_dimension()?; // 4. closed-form KL, summed over dimensions
     let kl = kl_per_dimension.sum(D::Minus1)?;
-    Ok(ElboTerms { reconstruction, kl, kl_per_dimension, posterior })
+    Ok(ElboTerms { reconstruction, kl, kl_per_dimension, posterior, z })
 }

@@ -3,8 +3,10 @@
 
 use super::html::{escape, note, section, table};
 use crate::atomic::read_json;
+use crate::evaluation::disentanglement::MetricsReport;
 use crate::latent::probe::ProbeReport;
 use crate::outputs::{RunConfig, RunDir, RunSummary};
+use crate::run::DISENTANGLEMENT_FILE;
 use crate::Result;
 
 /// The sentence that says what the ELBO is.
@@ -57,19 +59,27 @@ fn summary_html(summary: &RunSummary) -> String {
 
 /// The linear-probe section, from `probe.json` when it exists.
 pub fn probe_section(run: &RunDir) -> String {
-    let path = run.file("probe.json");
-    let body = if !path.is_file() {
-        note(&format!(
-            "Not measured yet: `elbo probe --run {}` fits a linear classifier on the codes and writes probe.json.",
-            run.root().display()
-        ))
-    } else {
-        match read_json::<ProbeReport>(&path) {
-            Ok(report) => probe_html(&report),
-            Err(error) => note(&format!("Not available: {error}")),
-        }
-    };
+    let missing = format!(
+        "Not measured yet: `elbo probe --run {}` fits a linear classifier on the codes and writes probe.json.",
+        run.root().display()
+    );
+    let body = from_json(&run.file("probe.json"), &missing, probe_html);
     section("probe", "Representation quality: linear probe", &body)
+}
+
+/// `render` of the JSON file at `path`, or the note `missing` when there is no such file, or the reading error.
+fn from_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    missing: &str,
+    render: fn(&T) -> String,
+) -> String {
+    if !path.is_file() {
+        return note(missing);
+    }
+    match read_json::<T>(path) {
+        Ok(report) => render(&report),
+        Err(error) => note(&format!("Not available: {error}")),
+    }
 }
 
 fn probe_html(report: &ProbeReport) -> String {
@@ -88,6 +98,81 @@ fn probe_html(report: &ProbeReport) -> String {
         report.target, report.classes, report.train_examples, report.test_examples
     );
     note(&text) + &table(&["features", "dimensions", "train accuracy", "held-out accuracy"], &rows)
+}
+
+/// The disentanglement section: the four metrics of `disentanglement.json`, or how to compute them.
+pub fn disentanglement_section(run: &RunDir) -> String {
+    let missing = format!(
+        "Not measured: for a model of the sprites, `elbo metrics --run {}` computes the beta-VAE and FactorVAE scores, \
+         MIG and DCI and writes {DISENTANGLEMENT_FILE}.",
+        run.root().display()
+    );
+    let body = from_json(&run.file(DISENTANGLEMENT_FILE), &missing, disentanglement_html);
+    section("disentanglement", "Disentanglement metrics", &body)
+}
+
+fn disentanglement_html(report: &MetricsReport) -> String {
+    let fixed = |value: f64| format!("{value:.3}");
+    let config = &report.config;
+    let rows = [
+        vec![
+            "beta-VAE score (Higgins et al. 2017)".into(),
+            percent(report.beta_vae.eval_accuracy),
+            format!(
+                "train {}; {} eval points of {} pairs",
+                percent(report.beta_vae.train_accuracy),
+                config.beta_vae.eval_points,
+                config.beta_vae.batch_size
+            ),
+        ],
+        vec![
+            "FactorVAE score (Kim & Mnih 2018)".into(),
+            percent(report.factor_vae.eval_accuracy),
+            format!(
+                "{} of {} dimensions active (std >= {})",
+                report.factor_vae.num_active_dims, report.code_dim, config.factor_vae.prune_threshold
+            ),
+        ],
+        vec![
+            "MIG (Chen et al. 2018)".into(),
+            fixed(report.mig.score),
+            format!(
+                "{} points, {} bins; gap per factor: {}",
+                config.mig.points,
+                config.mig.bins,
+                per_factor(&report.factor_names, &report.mig.gaps)
+            ),
+        ],
+        vec![
+            "DCI disentanglement (Eastwood & Williams 2018)".into(),
+            fixed(report.dci.disentanglement),
+            "importance: permutation importance of a logistic regression per factor".into(),
+        ],
+        vec!["DCI completeness".into(), fixed(report.dci.completeness), String::new()],
+        vec![
+            "DCI informativeness".into(),
+            percent(report.dci.informativeness_test),
+            format!("held-out accuracy of predicting each factor; train {}", percent(report.dci.informativeness_train)),
+        ],
+    ];
+    let text = format!(
+        "Codes are the encoder means of sprites rendered from factors drawn uniformly ({}), seed {}.",
+        report
+            .factor_names
+            .iter()
+            .zip(&report.factor_sizes)
+            .map(|(n, s)| format!("{n}: {s}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        config.seed
+    );
+    note(&text) + &table(&["metric", "score", "details"], &rows)
+}
+
+/// `name value` pairs for the factors that have a value.
+fn per_factor(names: &[String], values: &[Option<f64>]) -> String {
+    let pairs = names.iter().zip(values).filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")));
+    pairs.collect::<Vec<_>>().join(", ")
 }
 
 /// The configuration section: the main settings, then the whole `config.json`.

@@ -49,6 +49,7 @@ pub fn report_html(run: &RunDir, vae: &Vae, splits: &Splits, device: &Device) ->
         latent_use::latent_section(&kl, &data, diagnosis)?,
         pictures::pictures_section(run, vae, held_out, &encodings, device)?,
         figures::probe_section(run),
+        figures::disentanglement_section(run),
         figures::config_section(run, &config)?,
     ];
     let title = format!("elbo run report: {}", run.root().display());

@@ -15,7 +15,9 @@ use super::optimizer::Optimizer;
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
-use crate::objective::{log_importance_weights, log_mean_exp, negative_elbo_terms, NoiseSource};
+use crate::objective::{
+    decompose_kl, log_importance_weights, log_mean_exp, negative_elbo_terms, ElboTerms, NoiseSource,
+};
 use crate::{Error, Result};
 
 /// Figures of one optimisation step (batch means, in nats).
@@ -118,19 +120,19 @@ pub fn train(
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
-    let mut loop_state = LoopState::new(config, varmap)?;
+    let mut loop_state = LoopState::new(config, varmap, splits.train.len())?;
     let started = Instant::now();
     let mut examples_seen = 0usize;
     let mut outcome = TrainOutcome::default();
     for epoch in 1..=config.epochs {
         let epoch_started = Instant::now();
-        let (totals, stopped) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
+        let (totals, end) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
         let train_estimate = totals.estimate;
         let epoch_seconds = epoch_started.elapsed().as_secs_f64();
         outcome.train_seconds += epoch_seconds;
         outcome.steps = loop_state.step;
         examples_seen += train_estimate.examples;
-        if stopped {
+        if end == EpochEnd::Interrupted {
             outcome.interrupted = true;
             break;
         }
@@ -158,6 +160,9 @@ pub fn train(
         }
         outcome.epochs_completed = epoch;
         outcome.last_epoch = Some(record);
+        if end == EpochEnd::StepLimit {
+            break;
+        }
     }
     outcome.examples_per_second = examples_seen as f64 / outcome.train_seconds.max(f64::MIN_POSITIVE);
     Ok(outcome)
@@ -171,10 +176,11 @@ struct LoopState<'a> {
     binarize_rng: ChaCha8Rng,
     noise: NoiseSource,
     step: usize,
+    dataset_size: usize,
 }
 
 impl<'a> LoopState<'a> {
-    fn new(config: &'a TrainConfig, varmap: &VarMap) -> Result<Self> {
+    fn new(config: &'a TrainConfig, varmap: &VarMap, dataset_size: usize) -> Result<Self> {
         Ok(LoopState {
             config,
             optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
@@ -182,10 +188,11 @@ impl<'a> LoopState<'a> {
             binarize_rng: ChaCha8Rng::seed_from_u64(config.seed ^ BINARIZE_STREAM),
             noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
             step: 0,
+            dataset_size,
         })
     }
 
-    /// One pass over the training set; returns the epoch's totals and whether an observer asked to stop.
+    /// One pass over the training set (or up to the step limit); returns the epoch's totals and how it ended.
     fn run_epoch(
         &mut self,
         vae: &Vae,
@@ -194,7 +201,7 @@ impl<'a> LoopState<'a> {
         device: &Device,
         started: Instant,
         observers: &mut [&mut dyn TrainingObserver],
-    ) -> Result<(EpochTotals, bool)> {
+    ) -> Result<(EpochTotals, EpochEnd)> {
         let mut batcher = Batcher::shuffled(train, self.config.batch_size, &mut self.shuffle_rng);
         for observer in observers.iter_mut() {
             observer.on_epoch_start(epoch, batcher.num_batches())?;
@@ -209,10 +216,13 @@ impl<'a> LoopState<'a> {
                 observer.on_step(&record)?;
             }
             if observers.iter().any(|observer| observer.should_stop()) {
-                return Ok((totals, true));
+                return Ok((totals, EpochEnd::Interrupted));
+            }
+            if self.config.max_steps.is_some_and(|limit| self.step >= limit) {
+                return Ok((totals, EpochEnd::StepLimit));
             }
         }
-        Ok((totals, false))
+        Ok((totals, EpochEnd::Completed))
     }
 
     /// One optimisation step on the batch `x`.
@@ -221,6 +231,7 @@ impl<'a> LoopState<'a> {
         let terms = match self.config.objective {
             Objective::Elbo => self.elbo_loss(vae, x)?,
             Objective::Iwae { samples } => self.iwae_loss(vae, x, samples)?,
+            Objective::Tcvae { tc_beta } => self.tcvae_loss(vae, x, tc_beta)?,
         };
         let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
         let (reconstruction, kl, loss_value) =
@@ -244,12 +255,23 @@ impl<'a> LoopState<'a> {
 
     /// Steps 1-5 of the seed: the loss reconstruction + weighted KL, batch means as scalars.
     fn elbo_loss(&mut self, vae: &Vae, x: &Tensor) -> Result<StepTerms> {
-        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
-        let terms = negative_elbo_terms(vae, x, &eps)?; // steps 1-4
-        let reconstruction = terms.reconstruction.mean_all()?;
+        let terms = self.elbo_terms(vae, x)?; // steps 1-4
         let weighted_kl = self.config.kl.weighted_kl(&terms.kl_per_dimension, self.step)?;
-        let loss = (&reconstruction + &weighted_kl)?; // step 5: reconstruction + (weighted) KL
-        Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
+        StepTerms::with_weighted_kl(&terms, weighted_kl) // step 5: reconstruction + (weighted) KL
+    }
+
+    /// Steps 1-4 of the seed on `x`, with fresh noise.
+    fn elbo_terms(&mut self, vae: &Vae, x: &Tensor) -> Result<ElboTerms> {
+        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
+        negative_elbo_terms(vae, x, &eps)
+    }
+
+    /// The beta-TCVAE loss: reconstruction + MI + tc_beta * TC + dimension-wise KL, batch means; the KL parts are
+    /// estimated with the training set's size.
+    fn tcvae_loss(&mut self, vae: &Vae, x: &Tensor, tc_beta: f64) -> Result<StepTerms> {
+        let terms = self.elbo_terms(vae, x)?;
+        let parts = decompose_kl(&terms.posterior, &terms.z, self.dataset_size)?;
+        StepTerms::with_weighted_kl(&terms, parts.weighted(tc_beta)?)
     }
 
     /// The negative IWAE bound with `samples` draws per example, batch mean.
@@ -276,6 +298,26 @@ struct StepTerms {
     kl: Tensor,
     weighted_kl: Option<Tensor>,
     loss: Tensor,
+}
+
+impl StepTerms {
+    /// Batch means of the terms, with `weighted_kl` (a scalar) in place of the KL in the loss.
+    fn with_weighted_kl(terms: &ElboTerms, weighted_kl: Tensor) -> Result<Self> {
+        let reconstruction = terms.reconstruction.mean_all()?;
+        let loss = (&reconstruction + &weighted_kl)?;
+        Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
+    }
+}
+
+/// How a pass over the training set ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpochEnd {
+    /// Every batch was used.
+    Completed,
+    /// The step limit was reached first.
+    StepLimit,
+    /// An observer asked to stop.
+    Interrupted,
 }
 
 /// Sums over an epoch's steps.

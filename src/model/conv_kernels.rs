@@ -1,0 +1,474 @@
+//! CPU kernels for 2-D convolutions and transposed convolutions, with their gradients, as matrix multiplies.
+//!
+//! candle 0.11 runs transposed convolutions on the CPU as direct loops and computes a convolution's weight gradient
+//! as a convolution with a kernel the size of the image; for the disentanglement architecture that made a training
+//! step about ten times slower than its arithmetic needs. Here everything is three products per example, each a
+//! `gemm` call on one thread, examples spread over rayon's threads:
+//!
+//! - gather:  out_b = W · im2col(image_b)           (convolution forward; transposed convolution's input gradient)
+//! - scatter: image_b = col2im(W^T · maps_b)        (convolution's input gradient; transposed convolution forward)
+//! - outer:   dW = sum_b maps_b · im2col(image_b)^T (both weight gradients)
+//!
+//! im2col(image) has one row per (channel, kernel row, kernel column) and one column per output position, so a
+//! convolution weight `[out, in, k, k]` and a transposed convolution weight `[in, out, k, k]` are already the matrices
+//! these products need. Tests hold every path to candle's own convolution ops, values and gradients.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fused_activation::OutputActivation;
+use crate::cpu::contiguous_f32;
+
+/// The shape of one convolution, seen from its image side: images of `channels` x `height` x `width`, a square
+/// kernel, and the `out_height` x `out_width` positions the kernel visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Channels of the image side.
+    pub channels: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Output positions down: (height + 2 * padding - kernel) / stride + 1.
+    pub out_height: usize,
+    /// Output positions across: (width + 2 * padding - kernel) / stride + 1.
+    pub out_width: usize,
+}
+
+impl ConvGeometry {
+    /// The geometry of a convolution over `channels` x `height` x `width` images; `None` when the kernel does not
+    /// fit the padded image.
+    pub fn new(
+        channels: usize,
+        (height, width): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Option<Self> {
+        let out = |side: usize| (side + 2 * padding).checked_sub(kernel).map(|room| room / stride + 1);
+        Some(ConvGeometry {
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+            padding,
+            out_height: out(height)?,
+            out_width: out(width)?,
+        })
+    }
+
+    /// Rows of im2col: channels x kernel x kernel.
+    fn patch_len(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    /// Columns of im2col: the output positions.
+    fn positions(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// Values of one image.
+    fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The output positions along an axis of `outputs` whose kernel offset `offset` lands inside the image: o with
+    /// padding <= o * stride + offset < side + padding, i.e. from ceil((padding - offset) / stride) up to
+    /// ceil((side + padding - offset) / stride), exclusive.
+    fn inside(&self, offset: usize, side: usize, outputs: usize) -> std::ops::Range<usize> {
+        let first = self.padding.saturating_sub(offset).div_ceil(self.stride);
+        let end = (side + self.padding).checked_sub(offset).map_or(0, |room| room.div_ceil(self.stride)).min(outputs);
+        first.min(end)..end
+    }
+
+    /// For each im2col row: its channel and kernel offsets (row = (channel * k + ky) * k + kx).
+    fn rows(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let k = self.kernel;
+        (0..self.patch_len()).map(move |row| (row, row / (k * k), row / k % k, row % k))
+    }
+
+    /// Calls `visit(row, plane, line, columns, first_source)` for every stretch of an im2col row that reads the image:
+    /// row `row` of im2col, positions `line * out_width + columns`, reading channel plane `plane` from
+    /// `first_source` on with the stride.
+    fn for_each_stretch(&self, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
+        for (row, channel, ky, kx) in self.rows() {
+            let columns = self.inside(kx, self.width, self.out_width);
+            if columns.is_empty() {
+                continue;
+            }
+            let first_column = columns.start * self.stride + kx - self.padding;
+            for oy in self.inside(ky, self.height, self.out_height) {
+                let iy = oy * self.stride + ky - self.padding;
+                visit(row, channel, oy, columns.clone(), iy * self.width + first_column);
+            }
+        }
+    }
+
+    /// im2col: `cols[row][position]` = the image value under kernel offset `row` at output `position` (0 in the
+    /// padding). Only the padding is zeroed; every other value is written once.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        self.zero_padding(cols);
+        let (positions, plane_len) = (self.positions(), self.height * self.width);
+        self.for_each_stretch(|row, channel, oy, columns, source| {
+            let plane = &image[channel * plane_len..][..plane_len];
+            let line = &mut cols[row * positions + oy * self.out_width..][columns];
+            match self.stride {
+                1 => line.copy_from_slice(&plane[source..][..line.len()]),
+                2 => line.iter_mut().zip(plane[source..].chunks(2)).for_each(|(value, pair)| *value = pair[0]),
+                stride => line.iter_mut().zip(plane[source..].iter().step_by(stride)).for_each(|(v, &p)| *v = p),
+            }
+        });
+    }
+
+    /// Zeroes the im2col values that fall in the padding: whole output rows whose kernel row is outside the image,
+    /// and the ends of the others.
+    fn zero_padding(&self, cols: &mut [f32]) {
+        let positions = self.positions();
+        for (row, _, ky, kx) in self.rows() {
+            let (lines, columns) =
+                (self.inside(ky, self.height, self.out_height), self.inside(kx, self.width, self.out_width));
+            for (oy, line) in cols[row * positions..][..positions].chunks_exact_mut(self.out_width).enumerate() {
+                if lines.contains(&oy) && !columns.is_empty() {
+                    line[..columns.start].fill(0.0);
+                    line[columns.end..].fill(0.0);
+                } else {
+                    line.fill(0.0);
+                }
+            }
+        }
+    }
+
+    /// col2im, the adjoint of im2col: every column value is added to the image value it was read from.
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+        image.fill(0.0);
+        let (positions, plane_len) = (self.positions(), self.height * self.width);
+        self.for_each_stretch(|row, channel, oy, columns, source| {
+            let plane = &mut image[channel * plane_len..][..plane_len];
+            let line = &cols[row * positions + oy * self.out_width..][columns];
+            for (pixel, &value) in plane[source..].iter_mut().step_by(self.stride).zip(line) {
+                *pixel += value;
+            }
+        });
+    }
+}
+
+/// A matrix operand: its values and the strides of a step down a row and across a column.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with `columns` columns.
+    fn rows(values: &'a [f32], columns: usize) -> Self {
+        Operand { values, row_stride: columns, column_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `columns` columns.
+    fn transposed(values: &'a [f32], columns: usize) -> Self {
+        Operand { values, row_stride: 1, column_stride: columns }
+    }
+
+    /// The index one past the last element of an `rows` x `columns` view.
+    fn extent(&self, rows: usize, columns: usize) -> usize {
+        (rows - 1) * self.row_stride + (columns - 1) * self.column_stride + 1
+    }
+}
+
+/// dst (`m` x `n`, row-major) = lhs (`m` x `k`) · rhs (`k` x `n`), plus dst's old values when `accumulate`; on one
+/// thread, since the callers spread examples over threads.
+fn matmul(dst: &mut [f32], lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize), accumulate: bool) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n && lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
+    // SAFETY: the assertion above keeps every index the strides reach inside the three slices, and dst does not
+    // alias lhs or rhs (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.values.as_ptr(),
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// gather: out_b (`[m, positions]`) = W (`[m, patch]`) · im2col(image_b), for every image of the batch.
+fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
+    let (patch, positions) = (geometry.patch_len(), geometry.positions());
+    let mut out = vec![0.0; images.len() / geometry.image_len() * m * positions];
+    out.par_chunks_mut(m * positions).zip(images.par_chunks(geometry.image_len())).for_each_init(
+        || vec![0.0; patch * positions],
+        |cols, (out_b, image)| {
+            geometry.im2col(image, cols);
+            matmul(out_b, Operand::rows(weight, patch), Operand::rows(cols, positions), (m, patch, positions), false);
+        },
+    );
+    out
+}
+
+/// scatter: image_b = col2im(W^T · maps_b), W `[m, patch]`, maps_b `[m, positions]`, for every map of the batch.
+fn scatter(geometry: &ConvGeometry, maps: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
+    let (patch, positions) = (geometry.patch_len(), geometry.positions());
+    let mut images = vec![0.0; maps.len() / (m * positions) * geometry.image_len()];
+    images.par_chunks_mut(geometry.image_len()).zip(maps.par_chunks(m * positions)).for_each_init(
+        || vec![0.0; patch * positions],
+        |cols, (image, map)| {
+            let (lhs, rhs) = (Operand::transposed(weight, patch), Operand::rows(map, positions));
+            matmul(cols, lhs, rhs, (patch, m, positions), false);
+            geometry.col2im(cols, image);
+        },
+    );
+    images
+}
+
+/// outer: dW (`[m, patch]`) = sum over the batch of maps_b (`[m, positions]`) · im2col(image_b)^T.
+fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec<f32> {
+    let (patch, positions) = (geometry.patch_len(), geometry.positions());
+    let partial_sums = maps.par_chunks(m * positions).zip(images.par_chunks(geometry.image_len())).fold(
+        || (vec![0.0; m * patch], vec![0.0; patch * positions]),
+        |(mut sum, mut cols), (map, image)| {
+            geometry.im2col(image, &mut cols);
+            let (lhs, rhs) = (Operand::rows(map, positions), Operand::transposed(&cols, positions));
+            matmul(&mut sum, lhs, rhs, (m, positions, patch), true);
+            (sum, cols)
+        },
+    );
+    partial_sums.map(|(sum, _)| sum).reduce(
+        || vec![0.0; m * patch],
+        |mut total, part| {
+            total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
+            total
+        },
+    )
+}
+
+/// Which product a [`ConvProduct`] computes, and so what its two inputs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Product {
+    /// (images, weight) -> W · im2col(image) per example.
+    Gather,
+    /// (maps, weight) -> col2im(W^T · map) per example.
+    Scatter,
+    /// (maps, images) -> sum of map · im2col(image)^T.
+    Outer,
+}
+
+/// One of the three products as a candle op without a gradient of its own (the gradients are built from them).
+#[derive(Debug, Clone, Copy)]
+struct ConvProduct {
+    geometry: ConvGeometry,
+    product: Product,
+    /// Rows of the weight: the channels on the map side.
+    map_channels: usize,
+    /// The output shape.
+    shape: (usize, usize, usize, usize),
+}
+
+impl ConvProduct {
+    /// The product of the two inputs' values.
+    fn compute(&self, first: &[f32], second: &[f32]) -> Vec<f32> {
+        match self.product {
+            Product::Gather => gather(&self.geometry, first, second, self.map_channels),
+            Product::Scatter => scatter(&self.geometry, first, second, self.map_channels),
+            Product::Outer => outer(&self.geometry, first, second, self.map_channels),
+        }
+    }
+}
+
+impl CustomOp2 for ConvProduct {
+    fn name(&self) -> &'static str {
+        "conv-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (first, second) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        Ok((CpuStorage::F32(self.compute(first, second)), Shape::from(self.shape)))
+    }
+}
+
+/// activation(convolution + bias), or the same with a transposed convolution, as a differentiable candle op with
+/// inputs (input, weight, bias).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conv2dOp {
+    geometry: ConvGeometry,
+    map_channels: usize,
+    transposed: bool,
+    batch: usize,
+    activation: OutputActivation,
+}
+
+impl Conv2dOp {
+    /// The convolution of `geometry` to `out_channels` channels, on a batch of `batch` images.
+    pub(crate) fn convolution(
+        geometry: ConvGeometry,
+        out_channels: usize,
+        batch: usize,
+        activation: OutputActivation,
+    ) -> Self {
+        Conv2dOp { geometry, map_channels: out_channels, transposed: false, batch, activation }
+    }
+
+    /// The transposed convolution from `in_channels` x out_height x out_width maps back to `geometry`'s images.
+    pub(crate) fn transposed(
+        geometry: ConvGeometry,
+        in_channels: usize,
+        batch: usize,
+        activation: OutputActivation,
+    ) -> Self {
+        Conv2dOp { geometry, map_channels: in_channels, transposed: true, batch, activation }
+    }
+
+    fn image_shape(&self) -> (usize, usize, usize, usize) {
+        let g = &self.geometry;
+        (self.batch, g.channels, g.height, g.width)
+    }
+
+    fn map_shape(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.map_channels, self.geometry.out_height, self.geometry.out_width)
+    }
+
+    /// `[out, in, k, k]` for a convolution and `[in, out, k, k]` for a transposed one: the map side first in both.
+    fn weight_shape(&self) -> (usize, usize, usize, usize) {
+        let k = self.geometry.kernel;
+        (self.map_channels, self.geometry.channels, k, k)
+    }
+
+    /// The input's and the output's shapes.
+    fn shapes(&self) -> [(usize, usize, usize, usize); 2] {
+        if self.transposed {
+            [self.map_shape(), self.image_shape()]
+        } else {
+            [self.image_shape(), self.map_shape()]
+        }
+    }
+
+    fn product(&self, product: Product, shape: (usize, usize, usize, usize)) -> ConvProduct {
+        ConvProduct { geometry: self.geometry, product, map_channels: self.map_channels, shape }
+    }
+
+    fn check(&self, input: &Layout, weight: &Layout, bias: &Layout) -> candle_core::Result<()> {
+        let channels = self.shapes()[1].1;
+        let expected = [Shape::from(self.shapes()[0]), Shape::from(self.weight_shape()), Shape::from(channels)];
+        if input.shape() != &expected[0] || weight.shape() != &expected[1] || bias.shape() != &expected[2] {
+            candle_core::bail!(
+                "{}: expected input {:?}, weight {:?} and bias {:?}, got {:?}, {:?} and {:?}",
+                self.name(),
+                expected[0].dims(),
+                expected[1].dims(),
+                expected[2].dims(),
+                input.dims(),
+                weight.dims(),
+                bias.dims()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        if self.transposed {
+            "conv-transpose2d-gemm"
+        } else {
+            "conv2d-gemm"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.check(l1, l2, l3)?;
+        let output_shape = self.shapes()[1];
+        let product = if self.transposed { Product::Scatter } else { Product::Gather };
+        let (input, weight) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
+        let mut values = self.product(product, output_shape).compute(input, weight);
+        let bias = contiguous_f32(s3, l3, self.name())?;
+        let plane = output_shape.2 * output_shape.3;
+        for (channel_plane, &b) in values.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+            // activation(convolution + bias), one channel plane at a time
+            channel_plane.iter_mut().for_each(|v| *v += b);
+            self.activation.apply_in_place(channel_plane);
+        }
+        Ok((CpuStorage::F32(values), Shape::from(output_shape)))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = self.activation.gradient_through(output, grad_output)?.contiguous()?;
+        let weight_gradient = self.product(Product::Outer, self.weight_shape());
+        let (input_gradient, grad_weight) = if self.transposed {
+            // input = maps, output = images: d input = W · im2col(d output), dW = sum maps · im2col(d output)^T
+            (self.product(Product::Gather, self.map_shape()), input.apply_op2_no_bwd(&grad, &weight_gradient)?)
+        } else {
+            // input = images, output = maps: d input = col2im(W^T · d output), dW = sum d output · im2col(images)^T
+            (self.product(Product::Scatter, self.image_shape()), grad.apply_op2_no_bwd(input, &weight_gradient)?)
+        };
+        // the data batch needs no gradient: skip its product
+        let grad_input = input.track_op().then(|| grad.apply_op2_no_bwd(weight, &input_gradient)).transpose()?;
+        let grad_bias = grad.apply_op1_no_bwd(&ChannelSums)?;
+        Ok((grad_input, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// The sum of `[batch, channels, height, width]` values per channel: a convolution's bias gradient,
+/// d bias_c = sum over examples and positions of d output_c.
+struct ChannelSums;
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "channel-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let values = contiguous_f32(storage, layout, self.name())?;
+        let (_, channels, height, width) = layout.shape().dims4()?;
+        let mut sums = vec![0f64; channels];
+        let planes = values.chunks_exact(height * width).zip((0..channels).cycle());
+        planes.for_each(|(plane, channel)| sums[channel] += plane.iter().map(|&v| f64::from(v)).sum::<f64>());
+        Ok((CpuStorage::F32(sums.into_iter().map(|s| s as f32).collect()), Shape::from(channels)))
+    }
+}

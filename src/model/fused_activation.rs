@@ -1,0 +1,88 @@
+//! Activations fused into the layers' kernels: applied in place on a layer's output, and differentiated from that
+//! output alone (relu: y > 0; tanh: 1 - y^2; softplus: 1 - exp(-y)), so no pre-activation copy is kept.
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+
+use super::mlp::Activation;
+use crate::cpu::contiguous_f32;
+use crate::fast_math;
+
+/// Activations whose derivative can be read off the output alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutputActivation {
+    /// No activation.
+    Identity,
+    /// max(v, 0).
+    Relu,
+    /// tanh(v).
+    Tanh,
+    /// log(1 + exp(v)).
+    Softplus,
+}
+
+impl OutputActivation {
+    /// The fused form of an optional activation; `None` for activations whose derivative needs the input (SiLU).
+    pub(crate) fn of(activation: Option<Activation>) -> Option<Self> {
+        match activation {
+            None => Some(OutputActivation::Identity),
+            Some(Activation::Relu) => Some(OutputActivation::Relu),
+            Some(Activation::Tanh) => Some(OutputActivation::Tanh),
+            Some(Activation::Softplus) => Some(OutputActivation::Softplus),
+            Some(Activation::Silu) => None,
+        }
+    }
+
+    /// grad_output * activation'(output) as a tensor: one pass for a real activation, `grad_output` itself for the
+    /// identity.
+    pub(crate) fn gradient_through(&self, output: &Tensor, grad_output: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            OutputActivation::Identity => Ok(grad_output.clone()),
+            &activation => output.apply_op2_no_bwd(&grad_output.contiguous()?, &ActivationGradient { activation }),
+        }
+    }
+
+    /// Applies the activation to every value; one loop per activation, so each vectorises.
+    pub(crate) fn apply_in_place(&self, values: &mut [f32]) {
+        match self {
+            OutputActivation::Identity => {}
+            OutputActivation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            OutputActivation::Tanh => values.iter_mut().for_each(|v| *v = fast_math::tanh(*v)),
+            // softplus(v) = max(v, 0) + log(1 + exp(-|v|))
+            OutputActivation::Softplus => values.iter_mut().for_each(|v| *v = fast_math::softplus(*v)),
+        }
+    }
+
+    /// grad * d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus:
+    /// 1 - exp(-y). One loop per activation, so each vectorises.
+    fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
+        let pairs = output.iter().zip(grad);
+        match self {
+            OutputActivation::Identity => grad.to_vec(),
+            OutputActivation::Relu => pairs.map(|(&y, &g)| if y > 0.0 { g } else { 0.0 }).collect(),
+            OutputActivation::Tanh => pairs.map(|(&y, &g)| g * (1.0 - y * y)).collect(),
+            OutputActivation::Softplus => pairs.map(|(&y, &g)| g * (1.0 - fast_math::exp(-y))).collect(),
+        }
+    }
+}
+
+/// The gradient through the activation in one pass: grad_output * activation'(output).
+struct ActivationGradient {
+    activation: OutputActivation,
+}
+
+impl candle_core::CustomOp2 for ActivationGradient {
+    fn name(&self) -> &'static str {
+        "fused-activation-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (output, grad) = (contiguous_f32(ys, yl, self.name())?, contiguous_f32(gs, gl, self.name())?);
+        Ok((CpuStorage::F32(self.activation.gradient(output, grad)), yl.shape().clone()))
+    }
+}
