@@ -226,4 +226,6 @@ fn train_a_conv_model_on_sprites_then_measure_its_disentanglement() {
     let odd =
         elbo(&["train", "--sprite-size", "18", "--architecture", "conv", "--epochs", "1", "--out", "x"], dir.path());
     assert!(!odd.status.success() && text(&odd).contains("height is 9 pixels"), "{}", text(&odd));
+    let mlp = elbo(&["train", "--conv-channels", "8", "--epochs", "1", "--out", "y"], dir.path());
+    assert!(!mlp.status.success() && text(&mlp).contains("--architecture conv"), "{}", text(&mlp));
 }

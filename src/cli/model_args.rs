@@ -85,8 +85,11 @@ pub enum ActivationKind {
 }
 
 impl ModelArgs {
-    /// The architecture for inputs of `input_shape`.
-    pub fn config(&self, input_shape: ExampleShape) -> VaeConfig {
+    /// The architecture for inputs of `input_shape`; an error for convolution flags on an MLP.
+    pub fn config(&self, input_shape: ExampleShape) -> anyhow::Result<VaeConfig> {
+        if self.conv_channels.is_some() && self.architecture != ArchitectureKind::Conv {
+            anyhow::bail!("--conv-channels sets the layers of a convolutional model: add --architecture conv");
+        }
         let conv = (self.architecture == ArchitectureKind::Conv).then(|| {
             let preset = ConvConfig::preset_for(input_shape.height.min(input_shape.width));
             ConvConfig { channels: self.conv_channels.clone().unwrap_or(preset.channels), ..preset }
@@ -94,7 +97,7 @@ impl ModelArgs {
         let default_hidden = if conv.is_some() { 256 } else { 400 };
         let hidden = self.hidden.clone().unwrap_or_else(|| vec![default_hidden]);
         let decoder_hidden = self.decoder_hidden.clone().unwrap_or_else(|| hidden.iter().rev().copied().collect());
-        VaeConfig {
+        Ok(VaeConfig {
             input_shape,
             latent_dim: self.latent_dim,
             conv,
@@ -107,7 +110,7 @@ impl ModelArgs {
                 ActivationKind::Softplus => Activation::Softplus,
             },
             likelihood: self.likelihood(),
-        }
+        })
     }
 
     fn likelihood(&self) -> LikelihoodConfig {

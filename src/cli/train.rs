@@ -82,7 +82,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;
     let config = RunConfig {
         elbo_version: env!("CARGO_PKG_VERSION").to_string(),
-        model: args.model.config(splits.train.shape),
+        model: args.model.config(splits.train.shape)?,
         training: train_config(&args, splits.train.len()),
         data: spec,
         validation_fraction: args.data.validation_fraction,
