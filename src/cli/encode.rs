@@ -40,7 +40,11 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     let written = write_encodings(&args.out, &encodings, columns)?;
     let compression = Compression {
         input_values: dataset.shape.dim(),
-        input_value_bytes: if matches!(dataset.values, Values::U8(_)) { 1 } else { 4 },
+        input_value_bytes: match &dataset.values {
+            Values::U8(_) => 1,
+            Values::Mapped(mapped) if mapped.element() == elbo::data::mapped::Element::U8 => 1,
+            _ => 4,
+        },
         latent_values: encodings.latent_dim,
     };
     println!(

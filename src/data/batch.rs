@@ -45,10 +45,15 @@ pub fn binarized(dataset: &Dataset, binarization: Binarization, seed: u64) -> Da
         return dataset.clone();
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut values = Vec::with_capacity(dataset.values.len());
-    (0..dataset.len()).for_each(|i| dataset.push_example(i, &mut values));
-    binarization.apply(&mut values, &mut rng);
-    let bytes = values.iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+    // one example at a time, so the only copy is the bytes (memory-mapped data is never held as f32)
+    let mut bytes = Vec::with_capacity(dataset.values.len());
+    let mut example = Vec::with_capacity(dataset.shape.dim());
+    for i in 0..dataset.len() {
+        example.clear();
+        dataset.push_example(i, &mut example);
+        binarization.apply(&mut example, &mut rng);
+        bytes.extend(example.iter().map(|&v| if v > 0.5 { 255u8 } else { 0 }));
+    }
     Dataset { values: super::Values::U8(bytes), ..dataset.clone() }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The format: two zero bytes, a type code (only `0x08`, unsigned byte, is supported), the number of dimensions,
 //! one big-endian u32 per dimension, then the values. Gzip is recognised by its magic bytes, whatever the name.
+//! Raw image files whose data is at least the [map threshold](super::mapped::map_threshold) are memory-mapped.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
+use super::mapped::{self, Element, MappedValues};
 use super::{element_count, read_array, read_exactly, read_payload, show_dims, word, Dataset, Values};
 use crate::{Error, Result};
 
@@ -29,7 +31,8 @@ pub struct IdxArray {
 /// Reads an IDX file of unsigned bytes (type code `0x08`), raw or gzip-compressed, checking the magic, the type
 /// code, the number of dimensions (1 to 4) and that the data is exactly as long as the header says.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let mut reader = open(path)?;
+    let (reader, is_gzip) = open(path)?;
+    let mut reader: Box<dyn Read> = if is_gzip { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) };
     let dims = read_header(&mut reader, path)?;
     let len = element_count(path, "dims", &dims)?;
     let data = read_payload(&mut reader, len, path)?;
@@ -37,10 +40,28 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 }
 
 /// Loads examples from an IDX file: `N x H x W` gives grey images, `N x D` flat vectors (and `N x H x W x C` images
-/// with channels last).
+/// with channels last). A raw (not gzip) file of `N x D` or `N x H x W` whose data is at least
+/// [`mapped::map_threshold`] bytes is memory-mapped rather than read.
 pub fn load_images(path: &Path) -> Result<Dataset> {
-    let IdxArray { dims, data } = read_idx(path)?;
-    Dataset::from_array(path, &dims, Values::U8(data))
+    load_images_with_threshold(path, mapped::map_threshold()?)
+}
+
+/// [`load_images`], mapping raw files whose data is at least `map_threshold` bytes (0 maps every raw file).
+pub fn load_images_with_threshold(path: &Path, map_threshold: u64) -> Result<Dataset> {
+    let (mut reader, is_gzip) = open(path)?;
+    if is_gzip {
+        let IdxArray { dims, data } = read_idx(path)?;
+        return Dataset::from_array(path, &dims, Values::U8(data));
+    }
+    let dims = read_header(&mut reader, path)?;
+    let len = element_count(path, "dims", &dims)?;
+    let values = if len as u64 >= map_threshold && dims.len() != 4 {
+        let (rows, dim) = (dims[0], dims[1..].iter().product());
+        Values::Mapped(MappedValues::open(path, 4 + 4 * dims.len(), Element::U8, rows, dim)?)
+    } else {
+        Values::U8(read_payload(&mut reader, len, path)?)
+    };
+    Dataset::from_array(path, &dims, values)
 }
 
 /// Loads class labels from a one-dimensional IDX file.
@@ -58,12 +79,12 @@ pub fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     [dir.join(name), dir.join(format!("{name}.gz"))].into_iter().find(|p| p.is_file())
 }
 
-/// Opens `path`, decompressing on the fly when it starts with the gzip magic bytes.
-fn open(path: &Path) -> Result<Box<dyn Read>> {
+/// Opens `path`, and tells whether it starts with the gzip magic bytes.
+fn open(path: &Path) -> Result<(BufReader<File>, bool)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let is_gzip = reader.fill_buf().map_err(|e| Error::io(path, e))?.starts_with(&GZIP_MAGIC);
-    Ok(if is_gzip { Box::new(MultiGzDecoder::new(reader)) } else { Box::new(reader) })
+    Ok((reader, is_gzip))
 }
 
 /// Reads and checks the magic, type code and dimension count, and returns the dimensions.

@@ -5,11 +5,13 @@ pub mod batch;
 pub mod csv;
 pub mod idx;
 pub mod image_folder;
+pub mod mapped;
 pub mod npy;
 pub mod source;
 pub mod sprites;
 
 pub use batch::{batch_tensor, binarized, Batcher, Binarization};
+pub use mapped::MappedValues;
 pub use source::{load, load_file, DataSpec, Splits};
 
 use std::io::Read;
@@ -28,6 +30,8 @@ pub enum Values {
     F32(Vec<f32>),
     /// Sprites drawn from their factor indices when read, never stored (bytes scaled to [0, 1]).
     Rendered(sprites::RenderedSprites),
+    /// Bytes or f32 read from a memory-mapped file when an example is read (large raw IDX and NPY files).
+    Mapped(MappedValues),
 }
 
 impl Values {
@@ -37,6 +41,7 @@ impl Values {
             Values::U8(v) => v.len(),
             Values::F32(v) => v.len(),
             Values::Rendered(sprites) => sprites.len() * sprites.size * sprites.size,
+            Values::Mapped(mapped) => mapped.len(),
         }
     }
 
@@ -124,6 +129,7 @@ impl Dataset {
             Values::U8(v) => out.extend(v[range].iter().map(|&b| b as f32 / 255.0)),
             Values::F32(v) => out.extend_from_slice(&v[range]),
             Values::Rendered(sprites) => sprites.push_example(index, out),
+            Values::Mapped(mapped) => mapped.push_example(index, out),
         }
     }
 
@@ -134,6 +140,7 @@ impl Dataset {
             Values::U8(v) => Values::U8(gather_rows(v, indices, dim)),
             Values::F32(v) => Values::F32(gather_rows(v, indices, dim)),
             Values::Rendered(sprites) => Values::Rendered(sprites.subset(indices)),
+            Values::Mapped(mapped) => Values::Mapped(mapped.subset(indices)),
         };
         let labels = self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect());
         let factors = self.factors.as_ref().map(|f| Factors {
@@ -155,14 +162,16 @@ impl Dataset {
             Values::F32(v) => v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x))),
             // rendered sprites are black backgrounds with white shapes
             Values::Rendered(_) => (0.0, 1.0),
+            Values::Mapped(mapped) => mapped.value_range(),
         }
     }
 }
 
 impl Dataset {
     /// Builds a dataset from an array read from `source`: `N x D` gives flat examples, `N x H x W` grey images and
-    /// `N x H x W x C` images with channels last, which are reordered to the channels-first layout kept in memory.
-    /// Errors when there are no examples, an example dimension is zero, or `values` does not match `dims`.
+    /// `N x H x W x C` images with channels last, which are reordered to the channels-first layout kept in memory
+    /// (so mapped values cannot be channels-last). Errors when there are no examples, an example dimension is zero,
+    /// or `values` does not match `dims`.
     pub fn from_array(source: &Path, dims: &[usize], values: Values) -> Result<Dataset> {
         let shape = match *dims {
             [_, d] => ExampleShape::flat(d),
@@ -175,6 +184,10 @@ impl Dataset {
             }
         };
         check_array_size(source, dims, values.len())?;
+        if dims.len() == 4 && matches!(values, Values::Mapped(_)) {
+            let problem = "channels-last (N x H x W x C) data must be reordered in memory and cannot be memory-mapped";
+            return Err(Error::bad_input(source, "shape", problem));
+        }
         let values = if dims.len() == 4 { values.hwc_to_chw(shape) } else { values };
         Ok(Dataset { source: source.display().to_string(), values, shape, labels: None, factors: None })
     }
@@ -187,7 +200,8 @@ impl Values {
         match self {
             Values::U8(v) => Values::U8(hwc_to_chw(&v, shape)),
             Values::F32(v) => Values::F32(hwc_to_chw(&v, shape)),
-            rendered @ Values::Rendered(_) => rendered,
+            // never reached: `from_array` refuses mapped channels-last data
+            other @ (Values::Rendered(_) | Values::Mapped(_)) => other,
         }
     }
 }

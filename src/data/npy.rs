@@ -2,12 +2,15 @@
 //!
 //! Examples can be `|u1` (kept as bytes, scaled to [0, 1] when batched), `<f4` or `<f8` (converted to f32), in C
 //! order only. Shapes: `N x D` (flat), `N x H x W` (grey images) or `N x H x W x C` (images with channels last,
-//! reordered to channels-first). Labels can be any little-endian integer type up to 64 bits.
+//! reordered to channels-first). Labels can be any little-endian integer type up to 64 bits. Examples of `|u1` or
+//! `<f4` that are not channels-last and whose data is at least the [map threshold](super::mapped::map_threshold)
+//! are memory-mapped rather than read.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use super::mapped::{self, Element, MappedValues};
 use super::{element_count, read_array, read_exactly, read_payload, show_dims, word, Dataset, Values};
 use crate::{Error, Result};
 
@@ -77,29 +80,62 @@ pub struct NpyArray {
 /// Reads an NPY file, checking the magic, the header (`descr`, `fortran_order`, `shape`) and that the data is
 /// exactly as long as the shape says.
 pub fn read_npy(path: &Path) -> Result<NpyArray> {
-    let mut reader = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
-    let header = read_header(&mut reader, path)?;
-    let header = parse_header(&header).map_err(|(field, problem)| Error::bad_input(path, field, problem))?;
-    let count = element_count(path, "shape", &header.shape)?;
-    let len = count.checked_mul(header.dtype.size()).ok_or_else(|| {
-        Error::bad_input(path, "shape", format!("{} elements do not fit in memory", show_dims(&header.shape)))
-    })?;
+    let (mut reader, header, _) = open(path)?;
+    let len = payload_len(path, &header)?;
     let data = read_payload(&mut reader, len, path)?;
     Ok(NpyArray { shape: header.shape, dtype: header.dtype, data })
 }
 
-/// Loads examples from an NPY file of type `|u1`, `<f4` or `<f8`; float values must all be finite.
+/// Opens `path` and reads its header; returns the reader (at the start of the data), the header and its length in
+/// bytes (where the data starts).
+fn open(path: &Path) -> Result<(BufReader<File>, Header, usize)> {
+    let mut reader = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    let (header, offset) = read_header(&mut reader, path)?;
+    let header = parse_header(&header).map_err(|(field, problem)| Error::bad_input(path, field, problem))?;
+    Ok((reader, header, offset))
+}
+
+/// The number of bytes of data `header` announces.
+fn payload_len(path: &Path, header: &Header) -> Result<usize> {
+    let count = element_count(path, "shape", &header.shape)?;
+    count.checked_mul(header.dtype.size()).ok_or_else(|| {
+        Error::bad_input(path, "shape", format!("{} elements do not fit in memory", show_dims(&header.shape)))
+    })
+}
+
+/// Loads examples from an NPY file of type `|u1`, `<f4` or `<f8`; float values must all be finite. `|u1` and `<f4`
+/// data of at least [`mapped::map_threshold`] bytes, not channels-last, is memory-mapped rather than read.
 pub fn load_examples(path: &Path) -> Result<Dataset> {
-    let array = read_npy(path)?;
-    let values = match array.dtype {
-        Dtype::Int { bytes: 1, signed: false } => Values::U8(array.data),
-        Dtype::Float { bytes } => Values::F32(floats(&array.data, bytes)),
-        Dtype::Int { .. } => {
-            let problem = "integer examples are not supported; expected '|u1', '<f4' or '<f8'";
-            return Err(Error::bad_input(path, "descr", problem));
+    load_examples_with_threshold(path, mapped::map_threshold()?)
+}
+
+/// [`load_examples`], mapping `|u1` and `<f4` data of at least `map_threshold` bytes (0 maps every such file).
+pub fn load_examples_with_threshold(path: &Path, map_threshold: u64) -> Result<Dataset> {
+    let (mut reader, header, offset) = open(path)?;
+    let len = payload_len(path, &header)?;
+    let element = match header.dtype {
+        Dtype::Int { bytes: 1, signed: false } => Some(Element::U8),
+        Dtype::Float { bytes: 4 } => Some(Element::F32),
+        _ => None,
+    };
+    let values = match element {
+        Some(element) if len as u64 >= map_threshold && !header.shape.is_empty() && header.shape.len() != 4 => {
+            let (rows, dim) = (header.shape[0], header.shape[1..].iter().product());
+            Values::Mapped(MappedValues::open(path, offset, element, rows, dim)?)
+        }
+        _ => {
+            let data = read_payload(&mut reader, len, path)?;
+            match header.dtype {
+                Dtype::Int { bytes: 1, signed: false } => Values::U8(data),
+                Dtype::Float { bytes } => Values::F32(floats(&data, bytes)),
+                Dtype::Int { .. } => {
+                    let problem = "integer examples are not supported; expected '|u1', '<f4' or '<f8'";
+                    return Err(Error::bad_input(path, "descr", problem));
+                }
+            }
         }
     };
-    let dataset = Dataset::from_array(path, &array.shape, values)?;
+    let dataset = Dataset::from_array(path, &header.shape, values)?;
     check_finite(&dataset, path)?;
     Ok(dataset)
 }
@@ -136,22 +172,23 @@ struct Header {
 }
 
 /// Reads the magic, version and header length, and returns the header text (decoded as Latin-1, which every
-/// header numpy writes is).
-fn read_header(reader: &mut impl Read, path: &Path) -> Result<String> {
+/// header numpy writes is) and the number of bytes read, where the data starts.
+fn read_header(reader: &mut impl Read, path: &Path) -> Result<(String, usize)> {
     let [start @ .., major, minor] = read_array::<8>(reader, path, "magic")?;
     if start != *MAGIC {
         let problem = format!("expected an NPY file starting with \\x93NUMPY, found {start:02x?}");
         return Err(Error::bad_input(path, "magic", problem));
     }
-    let len = match major {
-        1 => usize::from(u16::from_le_bytes(read_array(reader, path, "header length")?)),
-        2 | 3 => u32::from_le_bytes(read_array(reader, path, "header length")?) as usize,
+    let (len, len_bytes) = match major {
+        1 => (usize::from(u16::from_le_bytes(read_array(reader, path, "header length")?)), 2),
+        2 | 3 => (u32::from_le_bytes(read_array(reader, path, "header length")?) as usize, 4),
         _ => {
             let problem = format!("version {major}.{minor} is not supported; expected 1.0, 2.0 or 3.0");
             return Err(Error::bad_input(path, "version", problem));
         }
     };
-    Ok(read_exactly(reader, len, path, "header")?.into_iter().map(char::from).collect())
+    let text = read_exactly(reader, len, path, "header")?.into_iter().map(char::from).collect();
+    Ok((text, MAGIC.len() + 2 + len_bytes + len))
 }
 
 /// Parses a header such as `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`; an error names the field
@@ -224,11 +261,17 @@ fn label(path: &Path, index: usize, value: i128) -> Result<u32> {
 
 /// An error naming the first example that holds a NaN or infinite value.
 fn check_finite(dataset: &Dataset, path: &Path) -> Result<()> {
-    let Values::F32(values) = &dataset.values else { return Ok(()) };
-    match values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    let found = match &dataset.values {
+        Values::F32(values) => {
+            values.iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, &v)| (i / dataset.shape.dim(), v))
+        }
+        Values::Mapped(mapped) => mapped.first_non_finite(),
+        Values::U8(_) | Values::Rendered(_) => None,
+    };
+    match found {
         None => Ok(()),
-        Some((i, v)) => {
-            let problem = format!("example {} contains {v}; values must be finite", i / dataset.shape.dim());
+        Some((example, v)) => {
+            let problem = format!("example {example} contains {v}; values must be finite");
             Err(Error::bad_input(path, "data", problem))
         }
     }

@@ -52,8 +52,18 @@ pub struct Splits {
 }
 
 /// Loads the data `spec` names. Files and sprites hold out `validation_fraction` (in (0, 1)) of their examples,
-/// chosen by a shuffle seeded with `seed` for files; directories come with their own test set.
+/// chosen by a shuffle seeded with `seed` for files; directories come with their own test set. Large raw IDX and
+/// NPY files are memory-mapped (see [`mapped::map_threshold`](super::mapped::map_threshold)).
 pub fn load(spec: &DataSpec, validation_fraction: f32, seed: u64) -> Result<Splits> {
+    let map_threshold = match spec {
+        DataSpec::Path { .. } => super::mapped::map_threshold()?,
+        DataSpec::Sprites(_) | DataSpec::Images(_) => super::mapped::MAP_THRESHOLD_BYTES,
+    };
+    load_with_threshold(spec, validation_fraction, seed, map_threshold)
+}
+
+/// [`load`], memory-mapping IDX and NPY files whose data is at least `map_threshold` bytes.
+pub fn load_with_threshold(spec: &DataSpec, validation_fraction: f32, seed: u64, map_threshold: u64) -> Result<Splits> {
     match spec {
         DataSpec::Sprites(config) => load_sprites(config, validation_fraction),
         DataSpec::Path { path, label_column } => {
@@ -63,10 +73,10 @@ pub fn load(spec: &DataSpec, validation_fraction: f32, seed: u64) -> Result<Spli
                 if is_image_folder(path) {
                     load_images(&ImageFolderConfig::new(path), validation_fraction, seed)
                 } else {
-                    load_directory(path)
+                    load_directory(path, map_threshold)
                 }
             } else {
-                split(&load_file(path, *label_column)?, validation_fraction, seed)
+                split(&load_file_with_threshold(path, *label_column, map_threshold)?, validation_fraction, seed)
             }
         }
         DataSpec::Images(config) => load_images(config, validation_fraction, seed),
@@ -92,16 +102,24 @@ fn load_images(config: &ImageFolderConfig, validation_fraction: f32, seed: u64) 
 }
 
 /// Loads one file, its format told by its name: `.npy`, `.csv`, or IDX (a name containing `idx`, or ending in
-/// `-ubyte` or `.gz`). `label_column` is only allowed for CSV files.
+/// `-ubyte` or `.gz`). `label_column` is only allowed for CSV files. Large raw IDX and NPY files are memory-mapped.
 pub fn load_file(path: &Path, label_column: Option<usize>) -> Result<Dataset> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let map_threshold =
+        if name.ends_with(".csv") { super::mapped::MAP_THRESHOLD_BYTES } else { super::mapped::map_threshold()? };
+    load_file_with_threshold(path, label_column, map_threshold)
+}
+
+/// [`load_file`], memory-mapping IDX and NPY files whose data is at least `map_threshold` bytes.
+pub fn load_file_with_threshold(path: &Path, label_column: Option<usize>, map_threshold: u64) -> Result<Dataset> {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     if name.ends_with(".csv") {
         return csv::load_csv(path, label_column);
     }
-    let load: fn(&Path) -> Result<Dataset> = if name.ends_with(".npy") {
-        npy::load_examples
+    let load: fn(&Path, u64) -> Result<Dataset> = if name.ends_with(".npy") {
+        npy::load_examples_with_threshold
     } else if name.contains("idx") || name.ends_with("-ubyte") || name.ends_with(".gz") {
-        idx::load_images
+        idx::load_images_with_threshold
     } else if image_folder::is_image_name(&name) {
         let problem = "one image is not a data set; give the folder that holds the images (directly, in one \
                        subfolder per class, or in train/ and test/ subfolders)";
@@ -112,7 +130,7 @@ pub fn load_file(path: &Path, label_column: Option<usize>) -> Result<Dataset> {
         return Err(Error::bad_input(path, "file name", problem));
     };
     reject_label_column(path, label_column)?;
-    load(path)
+    load(path, map_threshold)
 }
 
 /// An error when a label column is given for data that is not a CSV file.
@@ -169,8 +187,8 @@ struct Layout {
     suffix: &'static str,
     /// Finds a file of a given name in a directory.
     find: fn(&Path, &str) -> Option<PathBuf>,
-    /// Reads examples.
-    examples: fn(&Path) -> Result<Dataset>,
+    /// Reads examples, mapping files whose data is at least the given number of bytes.
+    examples: fn(&Path, u64) -> Result<Dataset>,
     /// Reads labels.
     labels: fn(&Path) -> Result<Vec<u32>>,
 }
@@ -187,7 +205,7 @@ const LAYOUTS: [Layout; 2] = [
         ],
         suffix: "[.gz]",
         find: idx::find_file,
-        examples: idx::load_images,
+        examples: idx::load_images_with_threshold,
         labels: idx::load_labels,
     },
     Layout {
@@ -195,7 +213,7 @@ const LAYOUTS: [Layout; 2] = [
         names: ["train.npy", "test.npy", "train_labels.npy", "test_labels.npy"],
         suffix: "",
         find: find_exact,
-        examples: npy::load_examples,
+        examples: npy::load_examples_with_threshold,
         labels: npy::load_labels,
     },
 ];
@@ -206,7 +224,7 @@ fn find_exact(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// Loads the training and test sets of a directory in one of the [`LAYOUTS`].
-fn load_directory(dir: &Path) -> Result<Splits> {
+fn load_directory(dir: &Path, map_threshold: u64) -> Result<Splits> {
     let layout = LAYOUTS.iter().find(|l| (l.find)(dir, l.names[0]).is_some()).ok_or_else(|| {
         let looked_for: Vec<String> = LAYOUTS.iter().map(Layout::describe).collect();
         let problem = format!(
@@ -216,8 +234,8 @@ fn load_directory(dir: &Path) -> Result<Splits> {
         Error::bad_input(dir, "directory", problem)
     })?;
     let [train, test, train_labels, test_labels] = layout.names;
-    let train = layout.load_part(dir, train, train_labels)?;
-    let test = layout.load_part(dir, test, test_labels)?;
+    let train = layout.load_part(dir, train, train_labels, map_threshold)?;
+    let test = layout.load_part(dir, test, test_labels, map_threshold)?;
     if test.shape != train.shape {
         let problem = format!("test examples are {:?} but training examples are {:?}", test.shape, train.shape);
         return Err(Error::bad_input(&test.source, "shape", problem));
@@ -233,7 +251,7 @@ impl Layout {
     }
 
     /// Loads the examples `name` in `dir`, with the labels `labels_name` attached when that file exists.
-    fn load_part(&self, dir: &Path, name: &str, labels_name: &str) -> Result<Dataset> {
+    fn load_part(&self, dir: &Path, name: &str, labels_name: &str, map_threshold: u64) -> Result<Dataset> {
         let path = (self.find)(dir, name).ok_or_else(|| {
             Error::bad_input(
                 dir,
@@ -241,7 +259,7 @@ impl Layout {
                 format!("{name}{} is missing; expected {}", self.suffix, self.describe()),
             )
         })?;
-        let mut dataset = (self.examples)(&path)?;
+        let mut dataset = (self.examples)(&path, map_threshold)?;
         if let Some(labels_path) = (self.find)(dir, labels_name) {
             let labels = (self.labels)(&labels_path)?;
             if labels.len() != dataset.len() {
@@ -306,7 +324,7 @@ mod tests {
         let firsts = |d: &Dataset| match &d.values {
             Values::U8(v) => v.iter().step_by(2).map(|&b| b as usize).collect::<Vec<_>>(),
             Values::F32(v) => v.iter().step_by(2).map(|&x| x as usize).collect(),
-            Values::Rendered(_) => unreachable!("stored sprites"),
+            Values::Rendered(_) | Values::Mapped(_) => unreachable!("CSV data is in memory"),
         };
         let mut all = [firsts(&splits.train), firsts(&splits.test)].concat();
         all.sort();

@@ -105,7 +105,8 @@ pub fn read_latents(path: &Path, latent_dim: usize) -> Result<Vec<f32>> {
     }
     match array.values {
         Values::F32(values) => Ok(values),
-        Values::U8(_) | Values::Rendered(_) => {
+        Values::Mapped(mapped) if mapped.element() == crate::data::mapped::Element::F32 => Ok(mapped.to_vec()),
+        Values::U8(_) | Values::Rendered(_) | Values::Mapped(_) => {
             Err(Error::bad_input(path, "descr", "latent codes must be floats ('<f4' or '<f8'), found bytes"))
         }
     }
