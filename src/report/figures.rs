@@ -186,6 +186,7 @@ pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
             "input".into(),
             format!("{} x {} x {} = {} values", shape.channels, shape.height, shape.width, shape.dim()),
         ],
+        vec!["convolutions".into(), model.conv.as_ref().map_or_else(|| "none (MLP)".into(), readable)],
         vec!["encoder hidden widths".into(), readable(&model.encoder_hidden)],
         vec!["latent dimensions".into(), model.latent_dim.to_string()],
         vec!["decoder hidden widths".into(), readable(&model.decoder_hidden)],
