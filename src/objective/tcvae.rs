@@ -48,8 +48,10 @@ impl KlDecomposition {
 /// `posterior`, on a dataset of `dataset_size` examples.
 pub fn decompose_kl(posterior: &DiagonalGaussian, z: &Tensor, dataset_size: usize) -> Result<KlDecomposition> {
     let batch = z.dim(0)?;
-    if batch < 2 || dataset_size < batch {
-        let problem = format!("needs batches of at least 2 examples from a dataset at least that large, got a batch of {batch} from {dataset_size}");
+    // a batch of one (the last, partial batch of an epoch) is allowed: its q(z) is its own posterior, scaled
+    if batch == 0 || dataset_size < batch {
+        let problem =
+            format!("needs a non-empty batch from a dataset at least that large, got {batch} of {dataset_size}");
         return Err(Error::invalid_setting("tcvae", problem));
     }
     let pairwise = pairwise_log_density(posterior, z)?; // [M, M, d]: log q(z_i,d | x_j)
@@ -148,9 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_of_one_or_a_dataset_smaller_than_the_batch_is_refused() {
+    fn a_last_batch_of_one_works_and_a_dataset_smaller_than_the_batch_is_refused() {
         let (posterior, z) = batch(6, 1, 2);
-        assert!(decompose_kl(&posterior, &z, 10).is_err());
+        let parts = decompose_kl(&posterior, &z, 10).unwrap();
+        let sampled_kl = (posterior.log_prob(&z).unwrap() - standard_normal_log_prob(&z).unwrap()).unwrap();
+        let total = scalar(&parts.weighted(1.0).unwrap());
+        assert!((total - scalar(&sampled_kl.mean_all().unwrap())).abs() < 1e-3);
         let (posterior, z) = batch(6, 8, 2);
         assert!(decompose_kl(&posterior, &z, 4).unwrap_err().to_string().contains("tcvae"));
     }
