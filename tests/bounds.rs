@@ -84,6 +84,7 @@ fn dataset(data: &[[f64; DATA_DIM]]) -> Dataset {
         values: Values::F32(data.iter().flatten().map(|&v| v as f32).collect()),
         shape: ExampleShape::flat(DATA_DIM),
         labels: None,
+        class_names: None,
         factors: None,
     }
 }

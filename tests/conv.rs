@@ -36,6 +36,7 @@ fn squares(count: usize, channels: usize, seed: u64) -> Dataset {
         values: Values::U8(values),
         shape: ExampleShape::image(channels, SIDE, SIDE),
         labels: None,
+        class_names: None,
         factors: None,
     }
 }

@@ -17,6 +17,7 @@ fn dataset(values: Vec<f32>, dim: usize) -> Dataset {
         values: Values::F32(values),
         shape: ExampleShape::flat(dim),
         labels: None,
+        class_names: None,
         factors: None,
     }
 }

@@ -108,6 +108,8 @@ fn train_and_test_subfolders_are_the_split() {
     assert_eq!((splits.train.len(), splits.test.len()), (3, 2));
     assert_eq!(splits.train.labels, Some(vec![0, 0, 1]));
     assert_eq!(splits.test.labels, Some(vec![1, 2]), "the classes of both splits share one numbering");
+    let names = Some(vec!["cat".to_string(), "dog".to_string(), "eel".to_string()]);
+    assert_eq!((&splits.train.class_names, &splits.test.class_names), (&names, &names), "the datasets name classes");
     assert!(splits.train.source.contains("train") && splits.test.source.contains("test"));
     assert_eq!(load(&ImageFolderConfig::new(dir.path())).class_names, ["cat", "dog", "eel"]);
 

@@ -28,6 +28,7 @@ fn dataset(count: usize, seed: u64) -> Dataset {
         values: Values::F32(values),
         shape: ExampleShape::flat(DIM),
         labels: None,
+        class_names: None,
         factors: None,
     }
 }

@@ -116,6 +116,7 @@ mod tests {
             values: Values::U8((0..20).map(|v| v * 10).collect()),
             shape: ExampleShape::flat(2),
             labels: None,
+            class_names: None,
             factors: None,
         }
     }

@@ -479,7 +479,8 @@ fn decode_part(
         names.iter().map(|n| class_names.iter().position(|c| c == n).unwrap_or_default() as u32).collect()
     });
     let source = describe(&part.dir, class_names, part.classes.is_some());
-    Ok(Dataset { source, values: Values::U8(values), shape, labels, factors: None })
+    let class_names = part.classes.is_some().then(|| class_names.to_vec());
+    Ok(Dataset { source, values: Values::U8(values), shape, labels, class_names, factors: None })
 }
 
 /// `values` without the examples (of `dim` values each) whose `keep` is false.

@@ -106,6 +106,9 @@ pub struct Dataset {
     pub shape: ExampleShape,
     /// One class label per example, when the data has them.
     pub labels: Option<Vec<u32>>,
+    /// The name of each class label (label `i` is `class_names[i]`), when the data has names: an image folder's
+    /// class folders, the sprites' shapes.
+    pub class_names: Option<Vec<String>>,
     /// Ground-truth factors per example, when known.
     pub factors: Option<Factors>,
 }
@@ -148,7 +151,8 @@ impl Dataset {
             sizes: f.sizes.clone(),
             indices: gather_rows(&f.indices, indices, f.names.len()),
         });
-        Dataset { source: self.source.clone(), values, shape: self.shape, labels, factors }
+        let class_names = self.class_names.clone();
+        Dataset { source: self.source.clone(), values, shape: self.shape, labels, class_names, factors }
     }
 
     /// Smallest and largest value after scaling (u8 data is divided by 255).
@@ -189,7 +193,14 @@ impl Dataset {
             return Err(Error::bad_input(source, "shape", problem));
         }
         let values = if dims.len() == 4 { values.hwc_to_chw(shape) } else { values };
-        Ok(Dataset { source: source.display().to_string(), values, shape, labels: None, factors: None })
+        Ok(Dataset {
+            source: source.display().to_string(),
+            values,
+            shape,
+            labels: None,
+            class_names: None,
+            factors: None,
+        })
     }
 }
 

@@ -121,6 +121,7 @@ fn rendered(size: usize, factor_indices: Vec<u32>, source: String) -> Dataset {
         values: Values::Rendered(RenderedSprites { size, factor_indices }),
         shape: ExampleShape::image(1, size, size),
         labels: Some(labels),
+        class_names: Some(SHAPE_NAMES.iter().map(|name| name.to_string()).collect()),
         factors: Some(factors),
     }
 }
@@ -201,6 +202,7 @@ fn generate_on_stream(config: &SpriteConfig, stream: u64, note: &str) -> Result<
         values: Values::U8(values),
         shape: ExampleShape::image(1, config.size, config.size),
         labels: Some(labels),
+        class_names: Some(SHAPE_NAMES.iter().map(|name| name.to_string()).collect()),
         factors: Some(factors),
     })
 }

@@ -55,17 +55,18 @@ pub fn labels_of(dataset: &Dataset, choice: &LabelChoice) -> Result<Vec<u32>> {
     }
 }
 
-/// A readable name for class `value`: the shape's name for the sprites' shapes, otherwise the number.
+/// A readable name for class `value`: the data's class name (an image folder's class folder, the sprites' shape)
+/// for its labels, the shape's name for the sprites' shape factor, otherwise the number.
 pub fn label_name(dataset: &Dataset, choice: &LabelChoice, value: u32) -> String {
     let sprites = dataset.factors.as_ref().is_some_and(|f| f.names.iter().eq(FACTOR_NAMES.iter()));
-    let shape = match choice {
-        LabelChoice::Labels => sprites,
-        LabelChoice::Factor(name) => sprites && name == FACTOR_NAMES[0],
+    let name = match choice {
+        LabelChoice::Labels => dataset.class_names.as_ref().and_then(|names| names.get(value as usize)).cloned(),
+        LabelChoice::Factor(factor) if sprites && factor == FACTOR_NAMES[0] => {
+            SHAPE_NAMES.get(value as usize).map(|name| name.to_string())
+        }
+        LabelChoice::Factor(_) => None,
     };
-    match SHAPE_NAMES.get(value as usize) {
-        Some(name) if shape => name.to_string(),
-        _ => value.to_string(),
-    }
+    name.unwrap_or_else(|| value.to_string())
 }
 
 /// The class written as `text`: a number, or a name [`label_name`] gives (such as `heart`). An error lists the
@@ -104,6 +105,19 @@ mod tests {
         assert_eq!(parse_label(&data, &LabelChoice::Labels, &shapes, "1").unwrap(), 1);
         let message = parse_label(&data, &LabelChoice::Labels, &shapes, "star").unwrap_err().to_string();
         assert!(message.contains("star") && message.contains("square, ellipse, heart"), "{message}");
+    }
+
+    #[test]
+    fn class_names_of_the_data_name_its_labels() {
+        let mut data = generate(&SpriteConfig { size: 16, count: 6, seed: 2, full_grid: false }).unwrap();
+        data.factors = None;
+        data.labels = Some(vec![0, 1, 2, 1, 0, 2]);
+        data.class_names = Some(vec!["cat".into(), "dog".into(), "eel".into()]);
+        let labels = data.labels.clone().unwrap();
+        assert_eq!(parse_label(&data, &LabelChoice::Labels, &labels, "Dog").unwrap(), 1);
+        assert_eq!(label_name(&data, &LabelChoice::Labels, 2), "eel");
+        data.class_names = None;
+        assert_eq!(label_name(&data, &LabelChoice::Labels, 2), "2");
     }
 
     #[test]
