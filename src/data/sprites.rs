@@ -58,7 +58,8 @@ impl Default for SpriteConfig {
 pub const GRID_SIZE: usize = 737_280;
 
 /// Sprites kept as factor indices and drawn when an example is read, so the full grid at 64 x 64 costs 15 MB of
-/// indices instead of 3 GB of pixels. Rendering is deterministic: the same indices give the same bytes.
+/// indices (30 MB with the dataset's [`Factors`], which hold the same indices) instead of 3 GB of pixels. Rendering
+/// is deterministic: the same indices give the same bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedSprites {
     /// Image side in pixels.
@@ -87,7 +88,9 @@ impl RenderedSprites {
 
     /// Renders example `index` and appends its pixels, scaled to [0, 1], to `out`.
     pub fn push_example(&self, index: usize, out: &mut Vec<f32>) {
-        out.extend(render(&self.factors_of(index), self.size).into_iter().map(|b| f32::from(b) / 255.0));
+        let start = out.len();
+        out.resize(start + self.size * self.size, 0.0);
+        render_scaled(&self.factors_of(index), self.size, &mut out[start..]);
     }
 
     /// The examples at `indices`.
@@ -168,6 +171,13 @@ pub fn render(factor_indices: &[u32; 5], size: usize) -> Vec<u8> {
     let mut image = vec![0; size * size];
     render_into(factor_indices, size, &mut image);
     image
+}
+
+/// Renders one sprite into `out` (`size` x `size` values) scaled to [0, 1]: pixel bytes divided by 255.
+pub fn render_scaled(factor_indices: &[u32; 5], size: usize, out: &mut [f32]) {
+    for (value, byte) in out.iter_mut().zip(render(factor_indices, size)) {
+        *value = f32::from(byte) / 255.0;
+    }
 }
 
 /// The continuous values of the factors: shape index, scale in [0.5, 1], rotation in radians in [0, 2 pi), x and y

@@ -3,6 +3,8 @@
 //! metrics use).
 
 use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::disentanglement::{FactorSpace, Representation};
@@ -51,13 +53,11 @@ impl<'a> SpriteCodes<'a> {
         let pixels = self.size * self.size;
         let mut values = vec![0f32; factors.len() / FACTOR_SIZES.len() * pixels];
         values.par_chunks_mut(pixels).zip(factors.par_chunks(FACTOR_SIZES.len())).for_each(|(image, row)| {
-            let indices = [row[0], row[1], row[2], row[3], row[4]];
-            for (value, byte) in image.iter_mut().zip(sprites::render(&indices, self.size)) {
-                *value = f32::from(byte) / 255.0;
-            }
+            sprites::render_scaled(&[row[0], row[1], row[2], row[3], row[4]], self.size, image);
         });
-        if let Binarization::Static { threshold } = self.binarization {
-            values.iter_mut().for_each(|v| *v = if *v > threshold { 1.0 } else { 0.0 });
+        if let Binarization::Static { .. } = self.binarization {
+            // a static threshold draws nothing from the generator
+            self.binarization.apply(&mut values, &mut ChaCha8Rng::seed_from_u64(0));
         }
         values
     }
