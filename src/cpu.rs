@@ -1,4 +1,7 @@
-//! Helpers shared by the fused CPU kernels: raw f32 slices of candle storage, and how many threads a kernel uses.
+//! Helpers shared by the fused CPU kernels: raw f32 slices of candle storage, a matrix multiply on plain slices,
+//! and how many threads a kernel uses.
+
+use std::cell::Cell;
 
 use candle_core::{CpuStorage, Layout};
 
@@ -25,9 +28,32 @@ pub fn contiguous_f32_mut<'a>(
 /// Work below this many scalar operations runs on one thread: sharing it costs more than it saves.
 pub const PARALLEL_WORK: usize = 1 << 16;
 
-/// The matrix-multiply threads for `work` multiply-adds: candle's thread setting, or one for small products.
+thread_local! {
+    /// True while this thread runs one shard of work that is already spread over the threads.
+    static ONE_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `work` with every kernel it calls on this thread alone: for a shard of a batch whose other shards run on
+/// the other threads, where kernels that split themselves again would only wait on each other.
+pub fn on_this_thread<R>(work: impl FnOnce() -> R) -> R {
+    let before = ONE_THREAD.with(|flag| flag.replace(true));
+    let result = work();
+    ONE_THREAD.with(|flag| flag.set(before));
+    result
+}
+
+/// The threads kernels may use from here: candle's thread setting, or 1 inside [`on_this_thread`].
+pub fn kernel_threads() -> usize {
+    if ONE_THREAD.with(Cell::get) {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+/// The matrix-multiply threads for `work` multiply-adds: the kernel threads, or one for small products.
 pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = kernel_threads();
     if threads > 1 && work > PARALLEL_WORK {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -37,5 +63,164 @@ pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
 
 /// True when an elementwise kernel over `work` values is worth spreading over rayon's threads.
 pub fn worth_parallel(work: usize) -> bool {
-    candle_core::utils::get_num_threads() > 1 && work > 4 * PARALLEL_WORK
+    kernel_threads() > 1 && work > 4 * PARALLEL_WORK
+}
+
+/// A matrix operand: its values and the strides of a step down a row and across a column.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with `columns` columns.
+    pub fn rows(values: &'a [f32], columns: usize) -> Self {
+        Operand { values, row_stride: columns, column_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `columns` columns.
+    pub fn transposed(values: &'a [f32], columns: usize) -> Self {
+        Operand { values, row_stride: 1, column_stride: columns }
+    }
+
+    /// The index one past the last element of an `rows` x `columns` view.
+    fn extent(&self, rows: usize, columns: usize) -> usize {
+        (rows - 1) * self.row_stride + (columns - 1) * self.column_stride + 1
+    }
+}
+
+/// What a matrix product does with the destination's old values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// dst = lhs · rhs.
+    Overwrite,
+    /// dst = dst + lhs · rhs.
+    Accumulate,
+}
+
+/// dst (`m` x `n`, row-major) = lhs (`m` x `k`) · rhs (`k` x `n`), or dst + that, with `parallelism`.
+pub fn matmul(
+    dst: &mut [f32],
+    lhs: Operand,
+    rhs: Operand,
+    (m, k, n): (usize, usize, usize),
+    destination: Destination,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if destination == Destination::Overwrite {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    // SAFETY: dst holds m * n values (asserted) and does not alias lhs or rhs (it is borrowed mutably).
+    unsafe { multiply_into(dst.as_mut_ptr(), lhs, rhs, (m, k, n), destination, parallelism) }
+}
+
+/// lhs (`m` x `k`) · rhs (`k` x `n`) into a new row-major `m` x `n` buffer, threads chosen by the work's size.
+pub fn product(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut dst = Vec::with_capacity(m * n);
+    // SAFETY: the buffer has room for m * n values; with k > 0 and the old values not read, the multiply writes
+    // every one of them before the length is set.
+    unsafe {
+        multiply_into(dst.as_mut_ptr(), lhs, rhs, (m, k, n), Destination::Overwrite, gemm_parallelism(m * n * k));
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// The matrix multiply itself, on a raw row-major `m` x `n` destination (m, n, k all positive).
+///
+/// # Safety
+/// `dst` must be valid for m * n writes (and reads, when accumulating) and must not overlap lhs or rhs.
+unsafe fn multiply_into(
+    dst: *mut f32,
+    lhs: Operand,
+    rhs: Operand,
+    (m, k, n): (usize, usize, usize),
+    destination: Destination,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
+    // SAFETY: the assertion keeps every operand index the strides reach inside its slice; the caller vouches for
+    // dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            destination == Destination::Accumulate,
+            lhs.values.as_ptr(),
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// True when this CPU has AVX2 and FMA (checked once, then cached by the standard library).
+#[inline(always)]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines a function whose body is compiled twice, for AVX2 + FMA (8 float lanes per instruction) and as
+/// built (SSE's 4 on x86-64), the right one picked at run time. The numbers are the same either way: Rust never
+/// contracts a * b + c into a fused multiply-add by itself, so only the vector width changes.
+macro_rules! wide_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// The body compiled with AVX2 and FMA. Safety: only called where the CPU has them.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if $crate::cpu::has_avx2_fma() {
+                    // SAFETY: the CPU has the features `wide` is compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide_fn;
+
+wide_fn! {
+    /// total += part, value by value.
+    pub fn add_to(total: &mut [f32], part: &[f32]) {
+        total.iter_mut().zip(part).for_each(|(total, &value)| *total += value);
+    }
 }

@@ -17,7 +17,10 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use super::fused_activation::OutputActivation;
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, matmul, Destination, Operand};
+
+/// The per-example products run on one thread each: the callers spread the examples over the threads.
+const ONE: gemm::Parallelism = gemm::Parallelism::None;
 
 /// The shape of one convolution, seen from its image side: images of `channels` x `height` x `width`, a square
 /// kernel, and the `out_height` x `out_width` positions the kernel visits.
@@ -159,65 +162,6 @@ impl ConvGeometry {
     }
 }
 
-/// A matrix operand: its values and the strides of a step down a row and across a column.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    values: &'a [f32],
-    row_stride: usize,
-    column_stride: usize,
-}
-
-impl<'a> Operand<'a> {
-    /// A row-major matrix with `columns` columns.
-    fn rows(values: &'a [f32], columns: usize) -> Self {
-        Operand { values, row_stride: columns, column_stride: 1 }
-    }
-
-    /// The transpose of a row-major matrix with `columns` columns.
-    fn transposed(values: &'a [f32], columns: usize) -> Self {
-        Operand { values, row_stride: 1, column_stride: columns }
-    }
-
-    /// The index one past the last element of an `rows` x `columns` view.
-    fn extent(&self, rows: usize, columns: usize) -> usize {
-        (rows - 1) * self.row_stride + (columns - 1) * self.column_stride + 1
-    }
-}
-
-/// dst (`m` x `n`, row-major) = lhs (`m` x `k`) · rhs (`k` x `n`), plus dst's old values when `accumulate`; on one
-/// thread, since the callers spread examples over threads.
-fn matmul(dst: &mut [f32], lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize), accumulate: bool) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n && lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
-    // SAFETY: the assertion above keeps every index the strides reach inside the three slices, and dst does not
-    // alias lhs or rhs (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.values.as_ptr(),
-            lhs.column_stride as isize,
-            lhs.row_stride as isize,
-            rhs.values.as_ptr(),
-            rhs.column_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 /// gather: out_b (`[m, positions]`) = W (`[m, patch]`) · im2col(image_b), for every image of the batch.
 fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions) = (geometry.patch_len(), geometry.positions());
@@ -226,7 +170,14 @@ fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> 
         || vec![0.0; patch * positions],
         |cols, (out_b, image)| {
             geometry.im2col(image, cols);
-            matmul(out_b, Operand::rows(weight, patch), Operand::rows(cols, positions), (m, patch, positions), false);
+            matmul(
+                out_b,
+                Operand::rows(weight, patch),
+                Operand::rows(cols, positions),
+                (m, patch, positions),
+                Destination::Overwrite,
+                ONE,
+            );
         },
     );
     out
@@ -240,7 +191,7 @@ fn scatter(geometry: &ConvGeometry, maps: &[f32], weight: &[f32], m: usize) -> V
         || vec![0.0; patch * positions],
         |cols, (image, map)| {
             let (lhs, rhs) = (Operand::transposed(weight, patch), Operand::rows(map, positions));
-            matmul(cols, lhs, rhs, (patch, m, positions), false);
+            matmul(cols, lhs, rhs, (patch, m, positions), Destination::Overwrite, ONE);
             geometry.col2im(cols, image);
         },
     );
@@ -255,7 +206,7 @@ fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec
         |(mut sum, mut cols), (map, image)| {
             geometry.im2col(image, &mut cols);
             let (lhs, rhs) = (Operand::rows(map, positions), Operand::transposed(&cols, positions));
-            matmul(&mut sum, lhs, rhs, (m, positions, patch), true);
+            matmul(&mut sum, lhs, rhs, (m, positions, patch), Destination::Accumulate, ONE);
             (sum, cols)
         },
     );

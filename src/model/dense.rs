@@ -4,12 +4,12 @@
 //! Other devices, dtypes and activations without an output-only derivative use candle's ops; tests hold both paths
 //! to the same values and gradients.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::fused_activation::OutputActivation;
 use super::mlp::Activation;
-use crate::cpu::{contiguous_f32, gemm_parallelism};
+use crate::cpu::{add_to, contiguous_f32, gemm_parallelism, matmul, product, Destination, Operand};
 use crate::Result;
 
 /// A linear layer followed by an optional activation. Weights: `weight` `[out, in]`, `bias` `[out]`.
@@ -87,31 +87,12 @@ impl CustomOp3 for FusedDense {
         if inner != weight_inner || b.len() != outputs {
             candle_core::bail!("fused dense: shapes {:?}, {:?}, {:?} do not fit", xl.dims(), wl.dims(), bl.dims())
         }
-        let mut out: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
-        // out = 1 * out + 1 * x W^T: the bias rides in the matrix multiply
-        unsafe {
-            gemm::gemm(
-                rows,
-                outputs,
-                inner,
-                out.as_mut_ptr(),
-                1,
-                outputs as isize,
-                true,
-                x.as_ptr(),
-                1,
-                inner as isize,
-                w.as_ptr(),
-                inner as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm_parallelism(rows * outputs * inner),
-            );
-        }
+        let mut out = Vec::with_capacity(rows * outputs);
+        (0..rows).for_each(|_| out.extend_from_slice(b));
+        // out = out + x W^T: the bias rides in the matrix multiply
+        let (x, w_t) = (Operand::rows(x, inner), Operand::transposed(w, inner));
+        let parallelism = gemm_parallelism(rows * outputs * inner);
+        matmul(&mut out, x, w_t, (rows, inner, outputs), Destination::Accumulate, parallelism);
         self.activation.apply_in_place(&mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
@@ -125,11 +106,68 @@ impl CustomOp3 for FusedDense {
         grad_output: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad_pre = self.activation.gradient_through(output, grad_output)?;
-        let grad_weight = grad_pre.t()?.matmul(x)?;
-        let grad_bias = grad_pre.sum(0)?;
+        let grad_pre = grad_pre.contiguous()?;
+        // dL/dW = (dL/dpre)^T x;  dL/db = sum over rows of dL/dpre;  dL/dx = dL/dpre W
+        let grad_weight = grad_pre.apply_op2_no_bwd(x, &GradientProduct { transpose_lhs: true })?;
+        let grad_bias = grad_pre.apply_op1_no_bwd(&ColumnSums)?;
         // the data batch needs no gradient: skip its matrix multiply
-        let grad_x = if x.track_op() { Some(grad_pre.matmul(weight)?) } else { None };
+        let grad_x = if x.track_op() {
+            Some(grad_pre.apply_op2_no_bwd(weight, &GradientProduct { transpose_lhs: false })?)
+        } else {
+            None
+        };
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// A product in the dense layer's backward pass, lhs · rhs with row-major `[a, b]` x `[b, c]` operands, or
+/// lhs^T · rhs (for the weight gradient, lhs `[b, a]`).
+struct GradientProduct {
+    transpose_lhs: bool,
+}
+
+impl CustomOp2 for GradientProduct {
+    fn name(&self) -> &'static str {
+        "dense-gradient-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ls: &CpuStorage,
+        ll: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (lhs, rhs) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(rs, rl, self.name())?);
+        let (&[lhs_rows, lhs_columns], &[inner, columns]) = (ll.dims(), rl.dims()) else {
+            candle_core::bail!("{}: expected two matrices, got {:?} and {:?}", self.name(), ll.dims(), rl.dims())
+        };
+        let (rows, lhs_inner, lhs) = match self.transpose_lhs {
+            true => (lhs_columns, lhs_rows, Operand::transposed(lhs, lhs_columns)),
+            false => (lhs_rows, lhs_columns, Operand::rows(lhs, lhs_columns)),
+        };
+        if lhs_inner != inner {
+            candle_core::bail!("{}: shapes {:?} and {:?} do not fit", self.name(), ll.dims(), rl.dims())
+        }
+        let values = product(lhs, Operand::rows(rhs, columns), (rows, inner, columns));
+        Ok((CpuStorage::F32(values), Shape::from((rows, columns))))
+    }
+}
+
+/// The sums down the rows of a `[rows, columns]` matrix: a dense layer's bias gradient, dL/db = sum_n dL/dpre_n.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let values = contiguous_f32(storage, layout, self.name())?;
+        let (_, columns) = layout.shape().dims2()?;
+        let mut sums = vec![0f32; columns];
+        values.chunks_exact(columns.max(1)).for_each(|row| add_to(&mut sums, row));
+        Ok((CpuStorage::F32(sums), Shape::from(columns)))
     }
 }
 

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
 use super::mlp::Activation;
-use crate::cpu::contiguous_f32;
+use crate::cpu::{contiguous_f32, wide_fn};
 use crate::fast_math;
 
 /// Activations whose derivative can be read off the output alone.
@@ -41,9 +41,21 @@ impl OutputActivation {
         }
     }
 
-    /// Applies the activation to every value; one loop per activation, so each vectorises.
+    /// Applies the activation to every value.
     pub(crate) fn apply_in_place(&self, values: &mut [f32]) {
-        match self {
+        activate(*self, values)
+    }
+
+    /// grad * d activation / d pre-activation, from the output y.
+    fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
+        differentiate(*self, output, grad)
+    }
+}
+
+wide_fn! {
+    /// Applies `activation` to every value; one loop per activation, so each vectorises.
+    fn activate(activation: OutputActivation, values: &mut [f32]) {
+        match activation {
             OutputActivation::Identity => {}
             OutputActivation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
             OutputActivation::Tanh => values.iter_mut().for_each(|v| *v = fast_math::tanh(*v)),
@@ -51,12 +63,14 @@ impl OutputActivation {
             OutputActivation::Softplus => values.iter_mut().for_each(|v| *v = fast_math::softplus(*v)),
         }
     }
+}
 
+wide_fn! {
     /// grad * d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus:
     /// 1 - exp(-y). One loop per activation, so each vectorises.
-    fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
+    fn differentiate(activation: OutputActivation, output: &[f32], grad: &[f32]) -> Vec<f32> {
         let pairs = output.iter().zip(grad);
-        match self {
+        match activation {
             OutputActivation::Identity => grad.to_vec(),
             OutputActivation::Relu => pairs.map(|(&y, &g)| if y > 0.0 { g } else { 0.0 }).collect(),
             OutputActivation::Tanh => pairs.map(|(&y, &g)| g * (1.0 - y * y)).collect(),

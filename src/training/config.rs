@@ -75,6 +75,17 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// True when the loss is a mean of per-example terms, so a batch's gradient is the sum of its shards' (each
+    /// weighted by its share): the ELBO with a KL weight that does not look at the batch (no free bits, no
+    /// capacity), and the IWAE bound. beta-TCVAE's estimator pairs up the examples of a batch, so it is not.
+    pub fn loss_is_mean_of_examples(&self) -> bool {
+        match self.objective {
+            Objective::Elbo => self.kl.free_bits.is_none() && self.kl.capacity.is_none(),
+            Objective::Iwae { .. } => true,
+            Objective::Tcvae { .. } => false,
+        }
+    }
+
     /// Checks values that would make training meaningless.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {

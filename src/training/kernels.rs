@@ -4,9 +4,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, InplaceOp2, Layout};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Storage, Tensor};
 
-use crate::cpu::{contiguous_f32, contiguous_f32_mut};
+use crate::cpu::{add_to, contiguous_f32, contiguous_f32_mut, wide_fn};
 
 /// Adam's hyper-parameters for one step, bias corrections included.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +33,8 @@ pub struct FusedAdam<'a> {
     pub first_moment: Mutex<&'a mut [f32]>,
     /// Second moments v.
     pub second_moment: Mutex<&'a mut [f32]>,
+    /// Gradients from the batch's other shards, added to the op's source gradient.
+    pub more_gradients: &'a [Tensor],
 }
 
 impl InplaceOp2 for FusedAdam<'_> {
@@ -40,7 +42,7 @@ impl InplaceOp2 for FusedAdam<'_> {
         "fused-adam"
     }
 
-    /// dst is the parameter, the source its gradient.
+    /// dst is the parameter, the source its (first shard's) gradient.
     fn cpu_fwd(
         &self,
         dst: &mut CpuStorage,
@@ -50,16 +52,9 @@ impl InplaceOp2 for FusedAdam<'_> {
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
         let (mut first, mut second) = (lock(&self.first_moment)?, lock(&self.second_moment)?);
-        let s = self.step;
-        let step_size = s.learning_rate / s.first_correction;
-        let root_correction = s.second_correction.sqrt();
-        for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(first.iter_mut()).zip(second.iter_mut()) {
-            // m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-            *m = s.beta1 * *m + (1.0 - s.beta1) * g;
-            *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
-            *p -= step_size * *m / (v.sqrt() / root_correction + s.epsilon);
-        }
-        Ok(())
+        for_each_chunk(grad, self.more_gradients, |range, grad| {
+            adam_chunk(&mut param[range.clone()], grad, &mut first[range.clone()], &mut second[range], self.step)
+        })
     }
 }
 
@@ -71,6 +66,8 @@ pub struct FusedSgd<'a> {
     pub momentum: f32,
     /// The velocity buffer.
     pub velocity: Mutex<&'a mut [f32]>,
+    /// Gradients from the batch's other shards, added to the op's source gradient.
+    pub more_gradients: &'a [Tensor],
 }
 
 impl InplaceOp2 for FusedSgd<'_> {
@@ -87,12 +84,78 @@ impl InplaceOp2 for FusedSgd<'_> {
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
         let mut velocity = lock(&self.velocity)?;
-        for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
-            // v = momentum * v + g;  p -= lr * v
-            *v = self.momentum * *v + g;
-            *p -= self.learning_rate * *v;
+        for_each_chunk(grad, self.more_gradients, |range, grad| {
+            sgd_chunk(&mut param[range.clone()], grad, &mut velocity[range], self.learning_rate, self.momentum)
+        })
+    }
+}
+
+/// Values per chunk of a fused update: the chunk's summed gradient stays in the L1 cache.
+const CHUNK: usize = 1024;
+
+/// Calls `update` on the gradient `first + sum(more)` with its index range: on `first` itself when there is no
+/// other, else on consecutive chunks, so an update reads every shard's gradient once and never stores their sum.
+fn for_each_chunk(
+    first: &[f32],
+    more: &[Tensor],
+    mut update: impl FnMut(std::ops::Range<usize>, &[f32]),
+) -> candle_core::Result<()> {
+    let guards: Vec<_> = more.iter().map(Tensor::storage_and_layout).collect();
+    let more = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(storage) => contiguous_f32(storage, layout, "fused optimiser"),
+            _ => candle_core::bail!("fused optimiser: every shard's gradient must be on the CPU"),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    if let Some(part) = more.iter().find(|part| part.len() != first.len()) {
+        candle_core::bail!("fused optimiser: shard gradients of {} and {} values", first.len(), part.len())
+    }
+    let Some((second, rest)) = more.split_first() else {
+        update(0..first.len(), first);
+        return Ok(());
+    };
+    let mut sum = [0f32; CHUNK];
+    for start in (0..first.len()).step_by(CHUNK) {
+        let range = start..first.len().min(start + CHUNK);
+        let sum = &mut sum[..range.len()];
+        add_pair(sum, &first[range.clone()], &second[range.clone()]);
+        for part in rest {
+            add_to(sum, &part[range.clone()]);
         }
-        Ok(())
+        update(range, sum);
+    }
+    Ok(())
+}
+
+wide_fn! {
+    /// sum = a + b, value by value.
+    fn add_pair(sum: &mut [f32], a: &[f32], b: &[f32]) {
+        sum.iter_mut().zip(a).zip(b).for_each(|((sum, &a), &b)| *sum = a + b);
+    }
+}
+
+wide_fn! {
+    /// One chunk of Adam: m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    /// p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    fn adam_chunk(param: &mut [f32], grad: &[f32], first: &mut [f32], second: &mut [f32], s: AdamStep) {
+        let step_size = s.learning_rate / s.first_correction;
+        let inverse_root_correction = 1.0 / s.second_correction.sqrt();
+        for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(first.iter_mut()).zip(second.iter_mut()) {
+            *m = s.beta1 * *m + (1.0 - s.beta1) * g;
+            *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
+            *p -= step_size * *m / (v.sqrt() * inverse_root_correction + s.epsilon);
+        }
+    }
+}
+
+wide_fn! {
+    /// One chunk of SGD with momentum: v = momentum * v + g;  p -= lr * v
+    fn sgd_chunk(param: &mut [f32], grad: &[f32], velocity: &mut [f32], learning_rate: f32, momentum: f32) {
+        for ((p, &g), v) in param.iter_mut().zip(grad).zip(velocity.iter_mut()) {
+            *v = momentum * *v + g;
+            *p -= learning_rate * *v;
+        }
     }
 }
 

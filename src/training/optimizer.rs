@@ -6,7 +6,10 @@ use candle_nn::VarMap;
 
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 use super::kernels::{AdamStep, FusedAdam, FusedSgd};
+use crate::cpu::worth_parallel;
 use crate::{Error, Result};
 
 /// Which optimiser, with its hyper-parameters (the learning rate is separate).
@@ -109,40 +112,82 @@ impl Optimizer {
 
     /// One update of every parameter that has a gradient in `grads`.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step_with(|var| grads.get(var.as_tensor()).cloned())
+        self.step_sharded(std::slice::from_ref(grads))
+    }
+
+    /// One update of every parameter from gradients computed on shards of one batch: each parameter's gradient
+    /// is the sum of the shards' (each shard's loss already carries its share of the batch mean). The fused
+    /// kernels add the shards' values up as they go, so the sum is never stored.
+    pub fn step_sharded(&mut self, shards: &[GradStore]) -> Result<()> {
+        self.update_all(|var| shards.iter().filter_map(|grads| grads.get(var.as_tensor()).cloned()).collect())
     }
 
     /// One update of every parameter for which `gradient` gives a gradient (for gradients worked out by hand).
-    pub fn step_with(&mut self, gradient: impl Fn(&Var) -> Option<Tensor>) -> Result<()> {
+    pub fn step_with(&mut self, gradient: impl Fn(&Var) -> Option<Tensor> + Sync) -> Result<()> {
+        self.update_all(|var| gradient(var).into_iter().collect())
+    }
+
+    /// Updates every parameter from the sum of the gradients `gradients` gives it (none: no update), spread over
+    /// the threads when the parameters are many values: each has its own state.
+    fn update_all(&mut self, gradients: impl Fn(&Var) -> Vec<Tensor> + Sync) -> Result<()> {
         self.steps += 1;
-        for slot in &mut self.slots {
-            let Some(grad) = gradient(&slot.var) else { continue };
-            let grad = &grad;
-            match (&mut slot.moments, self.config) {
-                (Moments::Buffers { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
-                    let step = adam_step(self.learning_rate, beta1, beta2, epsilon, self.steps);
-                    let op = FusedAdam { step, first_moment: Mutex::new(first), second_moment: Mutex::new(second) };
-                    slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
-                }
-                (Moments::Buffers { first, .. }, OptimizerConfig::Sgd { momentum }) => {
-                    let op = FusedSgd {
-                        learning_rate: self.learning_rate as f32,
-                        momentum: momentum as f32,
-                        velocity: Mutex::new(first),
-                    };
-                    slot.var.as_tensor().inplace_op2(&grad.contiguous()?, &op)?;
-                }
-                (Moments::Tensors { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
-                    let step = adam_step(self.learning_rate, beta1, beta2, epsilon, self.steps);
-                    adam_update(&slot.var, first, second, grad, step)?
-                }
-                (Moments::Tensors { first, .. }, OptimizerConfig::Sgd { momentum }) => {
-                    sgd_update(&slot.var, first, grad, self.learning_rate, momentum)?
-                }
+        let (config, learning_rate, steps) = (self.config, self.learning_rate, self.steps);
+        let update = |slot: &mut Slot| slot.update(&gradients(&slot.var), config, learning_rate, steps);
+        let values: usize = self.slots.iter().map(|slot| slot.var.elem_count()).sum();
+        if worth_parallel(values) {
+            self.slots.par_iter_mut().try_for_each(update)
+        } else {
+            self.slots.iter_mut().try_for_each(update)
+        }
+    }
+}
+
+impl Slot {
+    /// One update of this parameter from the sum of `gradients`, at optimiser step `steps`.
+    fn update(
+        &mut self,
+        gradients: &[Tensor],
+        config: OptimizerConfig,
+        learning_rate: f64,
+        steps: usize,
+    ) -> Result<()> {
+        let Some((first_gradient, more_gradients)) = gradients.split_first() else { return Ok(()) };
+        match (&mut self.moments, config) {
+            (Moments::Buffers { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
+                let op = FusedAdam {
+                    step: adam_step(learning_rate, beta1, beta2, epsilon, steps),
+                    first_moment: Mutex::new(first),
+                    second_moment: Mutex::new(second),
+                    more_gradients,
+                };
+                self.var.as_tensor().inplace_op2(&first_gradient.contiguous()?, &op)?;
+            }
+            (Moments::Buffers { first, .. }, OptimizerConfig::Sgd { momentum }) => {
+                let op = FusedSgd {
+                    learning_rate: learning_rate as f32,
+                    momentum: momentum as f32,
+                    velocity: Mutex::new(first),
+                    more_gradients,
+                };
+                self.var.as_tensor().inplace_op2(&first_gradient.contiguous()?, &op)?;
+            }
+            (Moments::Tensors { first, second }, OptimizerConfig::Adam { beta1, beta2, epsilon }) => {
+                let step = adam_step(learning_rate, beta1, beta2, epsilon, steps);
+                adam_update(&self.var, first, second, &sum(gradients)?, step)?
+            }
+            (Moments::Tensors { first, .. }, OptimizerConfig::Sgd { momentum }) => {
+                sgd_update(&self.var, first, &sum(gradients)?, learning_rate, momentum)?
             }
         }
         Ok(())
     }
+}
+
+/// The sum of a parameter's gradients from the shards of a batch.
+fn sum(gradients: &[Tensor]) -> Result<Tensor> {
+    let mut parts = gradients.iter();
+    let first = parts.next().ok_or_else(|| candle_core::Error::Msg("no gradient to sum".into()))?.clone();
+    Ok(parts.try_fold(first, |total, part| total + part)?)
 }
 
 fn adam_step(learning_rate: f64, beta1: f64, beta2: f64, epsilon: f64, step: usize) -> AdamStep {

@@ -5,13 +5,16 @@
 
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::config::{Objective, TrainConfig};
 use super::optimizer::Optimizer;
+use crate::cpu::{kernel_threads, on_this_thread};
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
@@ -120,7 +123,7 @@ pub fn train(
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
-    let mut loop_state = LoopState::new(config, varmap, splits.train.len())?;
+    let mut loop_state = LoopState::new(config, varmap, splits.train.len(), device)?;
     let started = Instant::now();
     let mut examples_seen = 0usize;
     let mut outcome = TrainOutcome::default();
@@ -177,10 +180,16 @@ struct LoopState<'a> {
     noise: NoiseSource,
     step: usize,
     dataset_size: usize,
+    /// The most shards a batch is split into, one per thread (1: the whole batch in one graph).
+    max_shards: usize,
 }
 
+/// A shard has at least this many rows: smaller ones make the matrix multiplies inefficient.
+const MIN_SHARD_ROWS: usize = 32;
+
 impl<'a> LoopState<'a> {
-    fn new(config: &'a TrainConfig, varmap: &VarMap, dataset_size: usize) -> Result<Self> {
+    fn new(config: &'a TrainConfig, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
+        let shardable = device.is_cpu() && config.loss_is_mean_of_examples();
         Ok(LoopState {
             config,
             optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
@@ -189,6 +198,7 @@ impl<'a> LoopState<'a> {
             noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
             step: 0,
             dataset_size,
+            max_shards: if shardable { kernel_threads() } else { 1 },
         })
     }
 
@@ -225,70 +235,113 @@ impl<'a> LoopState<'a> {
         Ok((totals, EpochEnd::Completed))
     }
 
-    /// One optimisation step on the batch `x`.
+    /// One optimisation step on the batch `x`. Where the loss is a mean of per-example terms, the batch is split
+    /// into one shard per thread; each shard runs forward and backward on its own thread, its loss weighted by
+    /// its share of the batch, and the shards' gradients are summed: the same gradient as the whole batch's.
     fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
         self.step += 1;
-        let terms = match self.config.objective {
-            Objective::Elbo => self.elbo_loss(vae, x)?,
-            Objective::Iwae { samples } => self.iwae_loss(vae, x, samples)?,
-            Objective::Tcvae { tc_beta } => self.tcvae_loss(vae, x, tc_beta)?,
+        let shards = self.shards(vae, x)?;
+        let objective = StepObjective { config: self.config, step: self.step, dataset_size: self.dataset_size };
+        let results: Vec<(StepFigures, GradStore)> = match shards.as_slice() {
+            [whole] => vec![objective.run(vae, whole)?],
+            _ => shards.par_iter().map(|shard| on_this_thread(|| objective.run(vae, shard))).collect::<Result<_>>()?,
         };
-        let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
-        let (reconstruction, kl, loss_value) =
-            (to_f64(&terms.reconstruction)?, to_f64(&terms.kl)?, to_f64(&terms.loss)?);
-        let weighted_kl = terms.weighted_kl.as_ref().map(to_f64).transpose()?;
-        let checked = [("reconstruction", reconstruction), ("KL", kl), ("loss", loss_value)];
-        self.check_finite(epoch, &checked)?;
-        let grads = terms.loss.backward()?; // step 6: backprop through everything, including the encoder
-        self.optimizer.step(&grads)?;
+        let figures = results.iter().fold(StepFigures::default(), |sum, (part, _)| sum.plus(part));
+        self.check_finite(epoch, &figures)?;
+        let grads: Vec<GradStore> = results.into_iter().map(|(_, grads)| grads).collect();
+        self.optimizer.step_sharded(&grads)?;
         Ok(StepRecord {
             epoch,
             step: self.step,
-            reconstruction,
-            kl,
-            weighted_kl,
-            loss: loss_value,
+            reconstruction: figures.reconstruction,
+            kl: figures.kl,
+            weighted_kl: figures.weighted_kl,
+            loss: figures.loss,
             learning_rate: self.optimizer.learning_rate(),
             wall_seconds: started.elapsed().as_secs_f64(),
         })
     }
 
+    /// The batch's shards with their noise, drawn in shard order from the one noise stream (step 2's eps).
+    fn shards(&mut self, vae: &Vae, x: &Tensor) -> Result<Vec<Shard>> {
+        let rows = x.dim(0)?;
+        let count = self.max_shards.min(rows / MIN_SHARD_ROWS).max(1);
+        let samples = match self.config.objective {
+            Objective::Iwae { samples } => samples,
+            Objective::Elbo | Objective::Tcvae { .. } => 1,
+        };
+        (0..count)
+            .map(|index| {
+                let (start, end) = (index * rows / count, (index + 1) * rows / count);
+                let latent_dim = vae.config().latent_dim;
+                Ok(Shard {
+                    x: x.narrow(0, start, end - start)?,
+                    eps: self.noise.standard_normal((end - start) * samples, latent_dim, x.dtype(), x.device())?,
+                    share: (end - start) as f64 / rows as f64,
+                })
+            })
+            .collect()
+    }
+
+    fn check_finite(&self, epoch: usize, figures: &StepFigures) -> Result<()> {
+        let terms = [("reconstruction", figures.reconstruction), ("KL", figures.kl), ("loss", figures.loss)];
+        match terms.iter().find(|(_, value)| !value.is_finite()) {
+            Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Rows of a batch with their noise eps, and the fraction of the batch they are.
+struct Shard {
+    x: Tensor,
+    eps: Tensor,
+    share: f64,
+}
+
+/// The loss of one step, computed on a shard: what it needs besides the model and the data.
+#[derive(Clone, Copy)]
+struct StepObjective<'a> {
+    config: &'a TrainConfig,
+    step: usize,
+    dataset_size: usize,
+}
+
+impl StepObjective<'_> {
+    /// Forward and backward on a shard: its figures (weighted by its share) and its gradients.
+    fn run(&self, vae: &Vae, shard: &Shard) -> Result<(StepFigures, GradStore)> {
+        let terms = match self.config.objective {
+            Objective::Elbo => self.elbo_loss(vae, &shard.x, &shard.eps)?,
+            Objective::Iwae { samples } => self.iwae_loss(vae, &shard.x, &shard.eps, samples)?,
+            Objective::Tcvae { tc_beta } => self.tcvae_loss(vae, &shard.x, &shard.eps, tc_beta)?,
+        };
+        let figures = StepFigures::of(&terms)?.scaled(shard.share);
+        let loss = if shard.share == 1.0 { terms.loss } else { (terms.loss * shard.share)? };
+        Ok((figures, loss.backward()?)) // step 6: backprop through everything, including the encoder
+    }
+
     /// Steps 1-5 of the seed: the loss reconstruction + weighted KL, batch means as scalars.
-    fn elbo_loss(&mut self, vae: &Vae, x: &Tensor) -> Result<StepTerms> {
-        let terms = self.elbo_terms(vae, x)?; // steps 1-4
+    fn elbo_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor) -> Result<StepTerms> {
+        let terms = negative_elbo_terms(vae, x, eps)?; // steps 1-4
         let weighted_kl = self.config.kl.weighted_kl(&terms.kl_per_dimension, self.step)?;
         StepTerms::with_weighted_kl(&terms, weighted_kl) // step 5: reconstruction + (weighted) KL
     }
 
-    /// Steps 1-4 of the seed on `x`, with fresh noise.
-    fn elbo_terms(&mut self, vae: &Vae, x: &Tensor) -> Result<ElboTerms> {
-        let eps = self.noise.standard_normal(x.dim(0)?, vae.config().latent_dim, x.dtype(), x.device())?;
-        negative_elbo_terms(vae, x, &eps)
-    }
-
     /// The beta-TCVAE loss: reconstruction + MI + tc_beta * TC + dimension-wise KL, batch means; the KL parts are
     /// estimated with the training set's size.
-    fn tcvae_loss(&mut self, vae: &Vae, x: &Tensor, tc_beta: f64) -> Result<StepTerms> {
-        let terms = self.elbo_terms(vae, x)?;
+    fn tcvae_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor, tc_beta: f64) -> Result<StepTerms> {
+        let terms = negative_elbo_terms(vae, x, eps)?;
         let parts = decompose_kl(&terms.posterior, &terms.z, self.dataset_size)?;
         StepTerms::with_weighted_kl(&terms, parts.weighted(tc_beta)?)
     }
 
     /// The negative IWAE bound with `samples` draws per example, batch mean.
-    fn iwae_loss(&mut self, vae: &Vae, x: &Tensor, samples: usize) -> Result<StepTerms> {
+    fn iwae_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor, samples: usize) -> Result<StepTerms> {
         let posterior = vae.encode(x)?;
-        let eps = self.noise.standard_normal(x.dim(0)? * samples, vae.config().latent_dim, x.dtype(), x.device())?;
-        let (log_weights, reconstruction) = log_importance_weights(vae, x, &posterior, &eps, samples)?;
+        let (log_weights, reconstruction) = log_importance_weights(vae, x, &posterior, eps, samples)?;
         let loss = log_mean_exp(&log_weights)?.mean_all()?.neg()?;
         let kl = posterior.kl_to_standard_normal()?.mean_all()?;
         Ok(StepTerms { reconstruction: reconstruction.mean_all()?, kl, weighted_kl: None, loss })
-    }
-
-    fn check_finite(&self, epoch: usize, terms: &[(&str, f64)]) -> Result<()> {
-        match terms.iter().find(|(_, value)| !value.is_finite()) {
-            Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
-            None => Ok(()),
-        }
     }
 }
 
@@ -306,6 +359,45 @@ impl StepTerms {
         let reconstruction = terms.reconstruction.mean_all()?;
         let loss = (&reconstruction + &weighted_kl)?;
         Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
+    }
+}
+
+/// The step's terms as numbers (batch means, nats).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct StepFigures {
+    reconstruction: f64,
+    kl: f64,
+    weighted_kl: Option<f64>,
+    loss: f64,
+}
+
+impl StepFigures {
+    fn of(terms: &StepTerms) -> Result<Self> {
+        let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
+        Ok(StepFigures {
+            reconstruction: to_f64(&terms.reconstruction)?,
+            kl: to_f64(&terms.kl)?,
+            weighted_kl: terms.weighted_kl.as_ref().map(to_f64).transpose()?,
+            loss: to_f64(&terms.loss)?,
+        })
+    }
+
+    fn scaled(self, share: f64) -> Self {
+        StepFigures {
+            reconstruction: self.reconstruction * share,
+            kl: self.kl * share,
+            weighted_kl: self.weighted_kl.map(|w| w * share),
+            loss: self.loss * share,
+        }
+    }
+
+    fn plus(self, other: &StepFigures) -> Self {
+        StepFigures {
+            reconstruction: self.reconstruction + other.reconstruction,
+            kl: self.kl + other.kl,
+            weighted_kl: other.weighted_kl.map(|w| self.weighted_kl.unwrap_or(0.0) + w),
+            loss: self.loss + other.loss,
+        }
     }
 }
 
@@ -339,5 +431,102 @@ impl EpochTotals {
 
     fn weighted_kl(&self) -> Option<f64> {
         self.weighted_kl_sum.map(|sum| sum / self.steps.max(1) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ExampleShape;
+    use crate::model::init::initialize;
+    use crate::model::VaeConfig;
+    use crate::objective::{KlSchedule, KlWeighting};
+    use candle_nn::VarBuilder;
+
+    /// A small MLP VAE with seeded weights.
+    fn model() -> (Vae, VarMap) {
+        let config = VaeConfig {
+            input_shape: ExampleShape::flat(30),
+            latent_dim: 4,
+            encoder_hidden: vec![16],
+            decoder_hidden: vec![16],
+            ..VaeConfig::default()
+        };
+        let varmap = VarMap::new();
+        let vae = Vae::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+        initialize(&varmap, 7).unwrap();
+        (vae, varmap)
+    }
+
+    /// Two steps on fixed batches of 96 grey examples, the batch split into `shards`; the figures of the last
+    /// step and every parameter afterwards, in name order.
+    fn two_steps(config: &TrainConfig, shards: usize) -> (StepRecord, Vec<f32>) {
+        let (vae, varmap) = model();
+        let mut state = LoopState::new(config, &varmap, 1000, &Device::Cpu).unwrap();
+        state.max_shards = shards;
+        let mut record = None;
+        for batch in 0..2 {
+            let values: Vec<f32> = (0..96 * 30).map(|i| ((i * 37 + batch * 11) % 101) as f32 / 100.0).collect();
+            let x = Tensor::from_vec(values, (96, 30), &Device::Cpu).unwrap();
+            record = Some(state.step(&vae, &x, 1, Instant::now()).unwrap());
+        }
+        let mut named: Vec<(String, Tensor)> =
+            varmap.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let parameters = named.iter().flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        (record.unwrap(), parameters)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + a.abs())
+    }
+
+    #[test]
+    fn a_batch_split_into_shards_takes_the_same_steps_as_the_whole_batch() {
+        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 5 }, ..KlWeighting::default() };
+        let configs = [
+            TrainConfig::default(),
+            TrainConfig { kl: warm_up, ..TrainConfig::default() },
+            TrainConfig { objective: Objective::Iwae { samples: 3 }, ..TrainConfig::default() },
+            TrainConfig {
+                optimizer: crate::training::OptimizerConfig::Sgd { momentum: 0.9 },
+                ..TrainConfig::default()
+            },
+        ];
+        for config in &configs {
+            let (whole, whole_parameters) = two_steps(config, 1);
+            for shards in [2, 3] {
+                let (split, split_parameters) = two_steps(config, shards);
+                let pairs = [
+                    (whole.reconstruction, split.reconstruction),
+                    (whole.kl, split.kl),
+                    (whole.loss, split.loss),
+                    (whole.weighted_kl.unwrap_or(0.0), split.weighted_kl.unwrap_or(0.0)),
+                ];
+                assert!(pairs.iter().all(|&(a, b)| close(a, b)), "{config:?}, {shards} shards: {whole:?} vs {split:?}");
+                let worst =
+                    whole_parameters.iter().zip(&split_parameters).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{config:?}, {shards} shards: parameters differ by {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn losses_that_look_across_the_batch_are_not_split() {
+        let free_bits = KlWeighting { free_bits: Some(0.5), ..KlWeighting::default() };
+        let capacity = KlWeighting {
+            capacity: Some(crate::objective::Capacity { max_nats: 5.0, steps: 10, gamma: 100.0 }),
+            ..KlWeighting::default()
+        };
+        for config in [
+            TrainConfig { kl: free_bits, ..TrainConfig::default() },
+            TrainConfig { kl: capacity, ..TrainConfig::default() },
+            TrainConfig { objective: Objective::Tcvae { tc_beta: 6.0 }, ..TrainConfig::default() },
+        ] {
+            assert!(!config.loss_is_mean_of_examples(), "{config:?}");
+            let (_, varmap) = model();
+            assert_eq!(LoopState::new(&config, &varmap, 100, &Device::Cpu).unwrap().max_shards, 1);
+        }
+        assert!(TrainConfig::default().loss_is_mean_of_examples());
     }
 }

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, worth_parallel};
+use crate::cpu::{contiguous_f32, wide_fn, worth_parallel};
 use crate::fast_math;
 use crate::Result;
 
@@ -40,17 +40,26 @@ fn term(l: f32, x: f32) -> f32 {
 /// cannot be reordered by the compiler); the order is fixed, so results stay reproducible.
 const LANES: usize = 8;
 
-/// sum_d term(l_d, x_d) over one example.
-fn row_sum(logits: &[f32], targets: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (l_chunks, x_chunks) = (logits.chunks_exact(LANES), targets.chunks_exact(LANES));
-    let tail: f32 = l_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(&l, &x)| term(l, x)).sum();
-    for (l, x) in l_chunks.zip(x_chunks) {
-        for lane in 0..LANES {
-            lanes[lane] += term(l[lane], x[lane]);
+wide_fn! {
+    /// sum_d term(l_d, x_d) over one example.
+    fn row_sum(logits: &[f32], targets: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        let (l_chunks, x_chunks) = (logits.chunks_exact(LANES), targets.chunks_exact(LANES));
+        let tail: f32 = l_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(&l, &x)| term(l, x)).sum();
+        for (l, x) in l_chunks.zip(x_chunks) {
+            for lane in 0..LANES {
+                lanes[lane] += term(l[lane], x[lane]);
+            }
         }
+        lanes.iter().sum::<f32>() + tail
     }
-    lanes.iter().sum::<f32>() + tail
+}
+
+wide_fn! {
+    /// One example's gradient: out_d = g * (sigmoid(l_d) - x_d).
+    fn gradient_row(out: &mut [f32], logits: &[f32], targets: &[f32], g: f32) {
+        out.iter_mut().zip(logits).zip(targets).for_each(|((o, &l), &x)| *o = g * (fast_math::sigmoid(l) - x));
+    }
 }
 
 /// Forward: logits `[n, d]`, targets `[n, d]` -> per-example sums `[n]`.
@@ -121,7 +130,7 @@ impl CustomOp3 for BernoulliGradient {
         let (rows, dim) = ll.shape().dims2()?;
         let mut grad = vec![0.0f32; rows * dim];
         let fill = |((out, l), (x, &g)): RowPair<'_>| {
-            out.iter_mut().zip(l).zip(x).for_each(|((o, &l), &x)| *o = g * (fast_math::sigmoid(l) - x));
+            gradient_row(out, l, x, g);
         };
         let dim = dim.max(1);
         if worth_parallel(rows * dim) {
