@@ -29,25 +29,25 @@ pub fn contiguous_f32_mut<'a>(
 pub const PARALLEL_WORK: usize = 1 << 16;
 
 thread_local! {
-    /// True while this thread runs one shard of work that is already spread over the threads.
-    static ONE_THREAD: Cell<bool> = const { Cell::new(false) };
+    /// The threads this thread's kernels may use while it runs one shard of a batch (0: no limit set).
+    static SHARD_THREADS: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Runs `work` with every kernel it calls on this thread alone: for a shard of a batch whose other shards run on
-/// the other threads, where kernels that split themselves again would only wait on each other.
-pub fn on_this_thread<R>(work: impl FnOnce() -> R) -> R {
-    let before = ONE_THREAD.with(|flag| flag.replace(true));
+/// Runs `work` with the kernels it calls on this thread limited to `threads` threads: for a shard of a batch
+/// whose other shards run on the other threads, where kernels that split themselves over every thread would
+/// only wait on each other.
+pub fn with_kernel_threads<R>(threads: usize, work: impl FnOnce() -> R) -> R {
+    let before = SHARD_THREADS.with(|limit| limit.replace(threads.max(1)));
     let result = work();
-    ONE_THREAD.with(|flag| flag.set(before));
+    SHARD_THREADS.with(|limit| limit.set(before));
     result
 }
 
-/// The threads kernels may use from here: candle's thread setting, or 1 inside [`on_this_thread`].
+/// The threads kernels may use from here: candle's thread setting, or the limit of [`with_kernel_threads`].
 pub fn kernel_threads() -> usize {
-    if ONE_THREAD.with(Cell::get) {
-        1
-    } else {
-        candle_core::utils::get_num_threads()
+    match SHARD_THREADS.with(Cell::get) {
+        0 => candle_core::utils::get_num_threads(),
+        limit => limit,
     }
 }
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::config::{Objective, TrainConfig};
 use super::optimizer::Optimizer;
-use crate::cpu::{kernel_threads, on_this_thread};
+use crate::cpu::{kernel_threads, with_kernel_threads};
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
@@ -236,15 +236,22 @@ impl<'a> LoopState<'a> {
     }
 
     /// One optimisation step on the batch `x`. Where the loss is a mean of per-example terms, the batch is split
-    /// into one shard per thread; each shard runs forward and backward on its own thread, its loss weighted by
-    /// its share of the batch, and the shards' gradients are summed: the same gradient as the whole batch's.
+    /// into one shard per thread (each of at least [`MIN_SHARD_ROWS`] rows; with more threads than shards, each
+    /// shard's kernels share the rest); each shard runs forward and backward on its own thread, its loss weighted
+    /// by its share of the batch, and the shards' gradients are summed: the same gradient as the whole batch's.
+    /// On 2 cores this beats splitting every kernel over both threads by about 1.4x (see BENCHMARKS.md): the
+    /// threads meet twice per step instead of at every operation, and the elementwise work is split too.
     fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
         self.step += 1;
         let shards = self.shards(vae, x)?;
         let objective = StepObjective { config: self.config, step: self.step, dataset_size: self.dataset_size };
         let results: Vec<(StepFigures, GradStore)> = match shards.as_slice() {
             [whole] => vec![objective.run(vae, whole)?],
-            _ => shards.par_iter().map(|shard| on_this_thread(|| objective.run(vae, shard))).collect::<Result<_>>()?,
+            _ => {
+                let threads_per_shard = kernel_threads() / shards.len();
+                let run = |shard| with_kernel_threads(threads_per_shard, || objective.run(vae, shard));
+                shards.par_iter().map(run).collect::<Result<_>>()?
+            }
         };
         let figures = results.iter().fold(StepFigures::default(), |sum, (part, _)| sum.plus(part));
         self.check_finite(epoch, &figures)?;
