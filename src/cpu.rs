@@ -3,7 +3,9 @@
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, Layout};
+use parking_lot::RwLockReadGuard;
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
 /// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
 pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str) -> candle_core::Result<&'a [f32]> {
@@ -22,6 +24,22 @@ pub fn contiguous_f32_mut<'a>(
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
         _ => candle_core::bail!("{kernel}: needs contiguous f32 tensors"),
+    }
+}
+
+/// Read access to a tensor's storage: hold it while slices from [`cpu_f32`] are in use.
+pub type StorageGuard<'a> = (RwLockReadGuard<'a, Storage>, &'a Layout);
+
+/// Locks the storage of each of `tensors` for reading.
+pub fn read_all<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<StorageGuard<'a>> {
+    tensors.into_iter().map(Tensor::storage_and_layout).collect()
+}
+
+/// The values of a contiguous f32 CPU tensor behind a read guard; an error names `kernel` for anything else.
+pub fn cpu_f32<'a>(guard: &'a StorageGuard<'_>, kernel: &str) -> candle_core::Result<&'a [f32]> {
+    match &*guard.0 {
+        Storage::Cpu(storage) => contiguous_f32(storage, guard.1, kernel),
+        _ => candle_core::bail!("{kernel}: needs tensors on the CPU"),
     }
 }
 

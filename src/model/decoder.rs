@@ -51,6 +51,14 @@ impl Decoder {
         Ok(Decoder { body, head })
     }
 
+    /// The dense layers of an MLP decoder, `(hidden layers, output layer)`; `None` with deconvolutions.
+    pub fn dense_layers(&self) -> Option<(&[Dense], &Dense)> {
+        match &self.head {
+            Head::Dense(output) => Some((self.body.layers(), output)),
+            Head::Deconvolution(..) => None,
+        }
+    }
+
     /// Decoder forward on z: the likelihood's raw parameters, shape `[batch, data_dim * outputs_per_value]`.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let h = self.body.forward(z)?;

@@ -47,10 +47,71 @@ impl Dense {
         }
     }
 
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+
+    /// The bias `[out]`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.linear.bias()
+    }
+
+    /// The activation as fused kernels apply it; `None` where its derivative needs the input (SiLU).
+    pub(crate) fn output_activation(&self) -> Option<OutputActivation> {
+        OutputActivation::of(self.activation)
+    }
+
     fn fused_op(&self, x: &Tensor) -> Option<FusedDense> {
-        let activation = OutputActivation::of(self.activation)?;
+        let activation = self.output_activation()?;
         (x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2).then_some(FusedDense { activation })
     }
+}
+
+/// activation(x W^T + b) on row-major slices: x `[rows, inner]`, weight `[outputs, inner]`, bias `[outputs]`;
+/// the output is `[rows, outputs]`. Shapes must fit (checked by the callers).
+pub(crate) fn forward_values(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    activation: OutputActivation,
+) -> Vec<f32> {
+    let outputs = bias.len();
+    let inner = weight.len() / outputs.max(1);
+    let mut out = Vec::with_capacity(rows * outputs);
+    (0..rows).for_each(|_| out.extend_from_slice(bias));
+    // out = out + x W^T: the bias rides in the matrix multiply
+    let (x, w_t) = (Operand::rows(x, inner), Operand::transposed(weight, inner));
+    let parallelism = gemm_parallelism(rows * outputs * inner);
+    matmul(&mut out, x, w_t, (rows, inner, outputs), Destination::Accumulate, parallelism);
+    activation.apply_in_place(&mut out);
+    out
+}
+
+/// A dense layer's parameter gradients from dL/dpre `[rows, outputs]` and the layer's input `[rows, inner]`:
+/// dL/dW = (dL/dpre)^T x (`[outputs, inner]`) and dL/db = sum over rows of dL/dpre (`[outputs]`).
+pub(crate) fn parameter_gradients(grad_pre: &[f32], input: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+    let outputs = grad_pre.len() / rows.max(1);
+    let inner = input.len() / rows.max(1);
+    let grad_weight =
+        product(Operand::transposed(grad_pre, outputs), Operand::rows(input, inner), (outputs, rows, inner));
+    (grad_weight, column_sums(grad_pre, outputs))
+}
+
+/// The gradient for a dense layer's input: dL/dx = dL/dpre W, `[rows, inner]` from `[rows, outputs]` and the
+/// weight `[outputs, inner]`.
+pub(crate) fn input_gradient(grad_pre: &[f32], weight: &[f32], rows: usize) -> Vec<f32> {
+    let outputs = grad_pre.len() / rows.max(1);
+    let inner = weight.len() / outputs.max(1);
+    product(Operand::rows(grad_pre, outputs), Operand::rows(weight, inner), (rows, outputs, inner))
+}
+
+/// The sums down the rows of a row-major matrix with `columns` columns.
+fn column_sums(values: &[f32], columns: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; columns];
+    values.chunks_exact(columns.max(1)).for_each(|row| add_to(&mut sums, row));
+    sums
 }
 
 /// The fused op: inputs x `[n, k]`, weight `[m, k]`, bias `[m]`; output `[n, m]`.
@@ -87,13 +148,7 @@ impl CustomOp3 for FusedDense {
         if inner != weight_inner || b.len() != outputs {
             candle_core::bail!("fused dense: shapes {:?}, {:?}, {:?} do not fit", xl.dims(), wl.dims(), bl.dims())
         }
-        let mut out = Vec::with_capacity(rows * outputs);
-        (0..rows).for_each(|_| out.extend_from_slice(b));
-        // out = out + x W^T: the bias rides in the matrix multiply
-        let (x, w_t) = (Operand::rows(x, inner), Operand::transposed(w, inner));
-        let parallelism = gemm_parallelism(rows * outputs * inner);
-        matmul(&mut out, x, w_t, (rows, inner, outputs), Destination::Accumulate, parallelism);
-        self.activation.apply_in_place(&mut out);
+        let out = forward_values(x, w, b, rows, self.activation);
         Ok((CpuStorage::F32(out), Shape::from((rows, outputs))))
     }
 
@@ -165,9 +220,7 @@ impl CustomOp1 for ColumnSums {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = contiguous_f32(storage, layout, self.name())?;
         let (_, columns) = layout.shape().dims2()?;
-        let mut sums = vec![0f32; columns];
-        values.chunks_exact(columns.max(1)).for_each(|row| add_to(&mut sums, row));
-        Ok((CpuStorage::F32(sums), Shape::from(columns)))
+        Ok((CpuStorage::F32(column_sums(values, columns)), Shape::from(columns)))
     }
 }
 

@@ -47,7 +47,7 @@ impl OutputActivation {
     }
 
     /// grad * d activation / d pre-activation, from the output y.
-    fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
+    pub(crate) fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
         differentiate(*self, output, grad)
     }
 }

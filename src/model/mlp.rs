@@ -52,6 +52,11 @@ impl Mlp {
         Ok(Mlp { layers })
     }
 
+    /// The layers, input side first.
+    pub fn layers(&self) -> &[Dense] {
+        &self.layers
+    }
+
     /// The width of the last layer's output (the input width when there are no layers).
     pub fn output_dim(&self, input_dim: usize) -> usize {
         self.layers.last().map_or(input_dim, Dense::output_dim)

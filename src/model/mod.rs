@@ -5,7 +5,7 @@ pub mod conv_kernels;
 pub mod decoder;
 pub mod dense;
 pub mod encoder;
-mod fused_activation;
+pub(crate) mod fused_activation;
 pub mod gaussian;
 pub mod init;
 pub mod likelihood;

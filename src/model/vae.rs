@@ -152,6 +152,16 @@ impl Vae {
         &self.likelihood
     }
 
+    /// The encoder network.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// The decoder network.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
     /// Encoder forward on x (`[batch, data_dim]`): q(z|x) as (mu_x, log sigma^2_x).
     pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussian> {
         self.encoder.forward(x)

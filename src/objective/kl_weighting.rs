@@ -126,6 +126,17 @@ impl KlWeighting {
         self.schedule.validate()
     }
 
+    /// The factor w of the batch-mean KL in the loss at `step`, where the weighted KL is w * KL (beta and its
+    /// schedule); `None` for free bits and the capacity objective, which are not proportional to the KL.
+    pub fn weight(&self, step: usize) -> Option<f64> {
+        (self.free_bits.is_none() && self.capacity.is_none()).then(|| self.beta_at(step))
+    }
+
+    /// beta times its schedule's factor at `step`.
+    fn beta_at(&self, step: usize) -> f64 {
+        self.beta * self.schedule.factor(step)
+    }
+
     /// The KL term as it enters the loss at `step`, a scalar (batch mean), from the per-dimension KL
     /// `[batch, latent_dim]`.
     pub fn weighted_kl(&self, kl_per_dimension: &Tensor, step: usize) -> Result<Tensor> {
@@ -137,7 +148,7 @@ impl KlWeighting {
         match self.capacity {
             // gamma * |KL - C|
             Some(capacity) => Ok(((kl - capacity.at(step))?.abs()? * capacity.gamma)?),
-            None => Ok((kl * (self.beta * self.schedule.factor(step)))?),
+            None => Ok((kl * self.beta_at(step))?),
         }
     }
 }

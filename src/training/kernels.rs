@@ -4,9 +4,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, InplaceOp2, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};
 
-use crate::cpu::{add_to, contiguous_f32, contiguous_f32_mut, wide_fn};
+use crate::cpu::{add_to, contiguous_f32, contiguous_f32_mut, cpu_f32, read_all, wide_fn};
 
 /// Adam's hyper-parameters for one step, bias corrections included.
 #[derive(Debug, Clone, Copy)]
@@ -100,14 +100,8 @@ fn for_each_chunk(
     more: &[Tensor],
     mut update: impl FnMut(std::ops::Range<usize>, &[f32]),
 ) -> candle_core::Result<()> {
-    let guards: Vec<_> = more.iter().map(Tensor::storage_and_layout).collect();
-    let more = guards
-        .iter()
-        .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(storage) => contiguous_f32(storage, layout, "fused optimiser"),
-            _ => candle_core::bail!("fused optimiser: every shard's gradient must be on the CPU"),
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards = read_all(more);
+    let more = guards.iter().map(|guard| cpu_f32(guard, "fused optimiser")).collect::<candle_core::Result<Vec<_>>>()?;
     if let Some(part) = more.iter().find(|part| part.len() != first.len()) {
         candle_core::bail!("fused optimiser: shard gradients of {} and {} values", first.len(), part.len())
     }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod kernels;
+mod mlp_step;
 pub mod optimizer;
 pub mod trainer;
 

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use super::config::{Objective, TrainConfig};
+use super::mlp_step;
 use super::optimizer::Optimizer;
 use crate::cpu::{kernel_threads, with_kernel_threads};
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
@@ -123,7 +124,7 @@ pub fn train(
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
-    let mut loop_state = LoopState::new(config, varmap, splits.train.len(), device)?;
+    let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
     let started = Instant::now();
     let mut examples_seen = 0usize;
     let mut outcome = TrainOutcome::default();
@@ -182,13 +183,15 @@ struct LoopState<'a> {
     dataset_size: usize,
     /// The most shards a batch is split into, one per thread (1: the whole batch in one graph).
     max_shards: usize,
+    /// True when steps are worked out by hand ([`mlp_step`]) rather than through candle's graph.
+    by_hand: bool,
 }
 
 /// A shard has at least this many rows: smaller ones make the matrix multiplies inefficient.
 const MIN_SHARD_ROWS: usize = 32;
 
 impl<'a> LoopState<'a> {
-    fn new(config: &'a TrainConfig, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
+    fn new(config: &'a TrainConfig, vae: &Vae, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
         let shardable = device.is_cpu() && config.loss_is_mean_of_examples();
         Ok(LoopState {
             config,
@@ -199,6 +202,7 @@ impl<'a> LoopState<'a> {
             step: 0,
             dataset_size,
             max_shards: if shardable { kernel_threads() } else { 1 },
+            by_hand: mlp_step::supports(vae, config, device),
         })
     }
 
@@ -244,7 +248,12 @@ impl<'a> LoopState<'a> {
     fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
         self.step += 1;
         let shards = self.shards(vae, x)?;
-        let objective = StepObjective { config: self.config, step: self.step, dataset_size: self.dataset_size };
+        let objective = StepObjective {
+            config: self.config,
+            step: self.step,
+            dataset_size: self.dataset_size,
+            by_hand: self.by_hand,
+        };
         let results: Vec<(StepFigures, GradStore)> = match shards.as_slice() {
             [whole] => vec![objective.run(vae, whole)?],
             _ => {
@@ -312,11 +321,23 @@ struct StepObjective<'a> {
     config: &'a TrainConfig,
     step: usize,
     dataset_size: usize,
+    by_hand: bool,
 }
 
 impl StepObjective<'_> {
     /// Forward and backward on a shard: its figures (weighted by its share) and its gradients.
     fn run(&self, vae: &Vae, shard: &Shard) -> Result<(StepFigures, GradStore)> {
+        if let (true, Some(kl_weight)) = (self.by_hand, self.config.kl.weight(self.step)) {
+            let (terms, grads) = mlp_step::run(vae, &shard.x, &shard.eps, kl_weight, shard.share)?;
+            let weighted_kl = kl_weight * terms.kl;
+            let figures = StepFigures {
+                reconstruction: terms.reconstruction,
+                kl: terms.kl,
+                weighted_kl: Some(weighted_kl),
+                loss: terms.reconstruction + weighted_kl,
+            };
+            return Ok((figures.scaled(shard.share), grads));
+        }
         let terms = match self.config.objective {
             Objective::Elbo => self.elbo_loss(vae, &shard.x, &shard.eps)?,
             Objective::Iwae { samples } => self.iwae_loss(vae, &shard.x, &shard.eps, samples)?,
@@ -465,12 +486,13 @@ mod tests {
         (vae, varmap)
     }
 
-    /// Two steps on fixed batches of 96 grey examples, the batch split into `shards`; the figures of the last
-    /// step and every parameter afterwards, in name order.
-    fn two_steps(config: &TrainConfig, shards: usize) -> (StepRecord, Vec<f32>) {
+    /// Two steps on fixed batches of 96 grey examples, the batch split into `shards`, by hand where the model
+    /// allows it unless `graph_only`; the figures of the last step and every parameter afterwards, in name order.
+    fn two_steps_with(config: &TrainConfig, shards: usize, graph_only: bool) -> (StepRecord, Vec<f32>) {
         let (vae, varmap) = model();
-        let mut state = LoopState::new(config, &varmap, 1000, &Device::Cpu).unwrap();
+        let mut state = LoopState::new(config, &vae, &varmap, 1000, &Device::Cpu).unwrap();
         state.max_shards = shards;
+        state.by_hand &= !graph_only;
         let mut record = None;
         for batch in 0..2 {
             let values: Vec<f32> = (0..96 * 30).map(|i| ((i * 37 + batch * 11) % 101) as f32 / 100.0).collect();
@@ -484,8 +506,26 @@ mod tests {
         (record.unwrap(), parameters)
     }
 
+    fn two_steps(config: &TrainConfig, shards: usize) -> (StepRecord, Vec<f32>) {
+        two_steps_with(config, shards, false)
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-4 * (1.0 + a.abs())
+    }
+
+    /// The figures of two runs agree and their parameters differ by less than 1e-5.
+    fn assert_same_steps(a: &(StepRecord, Vec<f32>), b: &(StepRecord, Vec<f32>), label: &str) {
+        let ((first, first_parameters), (second, second_parameters)) = (a, b);
+        let pairs = [
+            (first.reconstruction, second.reconstruction),
+            (first.kl, second.kl),
+            (first.loss, second.loss),
+            (first.weighted_kl.unwrap_or(0.0), second.weighted_kl.unwrap_or(0.0)),
+        ];
+        assert!(pairs.iter().all(|&(a, b)| close(a, b)), "{label}: {first:?} vs {second:?}");
+        let worst = first_parameters.iter().zip(second_parameters).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{label}: parameters differ by {worst}");
     }
 
     #[test]
@@ -500,20 +540,24 @@ mod tests {
                 ..TrainConfig::default()
             },
         ];
-        for config in &configs {
-            let (whole, whole_parameters) = two_steps(config, 1);
+        for (config, graph_only) in configs.iter().flat_map(|config| [(config, false), (config, true)]) {
+            let whole = two_steps_with(config, 1, graph_only);
             for shards in [2, 3] {
-                let (split, split_parameters) = two_steps(config, shards);
-                let pairs = [
-                    (whole.reconstruction, split.reconstruction),
-                    (whole.kl, split.kl),
-                    (whole.loss, split.loss),
-                    (whole.weighted_kl.unwrap_or(0.0), split.weighted_kl.unwrap_or(0.0)),
-                ];
-                assert!(pairs.iter().all(|&(a, b)| close(a, b)), "{config:?}, {shards} shards: {whole:?} vs {split:?}");
-                let worst =
-                    whole_parameters.iter().zip(&split_parameters).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-                assert!(worst < 1e-5, "{config:?}, {shards} shards: parameters differ by {worst}");
+                let label = format!("{config:?}, {shards} shards, graph only: {graph_only}");
+                assert_same_steps(&whole, &two_steps_with(config, shards, graph_only), &label);
+            }
+        }
+    }
+
+    #[test]
+    fn steps_by_hand_take_the_same_steps_as_candles_graph() {
+        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 5 }, ..KlWeighting::default() };
+        for config in [TrainConfig::default(), TrainConfig { kl: warm_up, ..TrainConfig::default() }] {
+            let (vae, varmap) = model();
+            assert!(LoopState::new(&config, &vae, &varmap, 1000, &Device::Cpu).unwrap().by_hand);
+            let graph = two_steps_with(&config, 1, true);
+            for shards in [1, 2] {
+                assert_same_steps(&graph, &two_steps(&config, shards), &format!("{config:?}, {shards} shards"));
             }
         }
     }
@@ -531,8 +575,8 @@ mod tests {
             TrainConfig { objective: Objective::Tcvae { tc_beta: 6.0 }, ..TrainConfig::default() },
         ] {
             assert!(!config.loss_is_mean_of_examples(), "{config:?}");
-            let (_, varmap) = model();
-            assert_eq!(LoopState::new(&config, &varmap, 100, &Device::Cpu).unwrap().max_shards, 1);
+            let (vae, varmap) = model();
+            assert_eq!(LoopState::new(&config, &vae, &varmap, 100, &Device::Cpu).unwrap().max_shards, 1);
         }
         assert!(TrainConfig::default().loss_is_mean_of_examples());
     }

@@ -62,6 +62,82 @@ wide_fn! {
     }
 }
 
+/// -log p(x|z) of each example: logits and targets `[n, dim]` -> `[n]`, over the threads when worth it.
+pub(crate) fn row_sums(logits: &[f32], targets: &[f32], dim: usize) -> Vec<f32> {
+    let row_sum = |(l, x): (&[f32], &[f32])| row_sum(l, x);
+    let dim = dim.max(1);
+    if worth_parallel(logits.len()) {
+        logits.par_chunks(dim).zip(targets.par_chunks(dim)).map(row_sum).collect()
+    } else {
+        logits.chunks(dim).zip(targets.chunks(dim)).map(row_sum).collect()
+    }
+}
+
+/// The gradient of sum_n g_n * (-log p(x_n|z_n)) for the logits: g_n * (sigmoid(l) - x), `[n, dim]`, from logits
+/// and targets `[n, dim]` and the upstream gradient g `[n]`.
+pub(crate) fn gradient_values(logits: &[f32], targets: &[f32], upstream: &[f32], dim: usize) -> Vec<f32> {
+    let mut grad = vec![0.0f32; logits.len()];
+    let fill = |((out, l), (x, &g)): RowPair<'_>| {
+        gradient_row(out, l, x, g);
+    };
+    let dim = dim.max(1);
+    if worth_parallel(logits.len()) {
+        grad.par_chunks_mut(dim)
+            .zip(logits.par_chunks(dim))
+            .zip(targets.par_chunks(dim).zip(upstream.par_iter()))
+            .for_each(fill);
+    } else {
+        grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
+    }
+    grad
+}
+
+/// -log p(x|z) = max(l, 0) - x * l + log(1 + exp(-|l|)) for one value, with g * (sigmoid(l) - x): the one
+/// exp(-|l|) serves both, as sigmoid(l) = 1 / (1 + exp(-|l|)) for l >= 0 and exp(-|l|) / (1 + exp(-|l|)) below.
+#[inline(always)]
+fn term_and_gradient(l: f32, x: f32, g: f32) -> (f32, f32) {
+    let e = fast_math::exp(-l.abs());
+    let sigmoid = if l >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    (l.max(0.0) - x * l + fast_math::ln_1p_unit(e), g * (sigmoid - x))
+}
+
+wide_fn! {
+    /// One example's sum_d term(l_d, x_d), with its gradient g * (sigmoid(l_d) - x_d) written to `grad`.
+    fn loss_and_gradient_row(grad: &mut [f32], logits: &[f32], targets: &[f32], g: f32) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        let full = logits.len() / LANES * LANES;
+        let chunks = grad.chunks_exact_mut(LANES).zip(logits.chunks_exact(LANES)).zip(targets.chunks_exact(LANES));
+        for ((out, l), x) in chunks {
+            for lane in 0..LANES {
+                let (term, gradient) = term_and_gradient(l[lane], x[lane], g);
+                lanes[lane] += term;
+                out[lane] = gradient;
+            }
+        }
+        let mut tail = 0.0f32;
+        for index in full..logits.len() {
+            let (term, gradient) = term_and_gradient(logits[index], targets[index], g);
+            tail += term;
+            grad[index] = gradient;
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+/// Each example's -log p(x|z) (`[n]`) and the gradient of g * (their sum) for the logits (`[n, dim]`), in one
+/// pass over logits and targets `[n, dim]`.
+pub(crate) fn loss_and_gradient(logits: &[f32], targets: &[f32], dim: usize, g: f32) -> (Vec<f32>, Vec<f32>) {
+    let mut grad = vec![0.0f32; logits.len()];
+    let dim = dim.max(1);
+    let row = |((out, l), x): ((&mut [f32], &[f32]), &[f32])| loss_and_gradient_row(out, l, x, g);
+    let losses = if worth_parallel(logits.len()) {
+        grad.par_chunks_mut(dim).zip(logits.par_chunks(dim)).zip(targets.par_chunks(dim)).map(row).collect()
+    } else {
+        grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim)).map(row).collect()
+    };
+    (losses, grad)
+}
+
 /// Forward: logits `[n, d]`, targets `[n, d]` -> per-example sums `[n]`.
 struct FusedBernoulli;
 
@@ -79,12 +155,7 @@ impl CustomOp2 for FusedBernoulli {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, targets) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
-        let row_sum = |(l, x): (&[f32], &[f32])| row_sum(l, x);
-        let sums: Vec<f32> = if worth_parallel(rows * dim) {
-            logits.par_chunks(dim.max(1)).zip(targets.par_chunks(dim.max(1))).map(row_sum).collect()
-        } else {
-            logits.chunks(dim.max(1)).zip(targets.chunks(dim.max(1))).map(row_sum).collect()
-        };
+        let sums = row_sums(logits, targets, dim);
         Ok((CpuStorage::F32(sums), Shape::from(rows)))
     }
 
@@ -127,20 +198,8 @@ impl CustomOp3 for BernoulliGradient {
             contiguous_f32(xs, xl, self.name())?,
             contiguous_f32(gs, gl, self.name())?,
         );
-        let (rows, dim) = ll.shape().dims2()?;
-        let mut grad = vec![0.0f32; rows * dim];
-        let fill = |((out, l), (x, &g)): RowPair<'_>| {
-            gradient_row(out, l, x, g);
-        };
-        let dim = dim.max(1);
-        if worth_parallel(rows * dim) {
-            grad.par_chunks_mut(dim)
-                .zip(logits.par_chunks(dim))
-                .zip(targets.par_chunks(dim).zip(upstream.par_iter()))
-                .for_each(fill);
-        } else {
-            grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
-        }
+        let (_, dim) = ll.shape().dims2()?;
+        let grad = gradient_values(logits, targets, upstream, dim);
         Ok((CpuStorage::F32(grad), ll.shape().clone()))
     }
 }
@@ -150,6 +209,20 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn the_one_pass_loss_and_gradient_match_the_separate_kernels() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (rows, dim) in [(1, 1), (3, 7), (64, 784), (5, 17)] {
+            let logits: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(-40.0..40.0)).collect();
+            let targets: Vec<f32> = (0..rows * dim).map(|_| rng.random_range(0.0..1.0)).collect();
+            let (losses, grad) = loss_and_gradient(&logits, &targets, dim, 0.25);
+            assert_eq!(losses, row_sums(&logits, &targets, dim), "{rows}x{dim}: the same terms in the same order");
+            let expected = gradient_values(&logits, &targets, &vec![0.25; rows], dim);
+            let worst = grad.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-7, "{rows}x{dim}: gradients differ by {worst}");
+        }
+    }
 
     #[test]
     fn fused_matches_the_tensor_ops_in_values_and_gradients() {
