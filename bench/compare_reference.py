@@ -3,7 +3,8 @@
 
 Runs `elbo train` (784-400-20 MLP, ReLU, Bernoulli on grey pixels, Adam 1e-3, batch 128, seed 1) and
 `../shared/bench/torch_vae_reference.py --mode MODE` alternately, `--repeats` times each, then prints per-epoch test
-negative ELBO of both, examples/s of both (medians), and the ratio elbo / torch.
+negative ELBO of both, examples/s of both (medians and each run), and the ratio elbo / torch (of the medians, and
+run by run: each elbo run against the torch run right after it).
 
 usage: python3 bench/compare_reference.py [--data ../shared/data/mnist] [--epochs 10] [--modes eager]
                                           [--repeats 1] [--threads 2] [--synthetic]
@@ -87,11 +88,14 @@ def main():
         print(f'| {epoch + 1} | ' + ' | '.join(cells) + ' |')
     speeds = {name: statistics.median(r[2] for r in runs) for name, runs in results.items()}
     print()
-    print('| peer | train examples/s (median of %d) | elbo / peer | peak RSS, MiB |' % args.repeats)
-    print('|---|---|---|---|')
+    print('| peer | train examples/s (median of %d) | elbo / peer | each run | elbo / peer, run by run | peak RSS, MiB |'
+          % args.repeats)
+    print('|---|---|---|---|---|---|')
     for name, runs in results.items():
-        print(f'| {name} | {speeds[name]:,.0f} | {speeds["elbo"] / speeds[name]:.2f}x | {max(r[3] for r in runs):,.0f} |')
-
+        each = ', '.join(f'{r[2]:,.0f}' for r in runs)
+        paired = ', '.join(f'{mine[2] / theirs[2]:.2f}x' for mine, theirs in zip(results['elbo'], runs))
+        print(f'| {name} | {speeds[name]:,.0f} | {speeds["elbo"] / speeds[name]:.2f}x | {each} | {paired} | '
+              f'{max(r[3] for r in runs):,.0f} |')
 
 if __name__ == '__main__':
     main()

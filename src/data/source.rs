@@ -6,7 +6,7 @@
 //!   `t10k-labels-idx1-ubyte`) or NPY files (`train.npy` and `test.npy`, with optional `train_labels.npy` and
 //!   `test_labels.npy`). Then `test_is_validation` is false and the validation fraction is not used.
 //! - A directory with none of those but with PNG or JPEG files (directly, in one subfolder per class, or in `train/`
-//!   and `test/` subfolders) is an image folder, read by [`image_folder`](super::image_folder) with the settings of
+//!   and `test/` subfolders) is an image folder, read by [`super::image_folder`] with the settings of
 //!   [`DataSpec::Images`] (the defaults for a plain [`DataSpec::Path`]). Without `train/` and `test/`, a validation
 //!   fraction is held out as for a single file.
 //! - A single file is split: a seeded random `validation_fraction` of its examples is held out.

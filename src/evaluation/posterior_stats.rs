@@ -11,7 +11,7 @@ pub struct DimensionStats {
     pub dimension: usize,
     /// Mean over examples of KL( q(z_u|x) || N(0, 1) ), nats.
     pub kl: f64,
-    /// Activity A_u = Cov_x(E_q[z_u]) = the variance of mu_u across inputs (Burda et al. 2016).
+    /// Activity A_u = `Cov_x(E_q[z_u])` = the variance of mu_u across inputs (Burda et al. 2016).
     pub activity: f64,
     /// Standard deviation of mu_u across inputs.
     pub mu_spread: f64,
@@ -21,7 +21,7 @@ pub struct DimensionStats {
     pub active: bool,
 }
 
-/// The activity threshold of Burda et al.: a unit is active when Cov_x(E_q[z_u]) > 0.01.
+/// The activity threshold of Burda et al.: a unit is active when `Cov_x(E_q[z_u])` > 0.01.
 pub const ACTIVITY_THRESHOLD: f64 = 0.01;
 
 impl Encodings {

@@ -1,7 +1,7 @@
 //! Seeded parameter initialisation, so that the same seed gives the same model bit for bit.
 //!
 //! Linear and convolutional layers follow PyTorch's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-//! with fan_in = dims[1] x kernel height x kernel width as PyTorch computes it (for a transposed convolution, whose
+//! with `fan_in = dims[1] x kernel height x kernel width` as PyTorch computes it (for a transposed convolution, whose
 //! weight is `[in, out, k, k]`, that is out x k x k). Other
 //! parameters (a decoder's learned log-variance) keep their constant initial value. Each parameter draws from its
 //! own stream, seeded from the run seed and the parameter's name, so adding a parameter never changes the others.

@@ -1,4 +1,5 @@
-//! Training: the settings, the optimisers, and the loop that minimises reconstruction + beta * KL.
+//! Training: the settings, the optimisers, the loop that minimises reconstruction + beta * KL, and that loop's step
+//! worked out by hand for MLP VAEs with a Bernoulli decoder on the CPU.
 
 pub mod config;
 pub mod kernels;
