@@ -86,16 +86,24 @@ struct Network<'a> {
 impl<'a> Network<'a> {
     /// Pairs `layers` with their (weight, bias) values, given in the order of [`Layers::all`].
     fn new(layers: &Layers, values: &[&'a [f32]]) -> Result<Self> {
-        let mut views = layers.all().zip(values.chunks_exact(2)).map(|(dense, values)| Layer {
-            weight: values[0],
-            bias: values[1],
-            activation: dense.output_activation().unwrap_or(OutputActivation::Identity),
-        });
-        let encoder = views.by_ref().take(layers.encoder.len()).collect();
-        let missing = || Error::invalid_setting("model", "a training step by hand needs an MLP VAE with biases");
-        let (mu, log_var) = (views.next().ok_or_else(missing)?, views.next().ok_or_else(missing)?);
-        Ok(Network { encoder, mu, log_var, decoder: views.collect() })
+        let mut views = layers
+            .all()
+            .zip(values.chunks_exact(2))
+            .map(|(dense, pair)| {
+                let activation = dense.output_activation().ok_or_else(|| unsupported("activations like relu"))?;
+                Ok(Layer { weight: pair[0], bias: pair[1], activation })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = views.split_off((layers.encoder.len() + 2).min(views.len()));
+        let log_var = views.pop().ok_or_else(|| unsupported("a log_var head"))?;
+        let mu = views.pop().ok_or_else(|| unsupported("a mu head"))?;
+        Ok(Network { encoder: views, mu, log_var, decoder })
     }
+}
+
+/// The error for a model the step by hand does not cover (the trainer asks [`supports`] first).
+fn unsupported(what: &str) -> Error {
+    Error::invalid_setting("model", format!("a training step by hand needs {what}"))
 }
 
 /// A layer's parameter gradients (dL/dW, dL/db).
@@ -105,15 +113,24 @@ type LayerGradients = (Vec<f32>, Vec<f32>);
 /// `share` * (mean reconstruction + `kl_weight` * mean KL): the shard's terms and every parameter's gradient.
 /// The model must be [`supports`]ed.
 pub(crate) fn run(vae: &Vae, x: &Tensor, eps: &Tensor, kl_weight: f64, share: f64) -> Result<(ShardTerms, GradStore)> {
-    let layers =
-        Layers::of(vae).ok_or_else(|| Error::invalid_setting("model", "a training step by hand needs an MLP VAE"))?;
-    let parameters: Vec<&Tensor> =
-        layers.all().flat_map(|dense| [dense.weight()].into_iter().chain(dense.bias())).collect();
+    let layers = Layers::of(vae).ok_or_else(|| unsupported("an MLP VAE"))?;
+    let pairs = layers.all().map(|dense| Ok([dense.weight(), dense.bias().ok_or_else(|| unsupported("biases"))?]));
+    let parameters = pairs.collect::<Result<Vec<_>>>()?.concat();
+    let (rows, data_dim) = x.dims2()?;
+    let latent_dim = layers.mu.output_dim();
+    if data_dim != vae.config().input_shape.dim() || eps.dims2()? != (rows, latent_dim) {
+        return Err(Error::ShapeMismatch(format!(
+            "a training step on x {:?} with eps {:?}: expected [rows, {}] and [rows, {latent_dim}]",
+            x.dims(),
+            eps.dims(),
+            vae.config().input_shape.dim()
+        )));
+    }
     let guards = read_all(parameters.iter().copied().chain([x, eps]));
     let values = guards.iter().map(|guard| cpu_f32(guard, "training step")).collect::<candle_core::Result<Vec<_>>>()?;
     let (parameter_values, data) = values.split_at(parameters.len());
     let network = Network::new(&layers, parameter_values)?;
-    let (terms, gradients) = network.step(data[0], data[1], x.dim(0)?, kl_weight, share);
+    let (terms, gradients) = network.step(data[0], data[1], rows, kl_weight, share);
     let mut store = GradStore::default();
     for (tensor, gradient) in parameters.iter().zip(gradients) {
         store.insert(tensor, Tensor::from_vec(gradient, tensor.shape(), tensor.device())?);
@@ -142,8 +159,7 @@ impl Network<'_> {
         let c = share / rows.max(1) as f64;
         let (reconstruction, grad_logits) = loss_and_gradient(logits, x, data_dim, c as f32);
         let (decoder_gradients, grad_z) = backward_chain(&self.decoder, &z, &decoded, grad_logits, rows, true);
-        let (grad_mu, grad_log_var) =
-            latent_gradients(&mu, &log_var, eps, &grad_z.unwrap_or_default(), (c * kl_weight) as f32);
+        let (grad_mu, grad_log_var) = latent_gradients(&mu, &log_var, eps, &grad_z, (c * kl_weight) as f32);
         let mu_gradients = parameter_gradients(&grad_mu, features, rows);
         let log_var_gradients = parameter_gradients(&grad_log_var, features, rows);
         let mut grad_features = input_gradient(&grad_mu, mu_head.weight, rows);
@@ -167,7 +183,8 @@ fn forward_chain(layers: &[Layer], input: &[f32], rows: usize) -> Vec<Vec<f32>> 
 }
 
 /// Back through `layers` (whose input was `input` and outputs `outputs`) from dL/d(last output): each layer's
-/// parameter gradients, in forward order, and dL/dinput when `input_gradient_wanted`.
+/// parameter gradients, in forward order, and dL/dinput when `input_gradient_wanted` (else, with that product
+/// skipped, the first layer's dL/dpre).
 fn backward_chain(
     layers: &[Layer],
     input: &[f32],
@@ -175,7 +192,7 @@ fn backward_chain(
     grad_output: Vec<f32>,
     rows: usize,
     input_gradient_wanted: bool,
-) -> (Vec<LayerGradients>, Option<Vec<f32>>) {
+) -> (Vec<LayerGradients>, Vec<f32>) {
     let mut gradients = Vec::with_capacity(layers.len());
     let mut grad = grad_output;
     for (index, layer) in layers.iter().enumerate().rev() {
@@ -190,7 +207,7 @@ fn backward_chain(
             if index > 0 || input_gradient_wanted { input_gradient(&grad_pre, layer.weight, rows) } else { grad_pre };
     }
     gradients.reverse();
-    (gradients, input_gradient_wanted.then_some(grad))
+    (gradients, grad)
 }
 
 /// z = mu + sigma * eps with sigma = exp(0.5 * log sigma^2), and each example's closed-form KL,
@@ -283,6 +300,20 @@ mod tests {
             }
         }
         compare(&VaeConfig::default(), 64, 4.0, 0.5);
+    }
+
+    #[test]
+    fn noise_or_data_of_the_wrong_width_is_an_error_not_a_panic() {
+        let (vae, _) =
+            Vae::fresh(&config(30, 4, (&[16], &[16]), Activation::Relu), 1, DType::F32, &Device::Cpu).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let (x, eps) = (random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 4, -1.0, 1.0));
+        assert!(run(&vae, &x, &eps, 1.0, 1.0).is_ok());
+        let wrong_eps = random(&mut rng, 5, 3, -1.0, 1.0);
+        let message = run(&vae, &x, &wrong_eps, 1.0, 1.0).unwrap_err().to_string();
+        assert!(message.contains("[5, 3]") && message.contains("[rows, 4]"), "{message}");
+        assert!(run(&vae, &random(&mut rng, 5, 29, 0.0, 1.0), &eps, 1.0, 1.0).is_err());
+        assert!(run(&vae, &x, &random(&mut rng, 4, 4, -1.0, 1.0), 1.0, 1.0).is_err());
     }
 
     #[test]

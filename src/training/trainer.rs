@@ -328,15 +328,7 @@ impl StepObjective<'_> {
     /// Forward and backward on a shard: its figures (weighted by its share) and its gradients.
     fn run(&self, vae: &Vae, shard: &Shard) -> Result<(StepFigures, GradStore)> {
         if let (true, Some(kl_weight)) = (self.by_hand, self.config.kl.weight(self.step)) {
-            let (terms, grads) = mlp_step::run(vae, &shard.x, &shard.eps, kl_weight, shard.share)?;
-            let weighted_kl = kl_weight * terms.kl;
-            let figures = StepFigures {
-                reconstruction: terms.reconstruction,
-                kl: terms.kl,
-                weighted_kl: Some(weighted_kl),
-                loss: terms.reconstruction + weighted_kl,
-            };
-            return Ok((figures.scaled(shard.share), grads));
+            return run_by_hand(vae, shard, kl_weight);
         }
         let terms = match self.config.objective {
             Objective::Elbo => self.elbo_loss(vae, &shard.x, &shard.eps)?,
@@ -371,6 +363,20 @@ impl StepObjective<'_> {
         let kl = posterior.kl_to_standard_normal()?.mean_all()?;
         Ok(StepTerms { reconstruction: reconstruction.mean_all()?, kl, weighted_kl: None, loss })
     }
+}
+
+/// The ELBO step on a shard worked out by hand ([`mlp_step`]), with the KL weighted by `kl_weight`: the same
+/// figures and gradients as candle's graph gives.
+fn run_by_hand(vae: &Vae, shard: &Shard, kl_weight: f64) -> Result<(StepFigures, GradStore)> {
+    let (terms, grads) = mlp_step::run(vae, &shard.x, &shard.eps, kl_weight, shard.share)?;
+    let weighted_kl = kl_weight * terms.kl;
+    let figures = StepFigures {
+        reconstruction: terms.reconstruction,
+        kl: terms.kl,
+        weighted_kl: Some(weighted_kl),
+        loss: terms.reconstruction + weighted_kl,
+    };
+    Ok((figures.scaled(shard.share), grads))
 }
 
 /// The scalar terms of one step, still on the device (the loss keeps its graph for backprop).
