@@ -30,10 +30,11 @@ pub fn negative_log_prob_unfused(logits: &Tensor, x: &Tensor) -> Result<Tensor> 
     Ok(per_dimension.sum(D::Minus1)?)
 }
 
-/// -log p(x|z) = max(l, 0) - x * l + log(1 + exp(-|l|)) for one value.
+/// -log p(x|z) = max(l, 0) - x * l + log(1 + exp(-|l|)) for one value (the gradient part of
+/// [`term_and_gradient`] is dropped by the compiler when unused).
 #[inline(always)]
 fn term(l: f32, x: f32) -> f32 {
-    l.max(0.0) - x * l + fast_math::softplus_tail(l)
+    term_and_gradient(l, x, 0.0).0
 }
 
 /// Accumulator lanes of a row sum: independent partial sums let the loop vectorise (a single in-order float sum
