@@ -7,6 +7,12 @@ use parking_lot::RwLockReadGuard;
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 
+#[cfg(feature = "openblas")]
+mod openblas;
+
+/// Which library multiplies the dense and convolution layers' matrices in this build.
+pub const MATMUL_BACKEND: &str = if cfg!(feature = "openblas") { "OpenBLAS (system)" } else { "gemm crate" };
+
 /// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
 pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str) -> candle_core::Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
@@ -76,6 +82,16 @@ pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
+    }
+}
+
+/// The threads a `parallelism` stands for (`Rayon(0)`: all of rayon's).
+#[cfg(feature = "openblas")]
+fn threads_of(parallelism: gemm::Parallelism) -> usize {
+    match parallelism {
+        gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
+        gemm::Parallelism::Rayon(threads) => threads,
+        _ => 1,
     }
 }
 
@@ -168,6 +184,13 @@ unsafe fn multiply_into(
     destination: Destination,
     parallelism: gemm::Parallelism,
 ) {
+    #[cfg(feature = "openblas")]
+    {
+        // SAFETY: the caller's promises are the ones `openblas::multiply` asks for.
+        if unsafe { openblas::multiply(dst, lhs, rhs, (m, k, n), destination, threads_of(parallelism)) } {
+            return;
+        }
+    }
     assert!(lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
     // SAFETY: the assertion keeps every operand index the strides reach inside its slice; the caller vouches for
     // dst.
@@ -240,5 +263,60 @@ wide_fn! {
     /// total += part, value by value.
     pub fn add_to(total: &mut [f32], part: &[f32]) {
         total.iter_mut().zip(part).for_each(|(total, &value)| *total += value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lhs · rhs by the definition, both given as (values, row stride, column stride).
+    fn naive(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let at = |operand: &Operand, row: usize, column: usize| {
+            operand.values[row * operand.row_stride + column * operand.column_stride]
+        };
+        let mut out = vec![0.0; m * n];
+        for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            out[i * n + j] = (0..k).map(|p| at(&lhs, i, p) * at(&rhs, p, j)).sum();
+        }
+        out
+    }
+
+    fn values(count: usize, seed: usize) -> Vec<f32> {
+        (0..count).map(|i| ((i * 7919 + seed * 131) % 23) as f32 / 11.0 - 1.0).collect()
+    }
+
+    fn assert_close(actual: &[f32], expected: &[f32]) {
+        assert_eq!(actual.len(), expected.len());
+        for (a, e) in actual.iter().zip(expected) {
+            assert!((a - e).abs() <= 1e-4 * (1.0 + e.abs()), "{a} vs {e}");
+        }
+    }
+
+    /// Every layout the kernels use (plain and transposed operands), odd sizes, one and two threads, overwrite and
+    /// accumulate: whichever multiply the build uses (the `gemm` crate, or OpenBLAS) gives the product.
+    #[test]
+    fn matmul_matches_the_definition() {
+        let parallelisms = [gemm::Parallelism::None, gemm::Parallelism::Rayon(2)];
+        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (33, 17, 65), (130, 257, 9), (1, 40, 1)] {
+            let (lhs_values, rhs_values) = (values(m * k, 1), values(k * n, 2));
+            for transposed in [(false, false), (true, false), (false, true), (true, true)] {
+                let lhs =
+                    if transposed.0 { Operand::transposed(&lhs_values, m) } else { Operand::rows(&lhs_values, k) };
+                let rhs =
+                    if transposed.1 { Operand::transposed(&rhs_values, k) } else { Operand::rows(&rhs_values, n) };
+                let expected = naive(lhs, rhs, (m, k, n));
+                assert_close(&product(lhs, rhs, (m, k, n)), &expected);
+                for parallelism in parallelisms {
+                    let start = values(m * n, 3);
+                    let mut total = start.clone();
+                    matmul(&mut total, lhs, rhs, (m, k, n), Destination::Accumulate, parallelism);
+                    let sum: Vec<f32> = start.iter().zip(&expected).map(|(s, e)| s + e).collect();
+                    assert_close(&total, &sum);
+                    matmul(&mut total, lhs, rhs, (m, k, n), Destination::Overwrite, parallelism);
+                    assert_close(&total, &expected);
+                }
+            }
+        }
     }
 }

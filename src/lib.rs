@@ -5,6 +5,7 @@
 //! HTML report. The `elbo` binary is a thin command-line layer over this library.
 
 pub mod atomic;
+pub mod benchmark;
 pub mod cpu;
 pub mod data;
 pub mod error;

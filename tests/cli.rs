@@ -215,3 +215,59 @@ fn latent_commands_fail_clearly_on_bad_input() {
     );
     assert_fails_with(&elbo(&["report", "--run", "nowhere"], dir.path()), &["nowhere", "config.json"]);
 }
+
+#[test]
+fn bench_reports_each_batch_size_and_the_bound_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--synthetic-examples",
+        "300",
+        "--synthetic-dim",
+        "20",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--batch-sizes",
+        "32,64",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--repeats",
+        "2",
+        "--iw-samples",
+        "4",
+        "--eval-examples",
+        "10",
+        "--threads",
+        "1",
+        "--json",
+    ];
+    let output = elbo(&args, dir.path());
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (result, batch_size) in results.iter().zip([32, 64]) {
+        assert_eq!((result["batch_size"].as_u64(), result["timed_steps"].as_u64()), (Some(batch_size), Some(3)));
+        assert_eq!(result["plan"]["by_hand"], true);
+    }
+    assert_eq!(results[2]["importance_samples"], 4);
+    for result in results {
+        let runs = result["examples_per_second_runs"].as_array().unwrap();
+        assert!(runs.len() == 2 && runs.iter().all(|speed| speed.as_f64().is_some_and(|s| s > 0.0)), "{result}");
+    }
+    assert!(report["setup"]["model"].as_str().unwrap().starts_with("20-[8]-2 MLP"));
+}
+
+#[test]
+fn bench_refuses_what_it_cannot_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny =
+        ["bench", "--synthetic-examples", "50", "--synthetic-dim", "20", "--batch-sizes", "64", "--threads", "1"];
+    assert_fails_with(&elbo(&tiny, dir.path()), &["batch size 64", "`warmup`", "50 examples"]);
+    let missing = ["bench", "--data", "no-such-file.npy", "--threads", "1"];
+    assert_fails_with(&elbo(&missing, dir.path()), &["no-such-file.npy"]);
+}

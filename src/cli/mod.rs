@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the library.
 
 mod arithmetic;
+mod bench;
 mod data_args;
 mod decode;
 mod diagnose;
@@ -59,6 +60,8 @@ enum Command {
     Diagnose(diagnose::DiagnoseArgs),
     /// Disentanglement of a sprites model: beta-VAE and FactorVAE scores, MIG, DCI.
     Metrics(metrics::MetricsArgs),
+    /// Time the hot paths: training examples/s per batch size and the IWAE bound's, median of repeats.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
@@ -79,6 +82,7 @@ pub fn run() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Diagnose(args) => diagnose::run(args),
         Command::Metrics(args) => metrics::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ pub mod mapped;
 pub mod npy;
 pub mod source;
 pub mod sprites;
+pub mod synthetic;
 
 pub use batch::{batch_tensor, binarized, Batcher, Binarization};
 pub use mapped::MappedValues;

@@ -9,4 +9,4 @@ pub mod trainer;
 
 pub use config::{Objective, TrainConfig};
 pub use optimizer::{Optimizer, OptimizerConfig, UpdatePath};
-pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};
+pub use trainer::{step_plan, train, EpochRecord, StepPlan, StepRecord, TrainOutcome, TrainingObserver};

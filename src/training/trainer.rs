@@ -172,6 +172,36 @@ pub fn train(
     Ok(outcome)
 }
 
+/// How each training step is computed, fixed before the first: see [`step_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StepPlan {
+    /// True when the step is worked out by hand on plain slices (an MLP with a Bernoulli decoder on the CPU,
+    /// trained on the ELBO); false when it goes through candle's graph.
+    pub by_hand: bool,
+    /// Shards a full batch is split into, one per thread (1: the whole batch at once).
+    pub shards: usize,
+}
+
+/// How [`train`] computes the steps of `vae` under `config` on `device`, with the thread count set now.
+pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> StepPlan {
+    let max_shards = max_shards(config, device);
+    StepPlan { by_hand: mlp_step::supports(vae, config, device), shards: shard_count(max_shards, config.batch_size) }
+}
+
+/// The most shards a batch may be split into: one per kernel thread, where the loss is a mean of examples.
+fn max_shards(config: &TrainConfig, device: &Device) -> usize {
+    if device.is_cpu() && config.loss_is_mean_of_examples() {
+        kernel_threads()
+    } else {
+        1
+    }
+}
+
+/// Shards for a batch of `rows`: at most `max_shards`, each of at least [`MIN_SHARD_ROWS`].
+fn shard_count(max_shards: usize, rows: usize) -> usize {
+    max_shards.min(rows / MIN_SHARD_ROWS).max(1)
+}
+
 /// The state that lives across epochs: optimiser, random streams, step counter.
 struct LoopState<'a> {
     config: &'a TrainConfig,
@@ -192,7 +222,6 @@ const MIN_SHARD_ROWS: usize = 32;
 
 impl<'a> LoopState<'a> {
     fn new(config: &'a TrainConfig, vae: &Vae, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
-        let shardable = device.is_cpu() && config.loss_is_mean_of_examples();
         Ok(LoopState {
             config,
             optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
@@ -201,7 +230,7 @@ impl<'a> LoopState<'a> {
             noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
             step: 0,
             dataset_size,
-            max_shards: if shardable { kernel_threads() } else { 1 },
+            max_shards: max_shards(config, device),
             by_hand: mlp_step::supports(vae, config, device),
         })
     }
@@ -281,7 +310,7 @@ impl<'a> LoopState<'a> {
     /// The batch's shards with their noise, drawn in shard order from the one noise stream (step 2's eps).
     fn shards(&mut self, vae: &Vae, x: &Tensor) -> Result<Vec<Shard>> {
         let rows = x.dim(0)?;
-        let count = self.max_shards.min(rows / MIN_SHARD_ROWS).max(1);
+        let count = shard_count(self.max_shards, rows);
         let samples = match self.config.objective {
             Objective::Iwae { samples } => samples,
             Objective::Elbo | Objective::Tcvae { .. } => 1,
