@@ -7,7 +7,7 @@ negative ELBO of both, examples/s of both (medians and each run), and the ratio 
 run by run: each elbo run against the torch run right after it).
 
 usage: python3 bench/compare_reference.py [--data ../shared/data/mnist] [--epochs 10] [--modes eager]
-                                          [--repeats 1] [--threads 2] [--synthetic]
+                                          [--repeats 1] [--threads 2] [--synthetic] [--elbo PATH]
 --synthetic trains both on 60,000 uniform random examples (throughput only; elbo reads them from NPY files).
 Peak resident memory (RSS) of each process is measured too.
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
@@ -39,7 +39,7 @@ def synthetic_dir(scratch):
 
 
 def run_elbo(args, out):
-    command = [os.path.join(ROOT, 'target', 'release', 'elbo'), 'train', '--data', args.data, '--epochs',
+    command = [args.elbo, 'train', '--data', args.data, '--epochs',
                str(args.epochs), '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out]
     _, rss = run_measured(command, capture=False)
     with open(os.path.join(out, 'metrics.csv')) as f:
@@ -69,6 +69,8 @@ def main():
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--synthetic', action='store_true')
+    ap.add_argument('--elbo', default=os.path.join(ROOT, 'target', 'release', 'elbo'),
+                    help='the elbo binary (e.g. a build with --features openblas)')
     args = ap.parse_args()
     results = {'elbo': []}
     modes = args.modes.split(',')

@@ -1,7 +1,7 @@
 //! The matrix multiply through the system's OpenBLAS (`--features openblas`), in place of the `gemm` crate.
 //!
 //! Only `cblas_sgemm` and `openblas_set_num_threads` are called. OpenBLAS is told once to use one thread per
-//! call: elbo spreads work over its own threads (one shard of a batch each, or row blocks of one product here),
+//! call: elbo spreads work over its own threads (one shard of a batch each, or blocks of one product here),
 //! and a second thread pool would fight them for the cores.
 
 use std::ffi::c_int;
@@ -52,8 +52,8 @@ fn cblas_view(operand: &Operand, rows: usize, columns: usize) -> Option<(c_int, 
     Some((leading.0, c_int::try_from(leading.1).ok()?))
 }
 
-/// dst (`m` x `n`, row-major) = lhs · rhs, or dst + that, on `threads` threads (row blocks of dst); false, with
-/// nothing written, when CBLAS cannot take these operands.
+/// dst (`m` x `n`, row-major) = lhs · rhs, or dst + that, on `threads` threads (blocks of dst's rows, or of its
+/// columns when it is wider than tall); false, with nothing written, when CBLAS cannot take these operands.
 ///
 /// # Safety
 /// As for [`super::multiply_into`]: `dst` valid for m * n writes (and reads, when accumulating), overlapping
@@ -76,34 +76,42 @@ pub(super) unsafe fn multiply(
     // SAFETY: a plain setter of OpenBLAS, called once before any multiply.
     ONE_THREAD_EACH.call_once(|| unsafe { openblas_set_num_threads(1) });
     let beta = if destination == Destination::Accumulate { 1.0 } else { 0.0 };
-    let block_rows = m.div_ceil(threads.max(1));
+    let split_columns = n > m;
+    let extent = if split_columns { n } else { m };
+    let block_size = extent.div_ceil(threads.max(1));
     let dst_address = dst as usize;
     let block = |index: usize| {
-        let first_row = index * block_rows;
-        let rows = block_rows.min(m - first_row);
-        // SAFETY: the blocks' rows are disjoint and inside dst's m rows; the assertion above keeps every operand
-        // index the strides reach inside its slice (a block of lhs only starts further in); every size fits a
-        // c_int (checked above).
+        let first = index * block_size;
+        let size = block_size.min(extent - first);
+        // Where the block starts in lhs, rhs and dst, and its rows and columns.
+        let (lhs_offset, rhs_offset, dst_offset, rows, columns) = if split_columns {
+            (0, first * rhs.column_stride, first, m, size)
+        } else {
+            (first * lhs.row_stride, 0, first * n, size, n)
+        };
+        // SAFETY: the blocks are disjoint and inside dst's m x n values; the assertion above keeps every operand
+        // index the strides reach inside its slice (a block only starts further in and spans less); every size
+        // fits a c_int (checked above).
         unsafe {
             cblas_sgemm(
                 ROW_MAJOR,
                 lhs_view.0,
                 rhs_view.0,
                 rows as c_int,
-                n as c_int,
+                columns as c_int,
                 k as c_int,
                 1.0,
-                lhs.values.as_ptr().add(first_row * lhs.row_stride),
+                lhs.values.as_ptr().add(lhs_offset),
                 lhs_view.1,
-                rhs.values.as_ptr(),
+                rhs.values.as_ptr().add(rhs_offset),
                 rhs_view.1,
                 beta,
-                (dst_address as *mut f32).add(first_row * n),
+                (dst_address as *mut f32).add(dst_offset),
                 n as c_int,
             );
         }
     };
-    let blocks = m.div_ceil(block_rows);
+    let blocks = extent.div_ceil(block_size);
     if blocks > 1 {
         (0..blocks).into_par_iter().for_each(block);
     } else {
