@@ -49,7 +49,7 @@ impl Throughput {
         }
     }
 
-    /// The slowest and the fastest repeat.
+    /// The slowest and the fastest repeat; (0, 0) with no repeats.
     pub fn range(&self) -> (f64, f64) {
         let slowest = self.runs.iter().copied().fold(f64::INFINITY, f64::min);
         let fastest = self.runs.iter().copied().fold(0.0, f64::max);
@@ -109,7 +109,7 @@ pub fn training_throughput(
         train(&vae, &varmap, &splits, &config, device, &mut [&mut clock])?;
         runs.push((timed_steps * config.batch_size) as f64 / clock.seconds.max(f64::MIN_POSITIVE));
     }
-    let plan = plan.ok_or_else(|| Error::invalid_setting("repeats", "must be at least 1"))?;
+    let plan = plan.ok_or_else(|| Error::invalid_setting("repeats", "must be at least 1"))?; // checked above
     Ok(TrainingBench { throughput: Throughput { runs }, plan, timed_steps })
 }
 
@@ -124,7 +124,7 @@ pub fn bounds_throughput(
     device: &Device,
     repeats: usize,
 ) -> Result<Throughput> {
-    check_bench(&BenchConfig { repeats, ..BenchConfig::default() })?;
+    at_least_one("repeats", repeats)?;
     let data = binarized(data, training.binarization, training.seed);
     let (vae, _varmap) = Vae::fresh(model, training.seed, DType::F32, device)?;
     let mut runs = Vec::with_capacity(repeats);
@@ -146,11 +146,14 @@ pub fn peak_resident_mib() -> Option<f64> {
 
 /// An error for a benchmark that would time nothing.
 fn check_bench(bench: &BenchConfig) -> Result<()> {
-    if bench.repeats == 0 {
-        return Err(Error::invalid_setting("repeats", "must be at least 1"));
-    }
-    if bench.steps == 0 {
-        return Err(Error::invalid_setting("steps", "must be at least 1"));
+    at_least_one("repeats", bench.repeats)?;
+    at_least_one("steps", bench.steps)
+}
+
+/// An `InvalidSetting` error naming `name` when `value` is 0.
+fn at_least_one(name: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::invalid_setting(name, "must be at least 1"));
     }
     Ok(())
 }

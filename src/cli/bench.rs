@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use candle_core::Device;
 use clap::Args;
 use elbo::benchmark::{bounds_throughput, peak_resident_mib, training_throughput, BenchConfig, Throughput};
 use elbo::data::{self, synthetic, DataSpec, Dataset};
 use elbo::evaluation::BoundsConfig;
+use elbo::model::VaeConfig;
 use elbo::training::TrainConfig;
 
 use super::model_args::ModelArgs;
@@ -86,27 +88,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut results = Vec::new();
     for &batch_size in &args.batch_sizes {
-        let training = TrainConfig { batch_size, learning_rate: args.lr, seed: args.seed, ..TrainConfig::default() };
-        let timed = training_throughput(&model, &training, &train, &device, &bench)
-            .with_context(|| format!("timing training at batch size {batch_size}"))?;
-        let step = if timed.plan.by_hand { "by hand" } else { "through candle's graph" };
-        let shards = match timed.plan.shards {
-            1 => "whole".to_string(),
-            shards => format!("in {shards} shards"),
-        };
-        let what = format!("train, batch {batch_size} (step {step}, {shards}; {} steps)", timed.timed_steps);
-        let details =
-            serde_json::json!({"batch_size": batch_size, "plan": timed.plan, "timed_steps": timed.timed_steps});
-        results.push(report(&args, &what, &timed.throughput, details));
+        results.push(time_training(&args, &model, &train, batch_size, &bench, &device)?);
     }
     if args.iw_samples > 0 {
-        let data = held_out.subset(&(0..held_out.len().min(args.eval_examples)).collect::<Vec<_>>());
-        let bounds = BoundsConfig { importance_samples: args.iw_samples, seed: args.seed, ..BoundsConfig::default() };
-        let training = TrainConfig { seed: args.seed, ..TrainConfig::default() };
-        let throughput = bounds_throughput(&model, &training, &data, &bounds, &device, args.repeats)
-            .context("timing the IWAE bound")?;
-        let what = format!("IWAE bound, K = {}, {} examples", args.iw_samples, data.len());
-        results.push(report(&args, &what, &throughput, serde_json::json!({"importance_samples": args.iw_samples})));
+        results.push(time_bound(&args, &model, &held_out, &device)?);
     }
     let peak = peak_resident_mib();
     if args.json {
@@ -116,6 +101,44 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("peak resident memory: {mib:.0} MiB");
     }
     Ok(())
+}
+
+/// Times training at `batch_size`; prints the line (unless --json) and returns the measurement as JSON.
+fn time_training(
+    args: &BenchArgs,
+    model: &VaeConfig,
+    train: &Dataset,
+    batch_size: usize,
+    bench: &BenchConfig,
+    device: &Device,
+) -> anyhow::Result<serde_json::Value> {
+    let training = TrainConfig { batch_size, learning_rate: args.lr, seed: args.seed, ..TrainConfig::default() };
+    let timed = training_throughput(model, &training, train, device, bench)
+        .with_context(|| format!("timing training at batch size {batch_size}"))?;
+    let step = if timed.plan.by_hand { "by hand" } else { "through candle's graph" };
+    let shards = match timed.plan.shards {
+        1 => "whole".to_string(),
+        shards => format!("in {shards} shards"),
+    };
+    let what = format!("train, batch {batch_size} (step {step}, {shards}; {} steps)", timed.timed_steps);
+    let details = serde_json::json!({"batch_size": batch_size, "plan": timed.plan, "timed_steps": timed.timed_steps});
+    Ok(report(args, &what, &timed.throughput, details))
+}
+
+/// Times the IWAE bound on the first --eval-examples of `held_out`; prints and returns the measurement.
+fn time_bound(
+    args: &BenchArgs,
+    model: &VaeConfig,
+    held_out: &Dataset,
+    device: &Device,
+) -> anyhow::Result<serde_json::Value> {
+    let data = held_out.subset(&(0..held_out.len().min(args.eval_examples)).collect::<Vec<_>>());
+    let bounds = BoundsConfig { importance_samples: args.iw_samples, seed: args.seed, ..BoundsConfig::default() };
+    let training = TrainConfig { seed: args.seed, ..TrainConfig::default() };
+    let throughput =
+        bounds_throughput(model, &training, &data, &bounds, device, args.repeats).context("timing the IWAE bound")?;
+    let what = format!("IWAE bound, K = {}, {} examples", args.iw_samples, data.len());
+    Ok(report(args, &what, &throughput, serde_json::json!({"importance_samples": args.iw_samples})))
 }
 
 /// The training data and the held-out data the bound is timed on.
