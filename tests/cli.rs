@@ -268,6 +268,10 @@ fn bench_refuses_what_it_cannot_time() {
     let tiny =
         ["bench", "--synthetic-examples", "50", "--synthetic-dim", "20", "--batch-sizes", "64", "--threads", "1"];
     assert_fails_with(&elbo(&tiny, dir.path()), &["batch size 64", "`warmup`", "50 examples"]);
+    let zero_batch = ["bench", "--synthetic-examples", "50", "--batch-sizes", "32,0", "--threads", "1"];
+    assert_fails_with(&elbo(&zero_batch, dir.path()), &["--batch-sizes", "at least 1"]);
+    let no_bound_data = ["bench", "--synthetic-examples", "50", "--eval-examples", "0", "--threads", "1"];
+    assert_fails_with(&elbo(&no_bound_data, dir.path()), &["--eval-examples", "--iw-samples 0"]);
     let missing = ["bench", "--data", "no-such-file.npy", "--threads", "1"];
     assert_fails_with(&elbo(&missing, dir.path()), &["no-such-file.npy"]);
 }

@@ -67,6 +67,7 @@ pub struct BenchArgs {
 
 /// Runs `elbo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
     let threads = super::set_threads(args.threads);
     let device = super::device(&args.device)?;
     let (train, held_out) = bench_data(&args)?;
@@ -99,6 +100,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&value)?);
     } else if let Some(mib) = peak {
         println!("peak resident memory: {mib:.0} MiB");
+    }
+    Ok(())
+}
+
+/// Refuses, before any timing, flags that would leave a measurement with nothing to time.
+fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.batch_sizes.contains(&0) {
+        anyhow::bail!("--batch-sizes: every batch size must be at least 1 (got {:?})", args.batch_sizes);
+    }
+    if args.iw_samples > 0 && args.eval_examples == 0 {
+        anyhow::bail!("--eval-examples must be at least 1 to time the IWAE bound (or set --iw-samples 0 to skip it)");
     }
     Ok(())
 }
@@ -151,7 +163,10 @@ fn bench_data(args: &BenchArgs) -> anyhow::Result<(Dataset, Dataset)> {
         }
         None => {
             let (examples, dim) = (args.synthetic_examples, args.synthetic_dim);
-            Ok((synthetic::uniform(examples, dim, args.seed), synthetic::uniform(args.eval_examples, dim, !args.seed)))
+            Ok((
+                synthetic::uniform(examples, dim, args.seed),
+                synthetic::uniform(args.eval_examples, dim, args.seed.wrapping_add(1)),
+            ))
         }
     }
 }
@@ -177,6 +192,7 @@ fn report(args: &BenchArgs, what: &str, throughput: &Throughput, details: serde_
     value
 }
 
+/// Prints the setup of the run (model, data, threads, library, timing plan) as the table's header.
 fn print_setup(setup: &serde_json::Value) {
     let text = |key: &str| setup[key].as_str().unwrap_or_default().to_string();
     println!("model: {}", text("model"));
