@@ -104,7 +104,7 @@ pub fn training_throughput(
     let mut plan = None;
     for _ in 0..bench.repeats {
         let (vae, varmap) = Vae::fresh(model, config.seed, DType::F32, device)?;
-        plan = Some(step_plan(&vae, &config, device));
+        plan = Some(step_plan(&vae, &config, device)?);
         let mut clock = StepClock { start_after: bench.warmup_steps, started_at: None, seconds: 0.0 };
         train(&vae, &varmap, &splits, &config, device, &mut [&mut clock])?;
         runs.push((timed_steps * config.batch_size) as f64 / clock.seconds.max(f64::MIN_POSITIVE));
@@ -218,7 +218,7 @@ mod tests {
             let result = training_throughput(&small_model(), &training, &data, &Device::Cpu, &bench).unwrap();
             assert_eq!((result.throughput.runs.len(), result.timed_steps), (2, timed_steps));
             assert!(result.throughput.runs.iter().all(|&speed| speed.is_finite() && speed > 0.0));
-            assert!(result.plan.by_hand && result.plan.shards >= 1);
+            assert!(result.plan.path == crate::training::StepPath::Fused && result.plan.shards >= 1);
         }
     }
 

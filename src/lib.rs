@@ -6,11 +6,10 @@
 
 pub mod atomic;
 pub mod benchmark;
-pub mod cpu;
+pub mod kernels;
 pub mod data;
 pub mod error;
 pub mod evaluation;
-pub mod fast_math;
 pub mod latent;
 pub mod model;
 pub mod objective;

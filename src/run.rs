@@ -90,6 +90,8 @@ fn summary_of(outcome: &TrainOutcome, held_out_split: &str) -> RunSummary {
         last_epoch: outcome.last_epoch.as_ref().map(EpochSummary::from),
         train_examples_per_second: outcome.examples_per_second,
         train_seconds: outcome.train_seconds,
+        step: outcome.plan.clone(),
+        simd: Some(crate::kernels::simd_level().name().to_string()),
         note: BOUND_NOTE.to_string(),
     }
 }

@@ -10,7 +10,7 @@ use elbo::benchmark::{bounds_throughput, peak_resident_mib, training_throughput,
 use elbo::data::{self, synthetic, DataSpec, Dataset};
 use elbo::evaluation::BoundsConfig;
 use elbo::model::VaeConfig;
-use elbo::training::TrainConfig;
+use elbo::training::{StepChoice, TrainConfig};
 
 use super::model_args::ModelArgs;
 
@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Seed of the weights, the noise and the synthetic data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Training step: auto (elbo's fused CPU step where it covers the run, else candle's graph), graph or fused
+    /// (an error where it does not cover the run). The choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = StepChoice::Auto)]
+    step: StepChoice,
     /// Compute threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -81,7 +85,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "data": train.source,
         "threads": threads,
         "device": args.device,
-        "matrix_multiply": elbo::cpu::MATMUL_BACKEND,
+        "matrix_multiply": elbo::kernels::MATMUL_BACKEND,
         "bench": bench,
     });
     if !args.json {
@@ -124,15 +128,12 @@ fn time_training(
     bench: &BenchConfig,
     device: &Device,
 ) -> anyhow::Result<serde_json::Value> {
-    let training = TrainConfig { batch_size, learning_rate: args.lr, seed: args.seed, ..TrainConfig::default() };
+    let training =
+        TrainConfig { batch_size, learning_rate: args.lr, seed: args.seed, step: args.step, ..TrainConfig::default() };
     let timed = training_throughput(model, &training, train, device, bench)
         .with_context(|| format!("timing training at batch size {batch_size}"))?;
-    let step = if timed.plan.by_hand { "by hand" } else { "through candle's graph" };
-    let shards = match timed.plan.shards {
-        1 => "whole".to_string(),
-        shards => format!("in {shards} shards"),
-    };
-    let what = format!("train, batch {batch_size} (step {step}, {shards}; {} steps)", timed.timed_steps);
+    let shards = super::progress::shards_text(timed.plan.shards);
+    let what = format!("train, batch {batch_size} ({}; {shards}; {} steps)", timed.plan.reason, timed.timed_steps);
     let details = serde_json::json!({"batch_size": batch_size, "plan": timed.plan, "timed_steps": timed.timed_steps});
     Ok(report(args, &what, &timed.throughput, details))
 }

@@ -68,6 +68,10 @@ enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     set_threads(0); // elementwise ops inline for every command; `train` and `eval` may set the thread count
+    if let Err(error) = elbo::kernels::SimdLevel::requested() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_nn::VarMap;
-use elbo::training::{EpochRecord, StepRecord, TrainingObserver};
+use elbo::training::{EpochRecord, StepPlan, StepRecord, TrainingObserver};
 use elbo::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -39,6 +39,11 @@ impl Progress {
 }
 
 impl TrainingObserver for Progress {
+    fn on_start(&mut self, plan: &StepPlan) -> Result<()> {
+        println!("step: {} ({}; SIMD {})", plan.reason, shards_text(plan.shards), elbo::kernels::simd_level());
+        Ok(())
+    }
+
     fn on_epoch_start(&mut self, epoch: usize, num_batches: usize) -> Result<()> {
         if self.quiet {
             return Ok(());
@@ -82,6 +87,14 @@ impl TrainingObserver for Progress {
 
     fn should_stop(&self) -> bool {
         self.was_interrupted()
+    }
+}
+
+/// "whole batch" or "batch in N shards".
+pub fn shards_text(shards: usize) -> String {
+    match shards {
+        1 => "whole batch".to_string(),
+        shards => format!("batch in {shards} shards"),
     }
 }
 

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use elbo::data::{self, DataSpec};
 use elbo::outputs::{RunConfig, RunDir};
 use elbo::run::train_run;
-use elbo::training::{OptimizerConfig, TrainConfig};
+use elbo::training::{OptimizerConfig, StepChoice, TrainConfig};
 
 use super::data_args::{BinarizeMode, DataArgs};
 use super::model_args::ModelArgs;
@@ -51,6 +51,10 @@ pub struct TrainArgs {
     /// Threshold for --binarize static.
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
+    /// Training step: auto (elbo's fused CPU step where it covers the run, else candle's graph), graph or fused
+    /// (an error where it does not cover the run). The choice and its reason are printed.
+    #[arg(long, value_enum, default_value_t = StepChoice::Auto)]
+    step: StepChoice,
     /// Compute threads (0 = all cores). Results repeat bit for bit for the same seed and thread count.
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -128,6 +132,7 @@ fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
         seed: args.seed,
         binarization: args.binarize.to_binarization(args.threshold),
         max_steps: args.max_steps,
+        step: args.step,
         ..TrainConfig::default()
     }
 }

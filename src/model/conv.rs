@@ -9,8 +9,8 @@
 use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, VarBuilder};
 
-use super::conv_kernels::{Conv2dOp, ConvGeometry};
-use super::fused_activation::OutputActivation;
+use crate::kernels::conv::{Conv2dOp, ConvGeometry};
+use crate::kernels::activation::OutputActivation;
 use super::mlp::Activation;
 use crate::data::ExampleShape;
 use crate::{Error, Result};
@@ -210,7 +210,7 @@ impl DeconvStack {
     }
 }
 
-/// activation(convolution layer(x)) on `[batch, C, H, W]` maps: one fused op from [`super::conv_kernels`] for f32 on
+/// activation(convolution layer(x)) on `[batch, C, H, W]` maps: one fused op from [`crate::kernels::conv`] for f32 on
 /// the CPU, candle's ops elsewhere.
 pub fn convolve(layer: &Conv2d, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
     let config = layer.config();

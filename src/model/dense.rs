@@ -7,9 +7,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::fused_activation::OutputActivation;
+use crate::kernels::activation::OutputActivation;
 use super::mlp::Activation;
-use crate::cpu::{add_to, contiguous_f32, gemm_parallelism, matmul, product, Destination, Operand};
+use crate::kernels::{add_to, contiguous_f32, gemm_parallelism, matmul, product, Destination, Operand};
 use crate::Result;
 
 /// A linear layer followed by an optional activation. Weights: `weight` `[out, in]`, `bias` `[out]`.

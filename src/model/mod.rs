@@ -1,11 +1,9 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
 
 pub mod conv;
-pub mod conv_kernels;
 pub mod decoder;
 pub mod dense;
 pub mod encoder;
-pub(crate) mod fused_activation;
 pub mod gaussian;
 pub mod init;
 pub mod likelihood;

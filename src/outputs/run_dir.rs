@@ -55,6 +55,13 @@ pub struct RunSummary {
     pub train_examples_per_second: f64,
     /// Seconds of optimisation.
     pub train_seconds: f64,
+    /// The training step used and why (`None` in runs from before it was recorded, or where training failed to
+    /// start).
+    #[serde(default)]
+    pub step: Option<crate::training::StepPlan>,
+    /// The SIMD level the CPU kernels ran at (avx512, avx2 or scalar).
+    #[serde(default)]
+    pub simd: Option<String>,
     /// A reminder of what the numbers are.
     pub note: String,
 }

@@ -1,6 +1,7 @@
 //! The training settings: everything besides the data and the architecture that decides a run.
 
 use super::optimizer::OptimizerConfig;
+use super::step::StepChoice;
 use crate::data::Binarization;
 use crate::objective::KlWeighting;
 use crate::{Error, Result};
@@ -54,6 +55,9 @@ pub struct TrainConfig {
     /// partial, evaluated and saved like a whole one.
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Which training step computes the gradients: the fused CPU step where it covers the run, or candle's graph.
+    #[serde(default)]
+    pub step: StepChoice,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +74,7 @@ impl Default for TrainConfig {
             binarization: Binarization::None,
             eval_batch_size: 1000,
             max_steps: None,
+            step: StepChoice::Auto,
         }
     }
 }

@@ -1,12 +1,12 @@
-//! Training: the settings, the optimisers, the loop that minimises reconstruction + beta * KL, and that loop's step
-//! worked out by hand for MLP VAEs with a Bernoulli decoder on the CPU.
+//! Training: the settings, the optimisers, the training step (candle's graph, or elbo's fused CPU step), and the
+//! loop that minimises reconstruction + weighted KL.
 
 pub mod config;
-pub mod kernels;
-mod mlp_step;
 pub mod optimizer;
+pub mod step;
 pub mod trainer;
 
 pub use config::{Objective, TrainConfig};
 pub use optimizer::{Optimizer, OptimizerConfig, UpdatePath};
-pub use trainer::{step_plan, train, EpochRecord, StepPlan, StepRecord, TrainOutcome, TrainingObserver};
+pub use step::{step_plan, StepChoice, StepPath, StepPlan};
+pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};

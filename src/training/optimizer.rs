@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::kernels::{AdamStep, FusedAdam, FusedSgd};
-use crate::cpu::worth_parallel;
+use crate::kernels::optimizer::{AdamStep, FusedAdam, FusedSgd};
+use crate::kernels::worth_parallel;
 use crate::{Error, Result};
 
 /// Which optimiser, with its hyper-parameters (the learning rate is separate).

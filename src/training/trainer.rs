@@ -5,23 +5,18 @@
 
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 
 use super::config::{Objective, TrainConfig};
-use super::mlp_step;
 use super::optimizer::Optimizer;
-use crate::cpu::{kernel_threads, with_kernel_threads};
+use super::step::{shard_count, step_plan, train_step, Shard, StepContext, StepFigures, StepPlan, TrainStep};
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
-use crate::objective::{
-    decompose_kl, log_importance_weights, log_mean_exp, negative_elbo_terms, ElboTerms, NoiseSource,
-};
+use crate::objective::NoiseSource;
 use crate::{Error, Result};
 
 /// Figures of one optimisation step (batch means, in nats).
@@ -71,6 +66,10 @@ pub struct EpochRecord {
 
 /// Watches training: progress display, logs, checkpoints. Every method has a do-nothing default.
 pub trait TrainingObserver {
+    /// Called once before the first step, with how the steps will be computed.
+    fn on_start(&mut self, _plan: &StepPlan) -> Result<()> {
+        Ok(())
+    }
     /// Called before the first step of an epoch.
     fn on_epoch_start(&mut self, _epoch: usize, _num_batches: usize) -> Result<()> {
         Ok(())
@@ -104,6 +103,8 @@ pub struct TrainOutcome {
     pub train_seconds: f64,
     /// Training examples processed per second of `train_seconds`.
     pub examples_per_second: f64,
+    /// How the steps were computed.
+    pub plan: Option<StepPlan>,
 }
 
 /// Seed offsets: independent random streams for shuffling, noise and binarization.
@@ -127,7 +128,10 @@ pub fn train(
     let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
     let started = Instant::now();
     let mut examples_seen = 0usize;
-    let mut outcome = TrainOutcome::default();
+    let mut outcome = TrainOutcome { plan: Some(loop_state.plan.clone()), ..TrainOutcome::default() };
+    for observer in observers.iter_mut() {
+        observer.on_start(&loop_state.plan)?;
+    }
     for epoch in 1..=config.epochs {
         let epoch_started = Instant::now();
         let (totals, end) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
@@ -172,36 +176,6 @@ pub fn train(
     Ok(outcome)
 }
 
-/// How each training step is computed, fixed before the first: see [`step_plan`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct StepPlan {
-    /// True when the step is worked out by hand on plain slices (an MLP with a Bernoulli decoder on the CPU,
-    /// trained on the ELBO); false when it goes through candle's graph.
-    pub by_hand: bool,
-    /// Shards a full batch is split into, one per thread (1: the whole batch at once).
-    pub shards: usize,
-}
-
-/// How [`train`] computes the steps of `vae` under `config` on `device`, with the thread count set now.
-pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> StepPlan {
-    let max_shards = max_shards(config, device);
-    StepPlan { by_hand: mlp_step::supports(vae, config, device), shards: shard_count(max_shards, config.batch_size) }
-}
-
-/// The most shards a batch may be split into: one per kernel thread, where the loss is a mean of examples.
-fn max_shards(config: &TrainConfig, device: &Device) -> usize {
-    if device.is_cpu() && config.loss_is_mean_of_examples() {
-        kernel_threads()
-    } else {
-        1
-    }
-}
-
-/// Shards for a batch of `rows`: at most `max_shards`, each of at least [`MIN_SHARD_ROWS`].
-fn shard_count(max_shards: usize, rows: usize) -> usize {
-    max_shards.min(rows / MIN_SHARD_ROWS).max(1)
-}
-
 /// The state that lives across epochs: optimiser, random streams, step counter.
 struct LoopState<'a> {
     config: &'a TrainConfig,
@@ -211,17 +185,15 @@ struct LoopState<'a> {
     noise: NoiseSource,
     step: usize,
     dataset_size: usize,
-    /// The most shards a batch is split into, one per thread (1: the whole batch in one graph).
-    max_shards: usize,
-    /// True when steps are worked out by hand ([`mlp_step`]) rather than through candle's graph.
-    by_hand: bool,
+    /// How each step is computed.
+    plan: StepPlan,
+    /// The step itself.
+    train_step: &'static dyn TrainStep,
 }
-
-/// A shard has at least this many rows: smaller ones make the matrix multiplies inefficient.
-const MIN_SHARD_ROWS: usize = 32;
 
 impl<'a> LoopState<'a> {
     fn new(config: &'a TrainConfig, vae: &Vae, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
+        let plan = step_plan(vae, config, device)?;
         Ok(LoopState {
             config,
             optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
@@ -230,8 +202,8 @@ impl<'a> LoopState<'a> {
             noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
             step: 0,
             dataset_size,
-            max_shards: max_shards(config, device),
-            by_hand: mlp_step::supports(vae, config, device),
+            train_step: train_step(plan.path),
+            plan,
         })
     }
 
@@ -268,32 +240,17 @@ impl<'a> LoopState<'a> {
         Ok((totals, EpochEnd::Completed))
     }
 
-    /// One optimisation step on the batch `x`. Where the loss is a mean of per-example terms, the batch is split
-    /// into one shard per thread (each of at least [`MIN_SHARD_ROWS`] rows; with more threads than shards, each
-    /// shard's kernels share the rest); each shard runs forward and backward on its own thread, its loss weighted
-    /// by its share of the batch, and the shards' gradients are summed: the same gradient as the whole batch's.
-    /// On 2 cores this beats splitting every kernel over both threads by about 1.4x (see BENCHMARKS.md): the
-    /// threads meet twice per step instead of at every operation, and the elementwise work is split too.
+    /// One optimisation step on the batch `x`. The batch is split into the plan's shards (each of at least 32
+    /// rows); each shard runs forward and backward on its own thread, its loss weighted by its share of the batch,
+    /// and the shards' gradients are summed inside the optimiser: the same gradient as the whole batch's. On 2 cores
+    /// this beats splitting every kernel over both threads by about 1.4x (see BENCHMARKS.md): the threads meet twice
+    /// per step instead of at every operation, and the elementwise work is split too.
     fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
         self.step += 1;
         let shards = self.shards(vae, x)?;
-        let objective = StepObjective {
-            config: self.config,
-            step: self.step,
-            dataset_size: self.dataset_size,
-            by_hand: self.by_hand,
-        };
-        let results: Vec<(StepFigures, GradStore)> = match shards.as_slice() {
-            [whole] => vec![objective.run(vae, whole)?],
-            _ => {
-                let threads_per_shard = kernel_threads() / shards.len();
-                let run = |shard| with_kernel_threads(threads_per_shard, || objective.run(vae, shard));
-                shards.par_iter().map(run).collect::<Result<_>>()?
-            }
-        };
-        let figures = results.iter().fold(StepFigures::default(), |sum, (part, _)| sum.plus(part));
+        let context = StepContext { config: self.config, step: self.step, dataset_size: self.dataset_size };
+        let (figures, grads) = self.train_step.run(vae, &shards, &context)?;
         self.check_finite(epoch, &figures)?;
-        let grads: Vec<GradStore> = results.into_iter().map(|(_, grads)| grads).collect();
         self.optimizer.step_sharded(&grads)?;
         Ok(StepRecord {
             epoch,
@@ -310,7 +267,7 @@ impl<'a> LoopState<'a> {
     /// The batch's shards with their noise, drawn in shard order from the one noise stream (step 2's eps).
     fn shards(&mut self, vae: &Vae, x: &Tensor) -> Result<Vec<Shard>> {
         let rows = x.dim(0)?;
-        let count = shard_count(self.max_shards, rows);
+        let count = shard_count(self.plan.shards, rows);
         let samples = match self.config.objective {
             Objective::Iwae { samples } => samples,
             Objective::Elbo | Objective::Tcvae { .. } => 1,
@@ -333,133 +290,6 @@ impl<'a> LoopState<'a> {
         match terms.iter().find(|(_, value)| !value.is_finite()) {
             Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
             None => Ok(()),
-        }
-    }
-}
-
-/// Rows of a batch with their noise eps, and the fraction of the batch they are.
-struct Shard {
-    x: Tensor,
-    eps: Tensor,
-    share: f64,
-}
-
-/// The loss of one step, computed on a shard: what it needs besides the model and the data.
-#[derive(Clone, Copy)]
-struct StepObjective<'a> {
-    config: &'a TrainConfig,
-    step: usize,
-    dataset_size: usize,
-    by_hand: bool,
-}
-
-impl StepObjective<'_> {
-    /// Forward and backward on a shard: its figures (weighted by its share) and its gradients.
-    fn run(&self, vae: &Vae, shard: &Shard) -> Result<(StepFigures, GradStore)> {
-        if let (true, Some(kl_weight)) = (self.by_hand, self.config.kl.weight(self.step)) {
-            return run_by_hand(vae, shard, kl_weight);
-        }
-        let terms = match self.config.objective {
-            Objective::Elbo => self.elbo_loss(vae, &shard.x, &shard.eps)?,
-            Objective::Iwae { samples } => self.iwae_loss(vae, &shard.x, &shard.eps, samples)?,
-            Objective::Tcvae { tc_beta } => self.tcvae_loss(vae, &shard.x, &shard.eps, tc_beta)?,
-        };
-        let figures = StepFigures::of(&terms)?.scaled(shard.share);
-        let loss = if shard.share == 1.0 { terms.loss } else { (terms.loss * shard.share)? };
-        Ok((figures, loss.backward()?)) // step 6: backprop through everything, including the encoder
-    }
-
-    /// Steps 1-5 of the seed: the loss reconstruction + weighted KL, batch means as scalars.
-    fn elbo_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor) -> Result<StepTerms> {
-        let terms = negative_elbo_terms(vae, x, eps)?; // steps 1-4
-        let weighted_kl = self.config.kl.weighted_kl(&terms.kl_per_dimension, self.step)?;
-        StepTerms::with_weighted_kl(&terms, weighted_kl) // step 5: reconstruction + (weighted) KL
-    }
-
-    /// The beta-TCVAE loss: reconstruction + MI + tc_beta * TC + dimension-wise KL, batch means; the KL parts are
-    /// estimated with the training set's size.
-    fn tcvae_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor, tc_beta: f64) -> Result<StepTerms> {
-        let terms = negative_elbo_terms(vae, x, eps)?;
-        let parts = decompose_kl(&terms.posterior, &terms.z, self.dataset_size)?;
-        StepTerms::with_weighted_kl(&terms, parts.weighted(tc_beta)?)
-    }
-
-    /// The negative IWAE bound with `samples` draws per example, batch mean.
-    fn iwae_loss(&self, vae: &Vae, x: &Tensor, eps: &Tensor, samples: usize) -> Result<StepTerms> {
-        let posterior = vae.encode(x)?;
-        let (log_weights, reconstruction) = log_importance_weights(vae, x, &posterior, eps, samples)?;
-        let loss = log_mean_exp(&log_weights)?.mean_all()?.neg()?;
-        let kl = posterior.kl_to_standard_normal()?.mean_all()?;
-        Ok(StepTerms { reconstruction: reconstruction.mean_all()?, kl, weighted_kl: None, loss })
-    }
-}
-
-/// The ELBO step on a shard worked out by hand ([`mlp_step`]), with the KL weighted by `kl_weight`: the same
-/// figures and gradients as candle's graph gives.
-fn run_by_hand(vae: &Vae, shard: &Shard, kl_weight: f64) -> Result<(StepFigures, GradStore)> {
-    let (terms, grads) = mlp_step::run(vae, &shard.x, &shard.eps, kl_weight, shard.share)?;
-    let weighted_kl = kl_weight * terms.kl;
-    let figures = StepFigures {
-        reconstruction: terms.reconstruction,
-        kl: terms.kl,
-        weighted_kl: Some(weighted_kl),
-        loss: terms.reconstruction + weighted_kl,
-    };
-    Ok((figures.scaled(shard.share), grads))
-}
-
-/// The scalar terms of one step, still on the device (the loss keeps its graph for backprop).
-struct StepTerms {
-    reconstruction: Tensor,
-    kl: Tensor,
-    weighted_kl: Option<Tensor>,
-    loss: Tensor,
-}
-
-impl StepTerms {
-    /// Batch means of the terms, with `weighted_kl` (a scalar) in place of the KL in the loss.
-    fn with_weighted_kl(terms: &ElboTerms, weighted_kl: Tensor) -> Result<Self> {
-        let reconstruction = terms.reconstruction.mean_all()?;
-        let loss = (&reconstruction + &weighted_kl)?;
-        Ok(StepTerms { reconstruction, kl: terms.kl.mean_all()?, weighted_kl: Some(weighted_kl), loss })
-    }
-}
-
-/// The step's terms as numbers (batch means, nats).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct StepFigures {
-    reconstruction: f64,
-    kl: f64,
-    weighted_kl: Option<f64>,
-    loss: f64,
-}
-
-impl StepFigures {
-    fn of(terms: &StepTerms) -> Result<Self> {
-        let to_f64 = |t: &Tensor| -> Result<f64> { Ok(f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?)) };
-        Ok(StepFigures {
-            reconstruction: to_f64(&terms.reconstruction)?,
-            kl: to_f64(&terms.kl)?,
-            weighted_kl: terms.weighted_kl.as_ref().map(to_f64).transpose()?,
-            loss: to_f64(&terms.loss)?,
-        })
-    }
-
-    fn scaled(self, share: f64) -> Self {
-        StepFigures {
-            reconstruction: self.reconstruction * share,
-            kl: self.kl * share,
-            weighted_kl: self.weighted_kl.map(|w| w * share),
-            loss: self.loss * share,
-        }
-    }
-
-    fn plus(self, other: &StepFigures) -> Self {
-        StepFigures {
-            reconstruction: self.reconstruction + other.reconstruction,
-            kl: self.kl + other.kl,
-            weighted_kl: other.weighted_kl.map(|w| self.weighted_kl.unwrap_or(0.0) + w),
-            loss: self.loss + other.loss,
         }
     }
 }
@@ -504,6 +334,8 @@ mod tests {
     use crate::model::init::initialize;
     use crate::model::VaeConfig;
     use crate::objective::{KlSchedule, KlWeighting};
+    use crate::training::step::{StepChoice, StepPath};
+    use candle_core::DType;
     use candle_nn::VarBuilder;
 
     /// A small MLP VAE with seeded weights.
@@ -521,13 +353,16 @@ mod tests {
         (vae, varmap)
     }
 
-    /// Two steps on fixed batches of 96 grey examples, the batch split into `shards`, by hand where the model
-    /// allows it unless `graph_only`; the figures of the last step and every parameter afterwards, in name order.
+    /// Two steps on fixed batches of 96 grey examples, the batch split into `shards`, through the fused step where
+    /// it covers the run unless `graph_only`; the figures of the last step and every parameter afterwards, in name
+    /// order.
     fn two_steps_with(config: &TrainConfig, shards: usize, graph_only: bool) -> (StepRecord, Vec<f32>) {
         let (vae, varmap) = model();
         let mut state = LoopState::new(config, &vae, &varmap, 1000, &Device::Cpu).unwrap();
-        state.max_shards = shards;
-        state.by_hand &= !graph_only;
+        state.plan.shards = shards;
+        if graph_only {
+            state.train_step = train_step(StepPath::Graph);
+        }
         let mut record = None;
         for batch in 0..2 {
             let values: Vec<f32> = (0..96 * 30).map(|i| ((i * 37 + batch * 11) % 101) as f32 / 100.0).collect();
@@ -585,11 +420,11 @@ mod tests {
     }
 
     #[test]
-    fn steps_by_hand_take_the_same_steps_as_candles_graph() {
+    fn fused_steps_take_the_same_steps_as_candles_graph() {
         let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 5 }, ..KlWeighting::default() };
         for config in [TrainConfig::default(), TrainConfig { kl: warm_up, ..TrainConfig::default() }] {
             let (vae, varmap) = model();
-            assert!(LoopState::new(&config, &vae, &varmap, 1000, &Device::Cpu).unwrap().by_hand);
+            assert_eq!(LoopState::new(&config, &vae, &varmap, 1000, &Device::Cpu).unwrap().plan.path, StepPath::Fused);
             let graph = two_steps_with(&config, 1, true);
             for shards in [1, 2] {
                 assert_same_steps(&graph, &two_steps(&config, shards), &format!("{config:?}, {shards} shards"));
@@ -598,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn losses_that_look_across_the_batch_are_not_split() {
+    fn losses_that_look_across_the_batch_are_not_split_on_the_graph() {
         let free_bits = KlWeighting { free_bits: Some(0.5), ..KlWeighting::default() };
         let capacity = KlWeighting {
             capacity: Some(crate::objective::Capacity { max_nats: 5.0, steps: 10, gamma: 100.0 }),
@@ -610,8 +445,9 @@ mod tests {
             TrainConfig { objective: Objective::Tcvae { tc_beta: 6.0 }, ..TrainConfig::default() },
         ] {
             assert!(!config.loss_is_mean_of_examples(), "{config:?}");
+            let config = TrainConfig { step: StepChoice::Graph, ..config };
             let (vae, varmap) = model();
-            assert_eq!(LoopState::new(&config, &vae, &varmap, 100, &Device::Cpu).unwrap().max_shards, 1);
+            assert_eq!(LoopState::new(&config, &vae, &varmap, 100, &Device::Cpu).unwrap().plan.shards, 1);
         }
         assert!(TrainConfig::default().loss_is_mean_of_examples());
     }

@@ -31,6 +31,11 @@ impl Categorical {
         Ok(clamped.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?)
     }
 
+    /// The number of levels K.
+    pub fn levels(&self) -> usize {
+        self.levels
+    }
+
     fn log_probs(&self, logits: &Tensor) -> Result<Tensor> {
         let batch = logits.dim(0)?;
         Ok(candle_nn::ops::log_softmax(&logits.reshape((batch, self.data_dim, self.levels))?, D::Minus1)?)

@@ -52,6 +52,22 @@ impl Gaussian {
         Ok(Gaussian { log_var })
     }
 
+    /// log sigma^2 as a fixed number, or `None` when it is learned.
+    pub fn fixed_log_var(&self) -> Option<f64> {
+        match self.log_var {
+            LogVariance::Fixed(log_var) => Some(log_var),
+            LogVariance::Learned(_) => None,
+        }
+    }
+
+    /// The learned log sigma^2 parameter (`[1]` or `[data_dim]`), or `None` for a fixed sigma.
+    pub fn learned_log_var(&self) -> Option<&Tensor> {
+        match &self.log_var {
+            LogVariance::Fixed(_) => None,
+            LogVariance::Learned(log_var) => Some(log_var),
+        }
+    }
+
     /// -log N(x; mean, sigma^2) per example, summed over dimensions; shape `[batch]`.
     pub fn negative_log_prob(&self, mean: &Tensor, x: &Tensor) -> Result<Tensor> {
         // -log p(x|z) = 0.5 * (log 2pi + log sigma^2 + (x - mu)^2 / sigma^2)

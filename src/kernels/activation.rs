@@ -3,9 +3,9 @@
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
-use super::mlp::Activation;
-use crate::cpu::{contiguous_f32, wide_fn};
-use crate::fast_math;
+use crate::model::Activation;
+use crate::kernels::{contiguous_f32, wide_fn};
+use crate::kernels::fast_math;
 
 /// Activations whose derivative can be read off the output alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

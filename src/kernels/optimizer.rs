@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};
 
-use crate::cpu::{add_to, contiguous_f32, contiguous_f32_mut, cpu_f32, read_all, wide_fn};
+use crate::kernels::{add_to, contiguous_f32, contiguous_f32_mut, cpu_f32, read_all, wide_fn};
 
 /// Adam's hyper-parameters for one step, bias corrections included.
 #[derive(Debug, Clone, Copy)]

@@ -16,8 +16,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused_activation::OutputActivation;
-use crate::cpu::{contiguous_f32, matmul, Destination, Operand};
+use super::activation::OutputActivation;
+use crate::kernels::{contiguous_f32, matmul, Destination, Operand};
 
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
 const ONE: gemm::Parallelism = gemm::Parallelism::None;

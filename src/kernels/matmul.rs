@@ -1,79 +1,19 @@
-//! Helpers shared by the fused CPU kernels: raw f32 slices of candle storage, a matrix multiply on plain slices,
-//! and how many threads a kernel uses.
+//! Matrix multiplies on plain row-major slices, for the dense and convolution layers and their gradients: the
+//! `gemm` crate (its AVX-512, AVX2 or scalar kernels, as [`super::simd`] picks), or the system's OpenBLAS with the
+//! `openblas` feature.
 
-use std::cell::Cell;
-
-use parking_lot::RwLockReadGuard;
-
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use super::simd::{simd_level, SimdLevel};
+use super::kernel_threads;
 
 #[cfg(feature = "openblas")]
+#[path = "openblas.rs"]
 mod openblas;
 
 /// Which library multiplies the dense and convolution layers' matrices in this build.
 pub const MATMUL_BACKEND: &str = if cfg!(feature = "openblas") { "OpenBLAS (system)" } else { "gemm crate" };
 
-/// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
-pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("{kernel}: needs contiguous f32 tensors"),
-    }
-}
-
-/// The mutable values of a contiguous f32 tensor; an error for other dtypes or layouts.
-pub fn contiguous_f32_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    kernel: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
-        _ => candle_core::bail!("{kernel}: needs contiguous f32 tensors"),
-    }
-}
-
-/// Read access to a tensor's storage: hold it while slices from [`cpu_f32`] are in use.
-pub type StorageGuard<'a> = (RwLockReadGuard<'a, Storage>, &'a Layout);
-
-/// Locks the storage of each of `tensors` for reading.
-pub fn read_all<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<StorageGuard<'a>> {
-    tensors.into_iter().map(Tensor::storage_and_layout).collect()
-}
-
-/// The values of a contiguous f32 CPU tensor behind a read guard; an error names `kernel` for anything else.
-pub fn cpu_f32<'a>(guard: &'a StorageGuard<'_>, kernel: &str) -> candle_core::Result<&'a [f32]> {
-    match &*guard.0 {
-        Storage::Cpu(storage) => contiguous_f32(storage, guard.1, kernel),
-        _ => candle_core::bail!("{kernel}: needs tensors on the CPU"),
-    }
-}
-
 /// Work below this many scalar operations runs on one thread: sharing it costs more than it saves.
 pub const PARALLEL_WORK: usize = 1 << 16;
-
-thread_local! {
-    /// The threads this thread's kernels may use while it runs one shard of a batch (0: no limit set).
-    static SHARD_THREADS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Runs `work` with the kernels it calls on this thread limited to `threads` threads: for a shard of a batch
-/// whose other shards run on the other threads, where kernels that split themselves over every thread would
-/// only wait on each other.
-pub fn with_kernel_threads<R>(threads: usize, work: impl FnOnce() -> R) -> R {
-    let before = SHARD_THREADS.with(|limit| limit.replace(threads.max(1)));
-    let result = work();
-    SHARD_THREADS.with(|limit| limit.set(before));
-    result
-}
-
-/// The threads kernels may use from here: candle's thread setting, or the limit of [`with_kernel_threads`].
-pub fn kernel_threads() -> usize {
-    match SHARD_THREADS.with(Cell::get) {
-        0 => candle_core::utils::get_num_threads(),
-        limit => limit,
-    }
-}
 
 /// The matrix-multiply threads for `work` multiply-adds: the kernel threads, or one for small products.
 pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
@@ -93,11 +33,6 @@ fn threads_of(parallelism: gemm::Parallelism) -> usize {
         gemm::Parallelism::Rayon(threads) => threads,
         _ => 1,
     }
-}
-
-/// True when an elementwise kernel over `work` values is worth spreading over rayon's threads.
-pub fn worth_parallel(work: usize) -> bool {
-    kernel_threads() > 1 && work > 4 * PARALLEL_WORK
 }
 
 /// A matrix operand: its values and the strides of a step down a row and across a column.
@@ -192,10 +127,12 @@ unsafe fn multiply_into(
         }
     }
     assert!(lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
+    let level = simd_level();
+    let gemm_at_level = if level == SimdLevel::detected() { gemm::gemm::<f32> } else { narrower_gemm(level) };
     // SAFETY: the assertion keeps every operand index the strides reach inside its slice; the caller vouches for
     // dst.
     unsafe {
-        gemm::gemm(
+        gemm_at_level(
             m,
             n,
             k,
@@ -219,51 +156,120 @@ unsafe fn multiply_into(
     }
 }
 
-/// True when this CPU has AVX2 and FMA (checked once, then cached by the standard library).
-#[inline(always)]
-pub fn has_avx2_fma() -> bool {
+/// The signature of `gemm::gemm` for f32.
+type Gemm = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    isize,
+    isize,
+    bool,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    f32,
+    f32,
+    bool,
+    bool,
+    bool,
+    gemm::Parallelism,
+);
+
+/// The `gemm` crate's driver with the microkernels of a level narrower than the CPU's widest, which `gemm::gemm`
+/// would pick by itself: its AVX2 + FMA kernels, or its scalar ones.
+fn narrower_gemm(level: SimdLevel) -> Gemm {
     #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    if level == SimdLevel::Avx2 {
+        return narrower::avx2;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    let _ = level;
+    narrower::scalar
 }
 
-/// Defines a function whose body is compiled twice, for AVX2 + FMA (8 float lanes per instruction) and as
-/// built (SSE's 4 on x86-64), the right one picked at run time. The numbers are the same either way: Rust never
-/// contracts a * b + c into a fused multiply-add by itself, so only the vector width changes.
-macro_rules! wide_fn {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                /// The body compiled with AVX2 and FMA. Safety: only called where the CPU has them.
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
-                if $crate::cpu::has_avx2_fma() {
-                    // SAFETY: the CPU has the features `wide` is compiled for.
-                    return unsafe { wide($($arg),*) };
+/// The `gemm` crate's own driver, `gemm_basic_generic`, called with one level's microkernels (as `gemm::gemm`
+/// does for the level it detects).
+mod narrower {
+    use gemm_common::gemm::gemm_basic_generic;
+    use gemm_common::simd::MixedSimd;
+
+    /// Defines `$name` as the driver with the microkernels of `$kernels`, vectors of `$lanes` floats and the
+    /// instruction set `$simd`.
+    macro_rules! gemm_with {
+        ($name:ident, $kernels:path, $simd:ty, $lanes:expr) => {
+            /// `gemm::gemm` for f32 at one SIMD level. Safety: as `gemm::gemm`'s, on a CPU with the level.
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $name(
+                m: usize,
+                n: usize,
+                k: usize,
+                dst: *mut f32,
+                dst_cs: isize,
+                dst_rs: isize,
+                read_dst: bool,
+                lhs: *const f32,
+                lhs_cs: isize,
+                lhs_rs: isize,
+                rhs: *const f32,
+                rhs_cs: isize,
+                rhs_rs: isize,
+                alpha: f32,
+                beta: f32,
+                conj_dst: bool,
+                conj_lhs: bool,
+                conj_rhs: bool,
+                parallelism: gemm::Parallelism,
+            ) {
+                use $kernels::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
+                const N: usize = $lanes;
+                let Some(simd) = <$simd as MixedSimd<f32, f32, f32, f32>>::try_new() else {
+                    // SAFETY: the caller's promises are gemm::gemm's.
+                    return unsafe {
+                        gemm::gemm(
+                            m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha,
+                            beta, conj_dst, conj_lhs, conj_rhs, parallelism,
+                        )
+                    };
+                };
+                // SAFETY: the caller's promises are gemm::gemm's; the CPU has the level (try_new checked it).
+                unsafe {
+                    gemm_basic_generic::<_, f32, N, { MR_DIV_N * N }, NR, MR_DIV_N, H_M, H_N>(
+                        simd,
+                        m,
+                        n,
+                        k,
+                        dst,
+                        dst_cs,
+                        dst_rs,
+                        read_dst,
+                        lhs,
+                        lhs_cs,
+                        lhs_rs,
+                        rhs,
+                        rhs_cs,
+                        rhs_rs,
+                        alpha,
+                        beta,
+                        conj_dst,
+                        conj_lhs,
+                        conj_rhs,
+                        |a, b, c| a * b + c,
+                        &UKR,
+                        &H_UKR,
+                        false,
+                        parallelism,
+                    )
                 }
             }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use wide_fn;
-
-wide_fn! {
-    /// total += part, value by value.
-    pub fn add_to(total: &mut [f32], part: &[f32]) {
-        total.iter_mut().zip(part).for_each(|(total, &value)| *total += value);
+        };
     }
+
+    #[cfg(target_arch = "x86_64")]
+    gemm_with!(avx2, gemm_f32::microkernel::fma::f32, gemm_common::simd::V3, 8);
+    gemm_with!(scalar, gemm_f32::microkernel::scalar::f32, gemm_common::simd::Scalar, 1);
 }
 
 #[cfg(test)]
@@ -294,9 +300,16 @@ mod tests {
     }
 
     /// Every layout the kernels use (plain and transposed operands), odd sizes, one and two threads, overwrite and
-    /// accumulate: whichever multiply the build uses (the `gemm` crate, or OpenBLAS) gives the product.
+    /// accumulate, at every SIMD level the CPU has: whichever multiply the build uses (the `gemm` crate's kernels,
+    /// or OpenBLAS) gives the product.
     #[test]
     fn matmul_matches_the_definition() {
+        for level in SimdLevel::ALL {
+            super::super::simd::with_simd_level(level, matmul_matches_the_definition_at_this_level);
+        }
+    }
+
+    fn matmul_matches_the_definition_at_this_level() {
         let parallelisms = [gemm::Parallelism::None, gemm::Parallelism::Rayon(2)];
         for (m, k, n) in [(1, 1, 1), (7, 5, 3), (33, 17, 65), (130, 257, 9), (1, 40, 1)] {
             let (lhs_values, rhs_values) = (values(m * k, 1), values(k * n, 2));

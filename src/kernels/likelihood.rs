@@ -1,0 +1,365 @@
+//! The decoder likelihoods' terms with their gradients, each one pass over the decoder's output and the data:
+//! every example's -log p(x|z), and the gradient of sum_n s_n * (-log p(x_n|z_n)) for the output (and for a
+//! learned Gaussian log-variance), with s_n a per-example weight (c = share / rows for the ELBO, c times the
+//! normalised importance weight for the IWAE bound). Their plain twins are the tensor-op forms in
+//! [`crate::model::likelihood`], which the tests hold these to.
+//!
+//! - Bernoulli, from logits l: -log p(x|z) = sum_d [ max(l, 0) - x l + log(1 + exp(-|l|)) ]; d/dl = sigmoid(l) - x.
+//! - Gaussian with mean m: -log p(x|z) = 0.5 * sum_d [ log 2pi + log sigma_d^2 + (x - m)^2 / sigma_d^2 ];
+//!   d/dm = (m - x) / sigma_d^2;  d/dlog sigma_d^2 = 0.5 * (1 - (x - m)^2 / sigma_d^2).
+//! - Categorical over K levels: -log p(x|z) = sum_d [ logsumexp_k l_{d,k} - l_{d,x_d} ], x_d = round(x (K - 1));
+//!   d/dl_{d,k} = softmax_k(l_d) - [k = x_d].
+
+use rayon::prelude::*;
+
+use super::{fast_math, wide_fn, worth_parallel};
+use crate::model::gaussian::LN_2PI;
+
+/// Accumulator lanes of a row sum: independent partial sums let the loop vectorise (a single in-order float sum
+/// cannot be reordered by the compiler); the order is fixed, so results are the same at every SIMD level.
+const LANES: usize = 8;
+
+/// Rows per parallel chunk: fixed, so the sums of a learned variance's gradient do not depend on the thread count.
+const ROWS_PER_CHUNK: usize = 16;
+
+/// A decoder likelihood as the fused kernels compute it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LikelihoodKernel<'a> {
+    /// Bernoulli from logits.
+    Bernoulli,
+    /// Gaussian around the output; `log_var` holds one log sigma^2 for every dimension, or one per dimension.
+    Gaussian {
+        /// log sigma^2: 1 or `data_dim` values.
+        log_var: &'a [f32],
+        /// True when log sigma^2 is a parameter that wants its gradient.
+        learned: bool,
+    },
+    /// Softmax over `levels` values per dimension, the levels of a dimension contiguous in the output.
+    Categorical {
+        /// K.
+        levels: usize,
+    },
+}
+
+/// What [`LikelihoodKernel::loss_and_gradient`] gives.
+pub(crate) struct LikelihoodGradients {
+    /// -log p(x_n|z_n) of each example.
+    pub losses: Vec<f32>,
+    /// The gradient for the decoder's output, its shape.
+    pub output: Vec<f32>,
+    /// The gradient for a learned log sigma^2 (its shape), else `None`.
+    pub log_var: Option<Vec<f32>>,
+}
+
+impl LikelihoodKernel<'_> {
+    /// Decoder outputs per data value.
+    fn outputs_per_value(&self) -> usize {
+        match self {
+            LikelihoodKernel::Categorical { levels } => *levels,
+            _ => 1,
+        }
+    }
+
+    /// -log p(x_n|z_n) of each of the `rows` examples, from the output `[rows, data_dim * outputs per value]` and
+    /// the data `[rows, data_dim]`.
+    pub(crate) fn losses(&self, output: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
+        let scales = vec![0.0; rows];
+        self.loss_and_gradient(output, x, &scales).losses
+    }
+
+    /// Each example's -log p(x_n|z_n) and the gradients of sum_n scales_n * (-log p(x_n|z_n)), one row per entry
+    /// of `scales`.
+    pub(crate) fn loss_and_gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> LikelihoodGradients {
+        let rows = scales.len();
+        let data_dim = x.len() / rows.max(1);
+        let width = data_dim * self.outputs_per_value();
+        let mut grad = vec![0.0f32; output.len()];
+        let chunk = |((grad, output), (x, scales)): ((&mut [f32], &[f32]), (&[f32], &[f32]))| {
+            self.chunk(grad, output, x, scales, data_dim)
+        };
+        let (width, data_dim_1) = (width.max(1), data_dim.max(1));
+        let parts: Vec<(Vec<f32>, Option<Vec<f32>>)> = if worth_parallel(output.len()) {
+            let grads = grad.par_chunks_mut(ROWS_PER_CHUNK * width).zip(output.par_chunks(ROWS_PER_CHUNK * width));
+            grads.zip(x.par_chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.par_chunks(ROWS_PER_CHUNK))).map(chunk).collect()
+        } else {
+            let grads = grad.chunks_mut(ROWS_PER_CHUNK * width).zip(output.chunks(ROWS_PER_CHUNK * width));
+            grads.zip(x.chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.chunks(ROWS_PER_CHUNK))).map(chunk).collect()
+        };
+        let mut losses = Vec::with_capacity(rows);
+        let mut log_var: Option<Vec<f32>> = None;
+        for (part_losses, part_log_var) in parts {
+            losses.extend(part_losses);
+            if let Some(part) = part_log_var {
+                match log_var.as_mut() {
+                    Some(total) => super::add_to(total, &part),
+                    None => log_var = Some(part),
+                }
+            }
+        }
+        LikelihoodGradients { losses, output: grad, log_var }
+    }
+
+    /// [`Self::loss_and_gradient`] on a chunk of rows: their losses, and their share of a learned log-variance's
+    /// gradient.
+    fn chunk(
+        &self,
+        grad: &mut [f32],
+        output: &[f32],
+        x: &[f32],
+        scales: &[f32],
+        data_dim: usize,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
+        let rows = scales.len();
+        let width = output.len() / rows.max(1);
+        let row = |n: usize| (n * width..(n + 1) * width, n * data_dim..(n + 1) * data_dim);
+        match *self {
+            LikelihoodKernel::Bernoulli => {
+                let losses = (0..rows).map(|n| {
+                    let (out, data) = row(n);
+                    bernoulli_row(&mut grad[out.clone()], &output[out], &x[data], scales[n])
+                });
+                (losses.collect(), None)
+            }
+            LikelihoodKernel::Categorical { levels } => {
+                let losses = (0..rows).map(|n| {
+                    let (out, data) = row(n);
+                    categorical_row(&mut grad[out.clone()], &output[out], &x[data], levels, scales[n])
+                });
+                (losses.collect(), None)
+            }
+            LikelihoodKernel::Gaussian { log_var, learned } => {
+                let gaussian = GaussianRows::new(log_var, data_dim);
+                let mut log_var_grad = learned.then(|| vec![0.0f32; data_dim]);
+                let losses = (0..rows).map(|n| {
+                    let (out, data) = row(n);
+                    let squared = gaussian.row(&mut grad[out.clone()], &output[out], &x[data], scales[n]);
+                    if let Some(total) = log_var_grad.as_mut() {
+                        gaussian.log_var_gradient(total, &output[row(n).0], &x[row(n).1], scales[n]);
+                    }
+                    gaussian.constant + 0.5 * squared
+                });
+                let losses = losses.collect();
+                let log_var_grad = log_var_grad.map(|per_dimension| match log_var.len() {
+                    1 => vec![per_dimension.iter().sum()],
+                    _ => per_dimension,
+                });
+                (losses, log_var_grad)
+            }
+        }
+    }
+}
+
+/// The Gaussian's per-dimension numbers, computed once per call.
+struct GaussianRows {
+    /// 1 / sigma_d^2 for every dimension.
+    inverse_variance: Vec<f32>,
+    /// 0.5 * sum_d (log 2pi + log sigma_d^2): the part of every example's term that does not depend on it.
+    constant: f32,
+}
+
+impl GaussianRows {
+    fn new(log_var: &[f32], data_dim: usize) -> Self {
+        let per_dimension: Vec<f32> = (0..data_dim).map(|d| log_var[d.min(log_var.len() - 1)]).collect();
+        let log_var_sum: f64 = per_dimension.iter().map(|&v| f64::from(v)).sum();
+        GaussianRows {
+            inverse_variance: per_dimension.iter().map(|&v| (-v).exp()).collect(),
+            constant: (0.5 * (data_dim as f64 * LN_2PI + log_var_sum)) as f32,
+        }
+    }
+
+    /// One example: writes s (m - x) / sigma^2 to `grad` and returns sum_d (x - m)^2 / sigma_d^2.
+    fn row(&self, grad: &mut [f32], mean: &[f32], x: &[f32], s: f32) -> f32 {
+        gaussian_row(grad, mean, x, &self.inverse_variance, s)
+    }
+
+    /// Adds one example's s * 0.5 * (1 - (x - m)^2 / sigma_d^2) to `total`.
+    fn log_var_gradient(&self, total: &mut [f32], mean: &[f32], x: &[f32], s: f32) {
+        gaussian_log_var_row(total, mean, x, &self.inverse_variance, s)
+    }
+}
+
+wide_fn! {
+    /// One Gaussian example: grad_d = s (m_d - x_d) / sigma_d^2; returns sum_d (x_d - m_d)^2 / sigma_d^2.
+    fn gaussian_row(grad: &mut [f32], mean: &[f32], x: &[f32], inverse_variance: &[f32], s: f32) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        let full = mean.len() / LANES * LANES;
+        for start in (0..full).step_by(LANES) {
+            for lane in 0..LANES {
+                let d = start + lane;
+                let difference = mean[d] - x[d];
+                let scaled = difference * inverse_variance[d];
+                lanes[lane] += difference * scaled;
+                grad[d] = s * scaled;
+            }
+        }
+        let mut tail = 0.0f32;
+        for d in full..mean.len() {
+            let difference = mean[d] - x[d];
+            let scaled = difference * inverse_variance[d];
+            tail += difference * scaled;
+            grad[d] = s * scaled;
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+wide_fn! {
+    /// total_d += s * 0.5 * (1 - (x_d - m_d)^2 / sigma_d^2) for one example.
+    fn gaussian_log_var_row(total: &mut [f32], mean: &[f32], x: &[f32], inverse_variance: &[f32], s: f32) {
+        for (d, total) in total.iter_mut().enumerate() {
+            let difference = mean[d] - x[d];
+            *total += s * 0.5 * (1.0 - difference * difference * inverse_variance[d]);
+        }
+    }
+}
+
+/// -log p(x|z) = max(l, 0) - x * l + log(1 + exp(-|l|)) for one value, with s * (sigmoid(l) - x): the one
+/// exp(-|l|) serves both, as sigmoid(l) = 1 / (1 + exp(-|l|)) for l >= 0 and exp(-|l|) / (1 + exp(-|l|)) below.
+#[inline(always)]
+fn bernoulli_term_and_gradient(l: f32, x: f32, s: f32) -> (f32, f32) {
+    let e = fast_math::exp(-l.abs());
+    let sigmoid = if l >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    (l.max(0.0) - x * l + fast_math::ln_1p_unit(e), s * (sigmoid - x))
+}
+
+/// -log p(x|z) of one Bernoulli value (the gradient part of [`bernoulli_term_and_gradient`] is dropped by the
+/// compiler when unused).
+#[inline(always)]
+fn bernoulli_term(l: f32, x: f32) -> f32 {
+    bernoulli_term_and_gradient(l, x, 0.0).0
+}
+
+wide_fn! {
+    /// One Bernoulli example's sum_d term(l_d, x_d), with its gradient s * (sigmoid(l_d) - x_d) written to `grad`.
+    fn bernoulli_row(grad: &mut [f32], logits: &[f32], targets: &[f32], s: f32) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        let full = logits.len() / LANES * LANES;
+        let chunks = grad.chunks_exact_mut(LANES).zip(logits.chunks_exact(LANES)).zip(targets.chunks_exact(LANES));
+        for ((out, l), x) in chunks {
+            for lane in 0..LANES {
+                let (term, gradient) = bernoulli_term_and_gradient(l[lane], x[lane], s);
+                lanes[lane] += term;
+                out[lane] = gradient;
+            }
+        }
+        let mut tail = 0.0f32;
+        for index in full..logits.len() {
+            let (term, gradient) = bernoulli_term_and_gradient(logits[index], targets[index], s);
+            tail += term;
+            grad[index] = gradient;
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+wide_fn! {
+    /// sum_d term(l_d, x_d) over one Bernoulli example, without the gradient.
+    fn bernoulli_row_sum(logits: &[f32], targets: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; LANES];
+        let (l_chunks, x_chunks) = (logits.chunks_exact(LANES), targets.chunks_exact(LANES));
+        let tail: f32 =
+            l_chunks.remainder().iter().zip(x_chunks.remainder()).map(|(&l, &x)| bernoulli_term(l, x)).sum();
+        for (l, x) in l_chunks.zip(x_chunks) {
+            for lane in 0..LANES {
+                lanes[lane] += bernoulli_term(l[lane], x[lane]);
+            }
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+wide_fn! {
+    /// One Bernoulli example's gradient: out_d = g * (sigmoid(l_d) - x_d).
+    fn bernoulli_gradient_row(out: &mut [f32], logits: &[f32], targets: &[f32], g: f32) {
+        out.iter_mut().zip(logits).zip(targets).for_each(|((o, &l), &x)| *o = g * (fast_math::sigmoid(l) - x));
+    }
+}
+
+/// -log p(x|z) of each Bernoulli example: logits and targets `[n, dim]` -> `[n]`, over the threads when worth it.
+pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: &[f32], dim: usize) -> Vec<f32> {
+    let row_sum = |(l, x): (&[f32], &[f32])| bernoulli_row_sum(l, x);
+    let dim = dim.max(1);
+    if worth_parallel(logits.len()) {
+        logits.par_chunks(dim).zip(targets.par_chunks(dim)).map(row_sum).collect()
+    } else {
+        logits.chunks(dim).zip(targets.chunks(dim)).map(row_sum).collect()
+    }
+}
+
+/// The gradient of sum_n g_n * (-log p(x_n|z_n)) for Bernoulli logits: g_n * (sigmoid(l) - x), `[n, dim]`, from
+/// logits and targets `[n, dim]` and the upstream gradient g `[n]`.
+pub(crate) fn bernoulli_gradient(logits: &[f32], targets: &[f32], upstream: &[f32], dim: usize) -> Vec<f32> {
+    let mut grad = vec![0.0f32; logits.len()];
+    let fill = |((out, l), (x, &g)): ((&mut [f32], &[f32]), (&[f32], &f32))| bernoulli_gradient_row(out, l, x, g);
+    let dim = dim.max(1);
+    if worth_parallel(logits.len()) {
+        grad.par_chunks_mut(dim)
+            .zip(logits.par_chunks(dim))
+            .zip(targets.par_chunks(dim).zip(upstream.par_iter()))
+            .for_each(fill);
+    } else {
+        grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
+    }
+    grad
+}
+
+wide_fn! {
+    /// One categorical example over `levels` outputs per value: sum_d (logsumexp_k l_{d,k} - l_{d,x_d}), with
+    /// grad_{d,k} = s * (softmax_k(l_d) - [k = x_d]).
+    fn categorical_row(grad: &mut [f32], logits: &[f32], x: &[f32], levels: usize, s: f32) -> f32 {
+        let mut total = 0.0f32;
+        let top = (levels - 1) as f32;
+        for ((grad, logits), &value) in grad.chunks_exact_mut(levels).zip(logits.chunks_exact(levels)).zip(x) {
+            let level = (value * top).round().clamp(0.0, top) as usize;
+            let max = logits.iter().fold(f32::NEG_INFINITY, |max, &l| max.max(l));
+            let mut sum = 0.0f32;
+            for (g, &l) in grad.iter_mut().zip(logits) {
+                *g = fast_math::exp(l - max);
+                sum += *g;
+            }
+            // -log p = logsumexp_k l_k - l_x = log sum_k exp(l_k - max) + max - l_x
+            total += sum.ln() + max - logits[level];
+            let scale = s / sum;
+            grad.iter_mut().for_each(|g| *g *= scale);
+            grad[level] -= s;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::{with_simd_level, SimdLevel};
+    use rand::{Rng, SeedableRng};
+
+    fn values(rng: &mut rand_chacha::ChaCha8Rng, count: usize, low: f32, high: f32) -> Vec<f32> {
+        (0..count).map(|_| rng.random_range(low..high)).collect()
+    }
+
+    /// Every kernel gives the same bits at every SIMD level the CPU has.
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (rows, dim) = (5, 37);
+        let x = values(&mut rng, rows * dim, 0.0, 1.0);
+        let scales = values(&mut rng, rows, 0.1, 1.0);
+        let log_var = values(&mut rng, dim, -1.0, 1.0);
+        let kernels = [
+            (LikelihoodKernel::Bernoulli, 1),
+            (LikelihoodKernel::Gaussian { log_var: &log_var, learned: true }, 1),
+            (LikelihoodKernel::Categorical { levels: 16 }, 16),
+        ];
+        for (kernel, per_value) in kernels {
+            let output = values(&mut rng, rows * dim * per_value, -8.0, 8.0);
+            let results: Vec<_> = SimdLevel::ALL
+                .iter()
+                .map(|&level| {
+                    let result = with_simd_level(level, || kernel.loss_and_gradient(&output, &x, &scales));
+                    (result.losses, result.output, result.log_var)
+                })
+                .collect();
+            assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{kernel:?}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The hot CPU kernels, each beside its plain twin (the tests' oracle): matrix multiplies, the SIMD level they
+//! run at, branch-free math functions, fused activations, likelihood terms with their gradients, convolutions as
+//! im2col + GEMM, and the in-place optimiser updates. Everything here works on f32 slices of candle's CPU storage;
+//! other devices and dtypes take candle's own ops.
+
+pub mod activation;
+pub mod conv;
+pub mod fast_math;
+pub mod likelihood;
+pub mod matmul;
+pub mod optimizer;
+pub mod simd;
+
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use parking_lot::RwLockReadGuard;
+
+pub use matmul::{gemm_parallelism, matmul, product, Destination, Operand, MATMUL_BACKEND, PARALLEL_WORK};
+pub(crate) use simd::wide_fn;
+pub use simd::{add_to, simd_level, SimdLevel};
+
+/// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
+pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{kernel}: needs contiguous f32 tensors"),
+    }
+}
+
+/// The mutable values of a contiguous f32 tensor; an error for other dtypes or layouts.
+pub fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    kernel: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("{kernel}: needs contiguous f32 tensors"),
+    }
+}
+
+/// Read access to a tensor's storage: hold it while slices from [`cpu_f32`] are in use.
+pub type StorageGuard<'a> = (RwLockReadGuard<'a, Storage>, &'a Layout);
+
+/// Locks the storage of each of `tensors` for reading.
+pub fn read_all<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<StorageGuard<'a>> {
+    tensors.into_iter().map(Tensor::storage_and_layout).collect()
+}
+
+/// The values of a contiguous f32 CPU tensor behind a read guard; an error names `kernel` for anything else.
+pub fn cpu_f32<'a>(guard: &'a StorageGuard<'_>, kernel: &str) -> candle_core::Result<&'a [f32]> {
+    match &*guard.0 {
+        Storage::Cpu(storage) => contiguous_f32(storage, guard.1, kernel),
+        _ => candle_core::bail!("{kernel}: needs tensors on the CPU"),
+    }
+}
+
+thread_local! {
+    /// The threads this thread's kernels may use while it runs one shard of a batch (0: no limit set).
+    static SHARD_THREADS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `work` with the kernels it calls on this thread limited to `threads` threads: for a shard of a batch
+/// whose other shards run on the other threads, where kernels that split themselves over every thread would
+/// only wait on each other.
+pub fn with_kernel_threads<R>(threads: usize, work: impl FnOnce() -> R) -> R {
+    let before = SHARD_THREADS.with(|limit| limit.replace(threads.max(1)));
+    let result = work();
+    SHARD_THREADS.with(|limit| limit.set(before));
+    result
+}
+
+/// The threads kernels may use from here: candle's thread setting, or the limit of [`with_kernel_threads`].
+pub fn kernel_threads() -> usize {
+    match SHARD_THREADS.with(Cell::get) {
+        0 => candle_core::utils::get_num_threads(),
+        limit => limit,
+    }
+}
+
+/// True when an elementwise kernel over `work` values is worth spreading over rayon's threads.
+pub fn worth_parallel(work: usize) -> bool {
+    kernel_threads() > 1 && work > 4 * PARALLEL_WORK
+}
+

@@ -1,0 +1,673 @@
+//! elbo's fused CPU training step for MLP VAEs: the seed's six steps on plain slices, with the fused kernels of
+//! [`crate::kernels`], and the backward pass written out instead of recorded in candle's graph. Candle's backward
+//! allocates a zero buffer and adds into it for every gradient; here each gradient is written once. Tests hold the
+//! figures and every gradient to those of [`super::graph`].
+//!
+//! The step runs in two phases over the batch's shards (each on its own thread): the encoders' forward pass, then,
+//! once the KL's batch statistics are known (free bits and the capacity objective look across the batch), the rest
+//! of the forward pass and the whole backward pass.
+//!
+//! The loss of a batch of N examples is L = (1/N) sum_n [ rec_n + sum_j a_j KL_nj ] for the ELBO, a_j being the
+//! KL weight's derivative (beta and its schedule, free bits' mask, the capacity's sign), and
+//! L = (1/N) sum_n -log (1/K) sum_k w_nk for the IWAE bound. Backward, with c = 1/N, from the decoder's output down:
+//! - dL/doutput: the likelihood kernel's gradient, scaled by c (by c * w~_nk for the IWAE bound, w~ the normalised
+//!   importance weights);
+//! - a dense layer y = act(input W^T + b): dL/dpre = dL/dy * act'(y); dL/dW = (dL/dpre)^T input;
+//!   dL/db = sum_n dL/dpre; dL/dinput = dL/dpre W;
+//! - z = mu + sigma * eps, KL = 0.5 * sum(sigma^2 + mu^2 - 1 - log sigma^2), sigma = exp(log sigma^2 / 2):
+//!   dL/dmu = dL/dz + c a mu;  dL/dlog sigma^2 = dL/dz * eps * sigma / 2 + c a (sigma^2 - 1) / 2;
+//! - for the IWAE bound, log w = -rec(z) + log N(z; 0, I) - log N(z; mu, sigma^2), and with eps fixed
+//!   log N(z; mu, sigma^2) = -0.5 sum_j (log 2pi + log sigma_j^2 + eps_j^2): dL/dz_k = c w~_k (drec/dz_k + z_k),
+//!   summed over k for mu and through sigma * eps / 2 for log sigma^2, plus the direct dL/dlog sigma^2 = -c / 2.
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
+use crate::kernels::activation::OutputActivation;
+use crate::kernels::likelihood::LikelihoodKernel;
+use crate::kernels::{add_to, cpu_f32, read_all};
+use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
+use crate::model::{Likelihood, Vae};
+use crate::objective::KlWeighting;
+use crate::training::config::Objective;
+use crate::{Error, Result};
+
+/// The fused step.
+pub(crate) struct FusedStep;
+
+/// The dense layers of an MLP VAE, in forward order.
+pub(super) struct Layers<'a> {
+    encoder: &'a [Dense],
+    mu: &'a Dense,
+    log_var: &'a Dense,
+    /// The decoder's hidden layers and its output layer.
+    decoder: Vec<&'a Dense>,
+}
+
+impl<'a> Layers<'a> {
+    /// The layers of an MLP VAE; `None` for a convolutional one.
+    pub(super) fn of(vae: &'a Vae) -> Option<Self> {
+        let (encoder, mu, log_var) = vae.encoder().dense_layers()?;
+        let (hidden, output) = vae.decoder().dense_layers()?;
+        Some(Layers { encoder, mu, log_var, decoder: hidden.iter().chain([output]).collect() })
+    }
+
+    /// Every layer, encoder first.
+    pub(super) fn all(&self) -> impl Iterator<Item = &'a Dense> + '_ {
+        self.encoder.iter().chain([self.mu, self.log_var]).chain(self.decoder.iter().copied())
+    }
+}
+
+/// The error for a model the fused step does not cover ([`super::step_plan`] asks first).
+fn unsupported(what: &str) -> Error {
+    Error::invalid_setting("step", format!("the fused training step needs {what}"))
+}
+
+impl TrainStep for FusedStep {
+    fn run(&self, vae: &Vae, shards: &[Shard], context: &StepContext) -> Result<(StepFigures, Vec<GradStore>)> {
+        let layers = Layers::of(vae).ok_or_else(|| unsupported("an MLP VAE"))?;
+        let mut parameters = Vec::new();
+        for dense in layers.all() {
+            parameters.extend([dense.weight(), dense.bias().ok_or_else(|| unsupported("biases"))?]);
+        }
+        let learned_log_var = match vae.likelihood() {
+            Likelihood::Gaussian(gaussian) => gaussian.learned_log_var(),
+            _ => None,
+        };
+        parameters.extend(learned_log_var);
+        let guards = read_all(parameters.iter().copied());
+        let values = guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
+        let (layer_values, log_var_values) = values.split_at(layers.all().count() * 2);
+        let fixed_log_var = fixed_log_var(vae.likelihood());
+        let likelihood = likelihood_kernel(vae.likelihood(), log_var_values.first().copied(), &fixed_log_var);
+        let network = Network::new(&layers, layer_values, likelihood)?;
+        let data_guards = read_all(shards.iter().flat_map(|shard| [&shard.x, &shard.eps]));
+        let data = data_guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
+        let batch = Batch::new(vae, shards, &data)?;
+        let (figures, gradients) = network.step(&batch, context)?;
+        let stores = gradients
+            .into_iter()
+            .map(|shard_gradients| {
+                let mut store = GradStore::default();
+                for (tensor, gradient) in parameters.iter().zip(shard_gradients) {
+                    store.insert(tensor, Tensor::from_vec(gradient, tensor.shape(), tensor.device())?);
+                }
+                Ok(store)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((figures, stores))
+    }
+}
+
+/// log sigma^2 of a fixed-variance Gaussian decoder, as the kernel's one value (empty for other likelihoods).
+fn fixed_log_var(likelihood: &Likelihood) -> Vec<f32> {
+    match likelihood {
+        Likelihood::Gaussian(gaussian) => gaussian.fixed_log_var().map(|v| v as f32).into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The kernel of `likelihood`, with a learned log sigma^2's values or a fixed one's.
+fn likelihood_kernel<'a>(
+    likelihood: &Likelihood,
+    learned: Option<&'a [f32]>,
+    fixed: &'a [f32],
+) -> LikelihoodKernel<'a> {
+    match likelihood {
+        Likelihood::Bernoulli => LikelihoodKernel::Bernoulli,
+        Likelihood::Gaussian(_) => LikelihoodKernel::Gaussian { log_var: learned.unwrap_or(fixed), learned: learned.is_some() },
+        Likelihood::Categorical(categorical) => LikelihoodKernel::Categorical { levels: categorical.levels() },
+    }
+}
+
+/// One shard's values.
+#[derive(Clone, Copy)]
+struct ShardData<'a> {
+    /// The examples `[rows, data_dim]`.
+    x: &'a [f32],
+    /// The noise `[rows * samples, latent_dim]`.
+    eps: &'a [f32],
+    rows: usize,
+}
+
+/// The batch's shards as slices.
+struct Batch<'a> {
+    shards: Vec<ShardData<'a>>,
+    /// Examples in the whole batch.
+    rows: usize,
+    /// Noise draws per example.
+    samples: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// The shards' (x, eps) values `data`, in shard order, checked against the model's widths.
+    fn new(vae: &Vae, shards: &[Shard], data: &[&'a [f32]]) -> Result<Self> {
+        let (data_dim, latent_dim) = (vae.config().input_shape.dim(), vae.config().latent_dim);
+        let mut views = Vec::with_capacity(shards.len());
+        let mut samples = None;
+        for (shard, pair) in shards.iter().zip(data.chunks_exact(2)) {
+            let ((rows, x_dim), (draws, eps_dim)) = (shard.x.dims2()?, shard.eps.dims2()?);
+            let draws_per_row = (rows > 0 && draws % rows == 0).then(|| draws / rows);
+            if x_dim != data_dim || eps_dim != latent_dim || draws_per_row.is_none() || samples.is_some_and(|s| Some(s) != draws_per_row) {
+                return Err(Error::ShapeMismatch(format!(
+                    "a training step on x {:?} with eps {:?}: expected [rows, {data_dim}] and [rows * samples, \
+                     {latent_dim}], the same samples in every shard",
+                    shard.x.dims(),
+                    shard.eps.dims(),
+                )));
+            }
+            samples = draws_per_row;
+            views.push(ShardData { x: pair[0], eps: pair[1], rows });
+        }
+        let rows = views.iter().map(|view| view.rows).sum();
+        Ok(Batch { shards: views, rows, samples: samples.unwrap_or(1) })
+    }
+}
+
+/// A dense layer's parameters as slices, with its activation.
+struct Layer<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    activation: OutputActivation,
+}
+
+/// The model's layers as slices, in the shape of [`Layers`], with the decoder's likelihood.
+struct Network<'a> {
+    encoder: Vec<Layer<'a>>,
+    mu: Layer<'a>,
+    log_var: Layer<'a>,
+    decoder: Vec<Layer<'a>>,
+    likelihood: LikelihoodKernel<'a>,
+}
+
+/// A layer's parameter gradients (dL/dW, dL/db).
+type LayerGradients = (Vec<f32>, Vec<f32>);
+
+/// A shard after phase 1: the encoder's outputs, and each latent dimension's KL summed over its examples.
+struct Encoded {
+    hidden: Vec<Vec<f32>>,
+    mu: Vec<f32>,
+    log_var: Vec<f32>,
+    kl_sums: Vec<f64>,
+}
+
+/// What the KL's batch statistics make of it: its derivative a_j per latent dimension (dL/dKL_nj = a_j / N) and
+/// the weighted KL as it enters the loss.
+struct KlGradient {
+    coefficients: Vec<f32>,
+    weighted_kl: Option<f64>,
+}
+
+/// A shard's sums over its examples, and every parameter's gradient in the order of [`Layers::all`] (weight, bias),
+/// then the likelihood's learned log sigma^2.
+struct ShardResult {
+    reconstruction: f64,
+    loss: f64,
+    gradients: Vec<Vec<f32>>,
+}
+
+impl<'a> Network<'a> {
+    /// Pairs `layers` with their (weight, bias) values, given in the order of [`Layers::all`].
+    fn new(layers: &Layers, values: &[&'a [f32]], likelihood: LikelihoodKernel<'a>) -> Result<Self> {
+        let mut views = layers
+            .all()
+            .zip(values.chunks_exact(2))
+            .map(|(dense, pair)| {
+                let activation = dense.output_activation().ok_or_else(|| unsupported("activations like relu"))?;
+                Ok(Layer { weight: pair[0], bias: pair[1], activation })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = views.split_off((layers.encoder.len() + 2).min(views.len()));
+        let log_var = views.pop().ok_or_else(|| unsupported("a log_var head"))?;
+        let mu = views.pop().ok_or_else(|| unsupported("a mu head"))?;
+        Ok(Network { encoder: views, mu, log_var, decoder, likelihood })
+    }
+
+    fn latent_dim(&self) -> usize {
+        self.mu.bias.len()
+    }
+
+    /// The step on the batch: its figures (batch means) and each shard's gradients.
+    fn step(&self, batch: &Batch, context: &StepContext) -> Result<(StepFigures, Vec<Vec<Vec<f32>>>)> {
+        // 1. encoder forward on x: (mu_x, log sigma^2_x), and 4. the closed-form KL's sums per dimension
+        let encoded = on_each_shard(&batch.shards, |shard| Ok(self.encode(shard)))?;
+        let mut kl_sums = vec![0.0f64; self.latent_dim()];
+        for shard in &encoded {
+            kl_sums.iter_mut().zip(&shard.kl_sums).for_each(|(total, part)| *total += part);
+        }
+        let kl_mean = kl_sums.iter().sum::<f64>() / batch.rows as f64;
+        let kl_gradient = kl_gradient(context, &kl_sums, batch.rows);
+        let c = 1.0 / batch.rows as f32;
+        let pairs: Vec<(&ShardData, &Encoded)> = batch.shards.iter().zip(&encoded).collect();
+        // steps 2, 3, 5 and 6 on each shard
+        let results = on_each_shard(&pairs, |&(shard, encoded)| {
+            Ok(match context.config.objective {
+                Objective::Iwae { .. } => self.iwae_backward(shard, encoded, batch.samples, c),
+                _ => self.elbo_backward(shard, encoded, &kl_gradient.coefficients, c),
+            })
+        })?;
+        let rows = batch.rows as f64;
+        let reconstruction = results.iter().map(|result| result.reconstruction).sum::<f64>() / rows;
+        let figures = match kl_gradient.weighted_kl {
+            Some(weighted_kl) => {
+                StepFigures { reconstruction, kl: kl_mean, weighted_kl: Some(weighted_kl), loss: reconstruction + weighted_kl }
+            }
+            None => StepFigures {
+                reconstruction: reconstruction / batch.samples as f64,
+                kl: kl_mean,
+                weighted_kl: None,
+                loss: results.iter().map(|result| result.loss).sum::<f64>() / rows,
+            },
+        };
+        Ok((figures, results.into_iter().map(|result| result.gradients).collect()))
+    }
+
+    /// Phase 1 on a shard: the encoder's forward pass and the KL per latent dimension, summed over examples.
+    fn encode(&self, shard: &ShardData) -> Encoded {
+        let rows = shard.rows;
+        let hidden = forward_chain(&self.encoder, shard.x, rows);
+        let features = hidden.last().map_or(shard.x, Vec::as_slice);
+        let mu = forward_values(features, self.mu.weight, self.mu.bias, rows, OutputActivation::Identity);
+        let log_var = forward_values(features, self.log_var.weight, self.log_var.bias, rows, OutputActivation::Identity);
+        let mut kl_sums = vec![0.0f64; self.latent_dim()];
+        for (mu_row, log_var_row) in mu.chunks_exact(self.latent_dim()).zip(log_var.chunks_exact(self.latent_dim())) {
+            for ((total, &m), &lv) in kl_sums.iter_mut().zip(mu_row).zip(log_var_row) {
+                // KL(N(mu, sigma^2) || N(0, 1)) = 0.5 * (sigma^2 + mu^2 - 1 - log sigma^2)
+                *total += f64::from(0.5 * (lv.exp() + m * m - 1.0 - lv));
+            }
+        }
+        Encoded { hidden, mu, log_var, kl_sums }
+    }
+
+    /// The decoder's forward pass on `z` `[rows, latent_dim]`, with every layer's output kept.
+    fn decode(&self, z: &[f32], rows: usize) -> Vec<Vec<f32>> {
+        forward_chain(&self.decoder, z, rows)
+    }
+
+    /// Phase 2 of the ELBO on a shard: z~, the decoder, -log p(x|z~), and the backward pass, with the KL's
+    /// derivative `coefficients` and c = 1/N.
+    fn elbo_backward(&self, shard: &ShardData, encoded: &Encoded, coefficients: &[f32], c: f32) -> ShardResult {
+        let rows = shard.rows;
+        // 2. z~ = mu_x + sigma_x * eps
+        let z = reparameterize(&encoded.mu, &encoded.log_var, shard.eps);
+        // 3. decoder forward and -log p(x|z~), with its gradient for the decoder's output
+        let decoded = self.decode(&z, rows);
+        let output = decoded.last().map_or(z.as_slice(), Vec::as_slice);
+        let likelihood = self.likelihood.loss_and_gradient(output, shard.x, &vec![c; rows]);
+        // 6. backward through everything, to the encoder
+        let (decoder_gradients, grad_z) = backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, true);
+        let (grad_mu, grad_log_var) =
+            latent_gradients(&encoded.mu, &encoded.log_var, shard.eps, &grad_z, coefficients, c);
+        let encoder_gradients = self.encoder_backward(shard, encoded, &grad_mu, &grad_log_var);
+        ShardResult {
+            reconstruction: likelihood.losses.iter().map(|&v| f64::from(v)).sum(),
+            loss: 0.0,
+            gradients: gather(encoder_gradients, decoder_gradients, likelihood.log_var),
+        }
+    }
+
+    /// Phase 2 of the IWAE bound on a shard with `samples` draws per example.
+    fn iwae_backward(&self, shard: &ShardData, encoded: &Encoded, samples: usize, c: f32) -> ShardResult {
+        let (rows, latent_dim) = (shard.rows, self.latent_dim());
+        let draws = rows * samples;
+        let (mu, log_var) = (repeat_rows(&encoded.mu, latent_dim, samples), repeat_rows(&encoded.log_var, latent_dim, samples));
+        let x = repeat_rows(shard.x, shard.x.len() / rows, samples);
+        let z = reparameterize(&mu, &log_var, shard.eps);
+        let decoded = self.decode(&z, draws);
+        let output = decoded.last().map_or(z.as_slice(), Vec::as_slice);
+        let reconstruction = self.likelihood.losses(output, &x, draws);
+        // log w = -rec + log N(z; 0, I) - log N(z; mu, sigma^2) = -rec - 0.5 sum_j (z^2 - log sigma^2 - eps^2)
+        let log_weights: Vec<f32> = (0..draws)
+            .map(|draw| {
+                let row = draw * latent_dim..(draw + 1) * latent_dim;
+                let terms = z[row.clone()].iter().zip(&log_var[row.clone()]).zip(&shard.eps[row]);
+                -reconstruction[draw] - 0.5 * terms.map(|((&z, &lv), &e)| z * z - lv - e * e).sum::<f32>()
+            })
+            .collect();
+        let (bounds, normalised) = normalise_weights(&log_weights, samples);
+        let scales: Vec<f32> = normalised.iter().map(|&w| c * w).collect();
+        let likelihood = self.likelihood.loss_and_gradient(output, &x, &scales);
+        let (decoder_gradients, mut grad_z) = backward_chain(&self.decoder, &z, &decoded, likelihood.output, draws, true);
+        // dL/dz_k = c w~_k (drec/dz_k + z_k)
+        for (draw, &scale) in scales.iter().enumerate() {
+            let row = draw * latent_dim..(draw + 1) * latent_dim;
+            grad_z[row.clone()].iter_mut().zip(&z[row]).for_each(|(g, &z)| *g += scale * z);
+        }
+        let (grad_mu, grad_log_var) = iwae_latent_gradients(&log_var, shard.eps, &grad_z, (latent_dim, samples), c);
+        let encoder_gradients = self.encoder_backward(shard, encoded, &grad_mu, &grad_log_var);
+        ShardResult {
+            reconstruction: reconstruction.iter().map(|&v| f64::from(v)).sum(),
+            loss: bounds.iter().map(|&bound| -f64::from(bound)).sum(),
+            gradients: gather(encoder_gradients, decoder_gradients, likelihood.log_var),
+        }
+    }
+
+    /// Back through the heads and the encoder from (dL/dmu, dL/dlog sigma^2): every encoder layer's gradients, the
+    /// heads' last.
+    fn encoder_backward(
+        &self,
+        shard: &ShardData,
+        encoded: &Encoded,
+        grad_mu: &[f32],
+        grad_log_var: &[f32],
+    ) -> Vec<LayerGradients> {
+        let rows = shard.rows;
+        let features = encoded.hidden.last().map_or(shard.x, Vec::as_slice);
+        let mu_gradients = parameter_gradients(grad_mu, features, rows);
+        let log_var_gradients = parameter_gradients(grad_log_var, features, rows);
+        let mut grad_features = input_gradient(grad_mu, self.mu.weight, rows);
+        add_to(&mut grad_features, &input_gradient(grad_log_var, self.log_var.weight, rows));
+        let (mut gradients, _) = backward_chain(&self.encoder, shard.x, &encoded.hidden, grad_features, rows, false);
+        gradients.extend([mu_gradients, log_var_gradients]);
+        gradients
+    }
+}
+
+/// The gradients in parameter order: the encoder's and heads', the decoder's, then a learned log sigma^2's.
+fn gather(encoder: Vec<LayerGradients>, decoder: Vec<LayerGradients>, log_var: Option<Vec<f32>>) -> Vec<Vec<f32>> {
+    let layers = encoder.into_iter().chain(decoder).flat_map(|(weight, bias)| [weight, bias]);
+    layers.chain(log_var).collect()
+}
+
+/// The KL's derivative per latent dimension and the weighted KL, from its sums per dimension over the batch's
+/// `rows` examples, as [`KlWeighting::weighted_kl`] defines them; for the IWAE bound, no KL term.
+fn kl_gradient(context: &StepContext, kl_sums: &[f64], rows: usize) -> KlGradient {
+    if let Objective::Iwae { .. } = context.config.objective {
+        return KlGradient { coefficients: vec![0.0; kl_sums.len()], weighted_kl: None };
+    }
+    let KlWeighting { beta, free_bits, capacity, schedule } = context.config.kl;
+    let means: Vec<f64> = kl_sums.iter().map(|sum| sum / rows as f64).collect();
+    // free bits: sum_j max(lambda, mean_batch KL_j), no gradient below lambda
+    let (kl, mask): (f64, Vec<f64>) = match free_bits {
+        Some(lambda) => (
+            means.iter().map(|&mean| mean.max(lambda)).sum(),
+            means.iter().map(|&mean| if mean > lambda { 1.0 } else { 0.0 }).collect(),
+        ),
+        None => (means.iter().sum(), vec![1.0; means.len()]),
+    };
+    let (weighted_kl, factor) = match capacity {
+        // gamma * |KL - C|
+        Some(capacity) => {
+            let distance = kl - capacity.at(context.step);
+            (capacity.gamma * distance.abs(), capacity.gamma * distance.signum())
+        }
+        None => {
+            let weight = beta * schedule.factor(context.step);
+            (weight * kl, weight)
+        }
+    };
+    KlGradient { coefficients: mask.iter().map(|m| (m * factor) as f32).collect(), weighted_kl: Some(weighted_kl) }
+}
+
+/// Runs `input` `[rows, _]` through `layers`, keeping every layer's output for the backward pass.
+fn forward_chain(layers: &[Layer], input: &[f32], rows: usize) -> Vec<Vec<f32>> {
+    let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let layer_input = outputs.last().map_or(input, Vec::as_slice);
+        outputs.push(forward_values(layer_input, layer.weight, layer.bias, rows, layer.activation));
+    }
+    outputs
+}
+
+/// Back through `layers` (whose input was `input` and outputs `outputs`) from dL/d(last output): each layer's
+/// parameter gradients, in forward order, and dL/dinput when `input_gradient_wanted` (else, with that product
+/// skipped, the first layer's dL/dpre).
+fn backward_chain(
+    layers: &[Layer],
+    input: &[f32],
+    outputs: &[Vec<f32>],
+    grad_output: Vec<f32>,
+    rows: usize,
+    input_gradient_wanted: bool,
+) -> (Vec<LayerGradients>, Vec<f32>) {
+    let mut gradients = Vec::with_capacity(layers.len());
+    let mut grad = grad_output;
+    for (index, layer) in layers.iter().enumerate().rev() {
+        // dL/dpre = dL/dy * act'(y)
+        let grad_pre = match layer.activation {
+            OutputActivation::Identity => grad,
+            activation => activation.gradient(&outputs[index], &grad),
+        };
+        let layer_input = if index == 0 { input } else { &outputs[index - 1] };
+        gradients.push(parameter_gradients(&grad_pre, layer_input, rows));
+        grad =
+            if index > 0 || input_gradient_wanted { input_gradient(&grad_pre, layer.weight, rows) } else { grad_pre };
+    }
+    gradients.reverse();
+    (gradients, grad)
+}
+
+/// z = mu + sigma * eps with sigma = exp(0.5 * log sigma^2), value by value.
+fn reparameterize(mu: &[f32], log_var: &[f32], eps: &[f32]) -> Vec<f32> {
+    mu.iter().zip(log_var).zip(eps).map(|((&m, &lv), &e)| m + (0.5 * lv).exp() * e).collect()
+}
+
+/// Each row of a `[rows, columns]` matrix repeated `times` times in place.
+fn repeat_rows(values: &[f32], columns: usize, times: usize) -> Vec<f32> {
+    values.chunks_exact(columns.max(1)).flat_map(|row| std::iter::repeat_n(row, times).flatten().copied()).collect()
+}
+
+/// (dL/dmu, dL/dlog sigma^2) from dL/dz and the KL's own gradient, c a_j per dimension:
+/// dL/dmu = dL/dz + c a mu;  dL/dlog sigma^2 = dL/dz * eps * sigma / 2 + c a (sigma^2 - 1) / 2.
+fn latent_gradients(
+    mu: &[f32],
+    log_var: &[f32],
+    eps: &[f32],
+    grad_z: &[f32],
+    coefficients: &[f32],
+    c: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let latent_dim = coefficients.len();
+    let scale = |index: usize| c * coefficients[index % latent_dim];
+    let grad_mu = grad_z.iter().zip(mu).enumerate().map(|(i, (&g, &m))| g + scale(i) * m).collect();
+    let grad_log_var = grad_z
+        .iter()
+        .zip(log_var)
+        .zip(eps)
+        .enumerate()
+        .map(|(i, ((&g, &lv), &e))| g * e * 0.5 * (0.5 * lv).exp() + scale(i) * 0.5 * (lv.exp() - 1.0))
+        .collect();
+    (grad_mu, grad_log_var)
+}
+
+/// Each example's bound log (1/K) sum_k w_k and its normalised weights w~_k = w_k / sum_k w_k, from log w
+/// `[rows * K]`, example-major.
+fn normalise_weights(log_weights: &[f32], samples: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut normalised = Vec::with_capacity(log_weights.len());
+    let bounds = log_weights
+        .chunks_exact(samples)
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |max, &v| max.max(v));
+            let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+            normalised.extend(row.iter().map(|&v| (v - max).exp() / sum));
+            max + sum.ln() - (samples as f32).ln()
+        })
+        .collect();
+    (bounds, normalised)
+}
+
+/// (dL/dmu, dL/dlog sigma^2) of the IWAE bound, `[rows, latent_dim]`, from dL/dz, log sigma^2 (repeated) and eps,
+/// each `[rows * K, latent_dim]`: dL/dmu = sum_k dL/dz_k;  dL/dlog sigma^2 = sum_k dL/dz_k * eps_k * sigma / 2 - c / 2.
+fn iwae_latent_gradients(
+    log_var: &[f32],
+    eps: &[f32],
+    grad_z: &[f32],
+    (latent_dim, samples): (usize, usize),
+    c: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = grad_z.len() / (latent_dim * samples).max(1);
+    let mut grad_mu = vec![0.0f32; rows * latent_dim];
+    let mut grad_log_var = vec![-0.5 * c; rows * latent_dim];
+    for draw in 0..rows * samples {
+        let (source, target) = (draw * latent_dim, draw / samples * latent_dim);
+        for j in 0..latent_dim {
+            let g = grad_z[source + j];
+            grad_mu[target + j] += g;
+            grad_log_var[target + j] += g * eps[source + j] * 0.5 * (0.5 * log_var[source + j]).exp();
+        }
+    }
+    (grad_mu, grad_log_var)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::graph::GraphStep;
+    use super::*;
+    use crate::data::ExampleShape;
+    use crate::kernels::with_kernel_threads;
+    use crate::model::{Activation, GaussianVariance, LikelihoodConfig, VaeConfig};
+    use crate::objective::{Capacity, KlSchedule};
+    use crate::training::TrainConfig;
+    use candle_core::{DType, Device};
+    use rand::{Rng, SeedableRng};
+
+    /// The encoder's and the decoder's hidden widths.
+    type Hidden<'a> = (&'a [usize], &'a [usize]);
+
+    fn config(data_dim: usize, latent_dim: usize, hidden: Hidden, activation: Activation) -> VaeConfig {
+        VaeConfig {
+            input_shape: ExampleShape::flat(data_dim),
+            latent_dim,
+            encoder_hidden: hidden.0.to_vec(),
+            decoder_hidden: hidden.1.to_vec(),
+            activation,
+            ..VaeConfig::default()
+        }
+    }
+
+    fn random(rng: &mut rand_chacha::ChaCha8Rng, rows: usize, columns: usize, low: f32, high: f32) -> Tensor {
+        let values: Vec<f32> = (0..rows * columns).map(|_| rng.random_range(low..high)).collect();
+        Tensor::from_vec(values, (rows, columns), &Device::Cpu).unwrap()
+    }
+
+    /// The batch cut into `count` shards, with its noise cut the same way.
+    fn split(x: &Tensor, eps: &Tensor, count: usize) -> Vec<Shard> {
+        let (rows, samples) = (x.dim(0).unwrap(), eps.dim(0).unwrap() / x.dim(0).unwrap());
+        (0..count)
+            .map(|index| {
+                let (start, end) = (index * rows / count, (index + 1) * rows / count);
+                Shard {
+                    x: x.narrow(0, start, end - start).unwrap(),
+                    eps: eps.narrow(0, start * samples, (end - start) * samples).unwrap(),
+                    share: (end - start) as f64 / rows as f64,
+                }
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, tolerance: f64) -> bool {
+        (a - b).abs() <= tolerance * (1.0 + a.abs().max(b.abs()))
+    }
+
+    /// The fused step on `shards` shards against candle's graph on the whole batch: every figure and every
+    /// parameter's gradient (summed over the shards).
+    fn compare(model: &VaeConfig, train: &TrainConfig, rows: usize, shards: usize, label: &str) {
+        let (vae, varmap) = Vae::fresh(model, rows as u64, DType::F32, &Device::Cpu).unwrap();
+        if let Some(log_var) = varmap.data().lock().unwrap().get("decoder.log_var") {
+            let values = Tensor::rand(-1.0f32, 1.0, log_var.shape(), &Device::Cpu).unwrap();
+            log_var.set(&values).unwrap();
+        }
+        let samples = match train.objective {
+            Objective::Iwae { samples } => samples,
+            _ => 1,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rows as u64 + 1);
+        let x = random(&mut rng, rows, model.input_shape.dim(), 0.0, 1.0);
+        let eps = random(&mut rng, rows * samples, model.latent_dim, -2.0, 2.0);
+        let context = StepContext { config: train, step: 4, dataset_size: 1000 };
+        let (fused, fused_grads) = FusedStep.run(&vae, &split(&x, &eps, shards), &context).unwrap();
+        let (graph, graph_grads) = GraphStep.run(&vae, &split(&x, &eps, 1), &context).unwrap();
+        let pairs = [
+            ("reconstruction", fused.reconstruction, graph.reconstruction),
+            ("KL", fused.kl, graph.kl),
+            ("loss", fused.loss, graph.loss),
+            ("weighted KL", fused.weighted_kl.unwrap_or(-1.0), graph.weighted_kl.unwrap_or(-1.0)),
+        ];
+        for (name, a, b) in pairs {
+            assert!(close(a, b, 1e-4), "{label}: {name} {a} (fused) vs {b} (graph)");
+        }
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let expected = graph_grads[0].get(var.as_tensor()).unwrap();
+            let parts: Vec<&Tensor> = fused_grads.iter().map(|grads| grads.get(var.as_tensor()).unwrap()).collect();
+            let sum = parts[1..].iter().fold(parts[0].clone(), |sum, part| (sum + *part).unwrap());
+            let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let difference = (sum - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(difference <= 2e-4 * scale, "{label}: {name} differs by {difference} (scale {scale})");
+        }
+    }
+
+    fn likelihoods() -> [LikelihoodConfig; 5] {
+        let gaussian = |variance| LikelihoodConfig::Gaussian { variance };
+        [
+            LikelihoodConfig::Bernoulli,
+            gaussian(GaussianVariance::Fixed { sigma: 0.7 }),
+            gaussian(GaussianVariance::LearnedShared),
+            gaussian(GaussianVariance::LearnedPerDimension),
+            LikelihoodConfig::Categorical { levels: 5 },
+        ]
+    }
+
+    fn objectives() -> Vec<TrainConfig> {
+        let kl = |kl| TrainConfig { kl, ..TrainConfig::default() };
+        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 9 }, ..KlWeighting::default() };
+        let cycles = KlWeighting { schedule: KlSchedule::Cyclical { period: 6, ratio: 0.5 }, ..KlWeighting::default() };
+        let free_bits = KlWeighting { beta: 1.5, free_bits: Some(0.05), ..KlWeighting::default() };
+        let capacity = Capacity { max_nats: 4.0, steps: 10, gamma: 30.0 };
+        let both = KlWeighting { free_bits: Some(0.05), capacity: Some(capacity), ..KlWeighting::default() };
+        vec![
+            TrainConfig::default(),
+            kl(warm_up),
+            kl(cycles),
+            kl(free_bits),
+            kl(KlWeighting { capacity: Some(capacity), ..KlWeighting::default() }),
+            kl(both),
+            TrainConfig { objective: Objective::Iwae { samples: 3 }, ..TrainConfig::default() },
+        ]
+    }
+
+    #[test]
+    fn the_fused_step_matches_candles_graph_for_every_likelihood_and_objective() {
+        let shapes: [(usize, usize, Hidden, Activation); 3] = [
+            (13, 3, (&[], &[]), Activation::Relu),
+            (30, 4, (&[16], &[16]), Activation::Tanh),
+            (9, 5, (&[12, 7], &[6]), Activation::Softplus),
+        ];
+        for (data_dim, latent_dim, hidden, activation) in shapes {
+            for likelihood in likelihoods() {
+                let model = VaeConfig { likelihood, ..config(data_dim, latent_dim, hidden, activation) };
+                for train in objectives() {
+                    for (rows, shards, threads) in [(7, 1, 1), (65, 2, 2), (65, 2, 1), (33, 1, 2)] {
+                        let label = format!(
+                            "{}, {:?} {:?}, {rows} rows in {shards} shards on {threads} threads",
+                            model.describe(),
+                            train.objective,
+                            train.kl
+                        );
+                        with_kernel_threads(threads, || compare(&model, &train, rows, shards, &label));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_model_matches_candles_graph() {
+        compare(&VaeConfig::default(), &TrainConfig::default(), 64, 2, "784-400-20");
+    }
+
+    #[test]
+    fn noise_or_data_of_the_wrong_width_is_an_error_not_a_panic() {
+        let (vae, _) =
+            Vae::fresh(&config(30, 4, (&[16], &[16]), Activation::Relu), 1, DType::F32, &Device::Cpu).unwrap();
+        let train = TrainConfig::default();
+        let context = StepContext { config: &train, step: 1, dataset_size: 10 };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let run = |x: Tensor, eps: Tensor| FusedStep.run(&vae, &[Shard { x, eps, share: 1.0 }], &context);
+        assert!(run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 4, -1.0, 1.0)).is_ok());
+        let message = run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 3, -1.0, 1.0)).unwrap_err().to_string();
+        assert!(message.contains("[5, 3]") && message.contains("latent") || message.contains(", 4]"), "{message}");
+        assert!(run(random(&mut rng, 5, 29, 0.0, 1.0), random(&mut rng, 5, 4, -1.0, 1.0)).is_err());
+        assert!(run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 7, 4, -1.0, 1.0)).is_err());
+    }
+}

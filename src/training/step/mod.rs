@@ -1,0 +1,197 @@
+//! The training step: the seed's six steps on one batch, behind one trait with two implementations.
+//! - [`graph`]: candle's graph records the forward pass and differentiates it. It runs every model, objective and
+//!   device, and is the oracle the other is tested against.
+//! - [`fused`]: elbo's own CPU step. The forward and the backward pass are written out on plain slices with the
+//!   fused kernels of [`crate::kernels`], each gradient written once; MLP VAEs with any decoder likelihood, the
+//!   ELBO with every KL weighting, and the IWAE bound.
+//!
+//! [`step_plan`] picks one, once per run, and says why.
+
+mod fused;
+mod graph;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Objective, TrainConfig};
+use crate::kernels::kernel_threads;
+use crate::model::Vae;
+use crate::{Error, Result};
+
+/// Which training step to use, as asked for (`--step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StepChoice {
+    /// The fused CPU step where it covers the run, else candle's graph.
+    #[default]
+    Auto,
+    /// Always candle's graph.
+    Graph,
+    /// The fused CPU step; an error naming the reason where it does not cover the run.
+    Fused,
+}
+
+/// The training step a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPath {
+    /// candle's graph and its backward pass.
+    Graph,
+    /// elbo's fused CPU step.
+    Fused,
+}
+
+/// How [`crate::training::train`] computes each step, fixed before the first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepPlan {
+    /// The step used.
+    pub path: StepPath,
+    /// Shards a full batch is split into, one per thread (1: the whole batch at once).
+    pub shards: usize,
+    /// Why this step: what the fused step covers here, or why the run falls back to the graph.
+    pub reason: String,
+}
+
+/// The step for `vae` under `config` on `device`, as `config.step` asks, with the thread count set now; an error
+/// when the fused step is asked for and does not cover the run.
+pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> Result<StepPlan> {
+    let fused = fused_coverage(vae, config, device);
+    let (path, reason) = match (config.step, fused) {
+        (StepChoice::Graph, _) => (StepPath::Graph, "candle's graph, as asked (--step graph)".to_string()),
+        (_, Ok(covered)) => (StepPath::Fused, format!("fused CPU step: {covered}")),
+        (StepChoice::Auto, Err(why)) => (StepPath::Graph, format!("candle's graph: {why}")),
+        (StepChoice::Fused, Err(why)) => {
+            return Err(Error::invalid_setting("step", format!("the fused step does not cover this run: {why}")))
+        }
+    };
+    let max_shards = match path {
+        // the fused step reduces the KL's batch statistics across its shards itself
+        StepPath::Fused => kernel_threads(),
+        StepPath::Graph if device.is_cpu() && config.loss_is_mean_of_examples() => kernel_threads(),
+        StepPath::Graph => 1,
+    };
+    Ok(StepPlan { path, shards: shard_count(max_shards, config.batch_size), reason })
+}
+
+/// What the fused step covers of this run, or why it does not: the one place that says when a run falls back.
+fn fused_coverage(vae: &Vae, config: &TrainConfig, device: &Device) -> std::result::Result<String, String> {
+    if !device.is_cpu() {
+        return Err("the device is not the CPU (the fused step is CPU code; candle's ops run on the GPU)".into());
+    }
+    if vae.config().conv.is_some() {
+        return Err("convolutional models have no fused step yet (their layers are fused ops inside the graph)".into());
+    }
+    let layers = fused::Layers::of(vae).ok_or("the model is not an MLP VAE")?;
+    if layers.all().any(|dense| dense.weight().dtype() != DType::F32) {
+        return Err("the weights are not f32".into());
+    }
+    if layers.all().any(|dense| dense.output_activation().is_none()) {
+        return Err("SiLU's derivative needs its input, and the fused layers keep only their outputs".into());
+    }
+    let objective = match config.objective {
+        Objective::Elbo if config.kl.capacity.is_some() => "the capacity objective",
+        Objective::Elbo if config.kl.free_bits.is_some() => "the ELBO with free bits",
+        Objective::Elbo if config.kl.is_plain_elbo() => "the ELBO",
+        Objective::Elbo => "the ELBO with a KL weight",
+        Objective::Iwae { .. } => "the IWAE bound",
+        Objective::Tcvae { .. } => {
+            return Err("beta-TCVAE's estimator pairs every example of a batch with every other".into());
+        }
+    };
+    Ok(format!("MLP, {} decoder, {objective}", vae.config().likelihood.name()))
+}
+
+/// A shard has at least this many rows: smaller ones make the matrix multiplies inefficient.
+const MIN_SHARD_ROWS: usize = 32;
+
+/// Shards for a batch of `rows`: at most `max_shards`, each of at least [`MIN_SHARD_ROWS`].
+pub(crate) fn shard_count(max_shards: usize, rows: usize) -> usize {
+    max_shards.min(rows / MIN_SHARD_ROWS).max(1)
+}
+
+/// Rows of a batch with their noise eps, and the fraction of the batch they are.
+pub(crate) struct Shard {
+    /// The examples `[rows, data_dim]`.
+    pub x: Tensor,
+    /// The noise `[rows * samples, latent_dim]`, example-major.
+    pub eps: Tensor,
+    /// rows / the batch's rows.
+    pub share: f64,
+}
+
+/// What a step needs besides the model and the data.
+#[derive(Clone, Copy)]
+pub(crate) struct StepContext<'a> {
+    /// The run's settings.
+    pub config: &'a TrainConfig,
+    /// The global step, from 1.
+    pub step: usize,
+    /// Examples in the training set (beta-TCVAE's estimator needs it).
+    pub dataset_size: usize,
+}
+
+/// One training step: forward and backward on a batch given as shards.
+pub(crate) trait TrainStep: Sync {
+    /// The batch's figures (means over the batch) and each shard's parameter gradients, whose sum is the
+    /// gradient of the batch's loss.
+    fn run(&self, vae: &Vae, shards: &[Shard], context: &StepContext) -> Result<(StepFigures, Vec<GradStore>)>;
+}
+
+/// The step for `path`.
+pub(crate) fn train_step(path: StepPath) -> &'static dyn TrainStep {
+    match path {
+        StepPath::Graph => &graph::GraphStep,
+        StepPath::Fused => &fused::FusedStep,
+    }
+}
+
+/// The step's terms as numbers (batch means, nats).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct StepFigures {
+    /// Mean -log p(x|z~) (for the IWAE bound, over every sample).
+    pub reconstruction: f64,
+    /// Mean KL(q(z|x) || p(z)).
+    pub kl: f64,
+    /// The KL as it entered the loss; `None` for the IWAE bound.
+    pub weighted_kl: Option<f64>,
+    /// The minimised loss.
+    pub loss: f64,
+}
+
+impl StepFigures {
+    /// The figures times `share`.
+    pub fn scaled(self, share: f64) -> Self {
+        StepFigures {
+            reconstruction: self.reconstruction * share,
+            kl: self.kl * share,
+            weighted_kl: self.weighted_kl.map(|w| w * share),
+            loss: self.loss * share,
+        }
+    }
+
+    /// The sum of two shares' figures.
+    pub fn plus(self, other: &StepFigures) -> Self {
+        StepFigures {
+            reconstruction: self.reconstruction + other.reconstruction,
+            kl: self.kl + other.kl,
+            weighted_kl: other.weighted_kl.map(|w| self.weighted_kl.unwrap_or(0.0) + w),
+            loss: self.loss + other.loss,
+        }
+    }
+}
+
+/// Runs `work` on every shard, on its own thread with its share of the kernel threads when there are several.
+pub(crate) fn on_each_shard<T: Send, S: Sync>(
+    shards: &[S],
+    work: impl Fn(&S) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use rayon::prelude::*;
+    match shards {
+        [whole] => Ok(vec![work(whole)?]),
+        _ => {
+            let threads_per_shard = kernel_threads() / shards.len();
+            let run = |shard| crate::kernels::with_kernel_threads(threads_per_shard, || work(shard));
+            shards.par_iter().map(run).collect()
+        }
+    }
+}
