@@ -84,8 +84,10 @@ def run_measured(command, scratch, tag, env=None, retries=0):
             time.sleep(20)
             continue
         if code != 0:
-            raise RunFailed(f'{" ".join(command)}\n  exited with status {code}; its error output:\n'
-                            + '\n'.join('    ' + l for l in (stderr or stdout).strip().splitlines()[-25:]))
+            lines = (stderr or stdout).strip().splitlines()
+            last = next((l for l in lines if 'error' in l.lower()), lines[-1] if lines else '(no output)')
+            raise RunFailed(f'exited with status {code}: {last.strip()}\n  command: {" ".join(command)}\n'
+                            '  its error output:\n' + '\n'.join('    ' + l for l in lines[-25:]))
         return stdout, stderr, usage.ru_maxrss / 1024
     raise RunFailed(f'{command[0]} could not be run after {retries + 1} attempts')
 
@@ -326,7 +328,7 @@ def main():
         cells = [f'{row} {entry["name"]}', ', '.join(sorted({f'{r["step"]}, {r["simd"]}' for r in elbo_runs}))
                  or 'failed',
                  f'{speeds["elbo"]:,.0f}'] + [f'{speeds[m]:,.0f}' for m in modes] + [
-                 f'{ratio:.2f}x ({best})' if best else 'n/a', pairs,
+                 f'{ratio:.2f}x ({best})' if best and elbo_runs else 'n/a', pairs,
                  f'{s["test_nelbo_elbo"]:.2f}', f'{s[f"test_nelbo_torch_{best}"]:.2f}' if best else 'n/a',
                  f'{s["peak_rss_mib_elbo"]:,.0f}', f'{s[f"peak_rss_mib_torch_{best}"]:,.0f}' if best else 'n/a']
         print('| ' + ' | '.join(cells) + ' |')

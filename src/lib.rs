@@ -6,10 +6,10 @@
 
 pub mod atomic;
 pub mod benchmark;
-pub mod kernels;
 pub mod data;
 pub mod error;
 pub mod evaluation;
+pub mod kernels;
 pub mod latent;
 pub mod model;
 pub mod objective;

@@ -252,7 +252,7 @@ fn bench_reports_each_batch_size_and_the_bound_as_json() {
     assert_eq!(results.len(), 3);
     for (result, batch_size) in results.iter().zip([32, 64]) {
         assert_eq!((result["batch_size"].as_u64(), result["timed_steps"].as_u64()), (Some(batch_size), Some(3)));
-        assert_eq!(result["plan"]["by_hand"], true);
+        assert_eq!(result["plan"]["path"], "fused");
     }
     assert_eq!(results[2]["importance_samples"], 4);
     for result in results {
@@ -274,4 +274,36 @@ fn bench_refuses_what_it_cannot_time() {
     assert_fails_with(&elbo(&no_bound_data, dir.path()), &["--eval-examples", "--iw-samples 0"]);
     let missing = ["bench", "--data", "no-such-file.npy", "--threads", "1"];
     assert_fails_with(&elbo(&missing, dir.path()), &["no-such-file.npy"]);
+}
+
+#[test]
+fn the_training_step_and_simd_level_are_chosen_once_printed_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fused = train_tiny(dir.path(), "fused");
+    assert!(text(&fused).contains("step: fused CPU step: MLP, bernoulli decoder, the ELBO"), "{}", text(&fused));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("fused/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["step"]["path"], "fused");
+    let graph = train_tiny_with(dir.path(), "graph", &["--step", "graph"]);
+    assert!(text(&graph).contains("step: candle's graph, as asked"), "{}", text(&graph));
+    let conv = ["--architecture", "conv", "--conv-channels", "4,4", "--step"];
+    let auto = train_tiny_with(dir.path(), "conv", &[&conv[..], &["auto"]].concat());
+    assert!(text(&auto).contains("step: candle's graph: convolutional models"), "{}", text(&auto));
+    let refused = train_tiny_with(dir.path(), "conv-fused", &[&conv[..], &["fused"]].concat());
+    assert_fails_with(&refused, &["step", "fused step does not cover", "convolutional"]);
+    let simd = |value: &str, out: &str| {
+        let tiny = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "1", "--hidden", "8"];
+        let args: Vec<&str> = tiny.iter().chain(&["--threads", "1", "--quiet", "--out", out]).copied().collect();
+        Command::new(env!("CARGO_BIN_EXE_elbo"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("ELBO_SIMD", value)
+            .output()
+            .unwrap()
+    };
+    assert_fails_with(&simd("avx9", "bad"), &["ELBO_SIMD", "avx512, avx2 or scalar", "avx9"]);
+    assert!(simd("scalar", "scalar").status.success());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("scalar/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["simd"], "scalar");
 }

@@ -3,9 +3,9 @@
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
-use crate::model::Activation;
-use crate::kernels::{contiguous_f32, wide_fn};
 use crate::kernels::fast_math;
+use crate::kernels::{contiguous_f32, wide_fn};
+use crate::model::Activation;
 
 /// Activations whose derivative can be read off the output alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -80,7 +80,10 @@ impl LikelihoodKernel<'_> {
         let (width, data_dim_1) = (width.max(1), data_dim.max(1));
         let parts: Vec<(Vec<f32>, Option<Vec<f32>>)> = if worth_parallel(output.len()) {
             let grads = grad.par_chunks_mut(ROWS_PER_CHUNK * width).zip(output.par_chunks(ROWS_PER_CHUNK * width));
-            grads.zip(x.par_chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.par_chunks(ROWS_PER_CHUNK))).map(chunk).collect()
+            grads
+                .zip(x.par_chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.par_chunks(ROWS_PER_CHUNK)))
+                .map(chunk)
+                .collect()
         } else {
             let grads = grad.chunks_mut(ROWS_PER_CHUNK * width).zip(output.chunks(ROWS_PER_CHUNK * width));
             grads.zip(x.chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.chunks(ROWS_PER_CHUNK))).map(chunk).collect()

@@ -2,8 +2,8 @@
 //! `gemm` crate (its AVX-512, AVX2 or scalar kernels, as [`super::simd`] picks), or the system's OpenBLAS with the
 //! `openblas` feature.
 
-use super::simd::{simd_level, SimdLevel};
 use super::kernel_threads;
+use super::simd::{simd_level, SimdLevel};
 
 #[cfg(feature = "openblas")]
 #[path = "openblas.rs"]
@@ -229,8 +229,25 @@ mod narrower {
                     // SAFETY: the caller's promises are gemm::gemm's.
                     return unsafe {
                         gemm::gemm(
-                            m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha,
-                            beta, conj_dst, conj_lhs, conj_rhs, parallelism,
+                            m,
+                            n,
+                            k,
+                            dst,
+                            dst_cs,
+                            dst_rs,
+                            read_dst,
+                            lhs,
+                            lhs_cs,
+                            lhs_rs,
+                            rhs,
+                            rhs_cs,
+                            rhs_rs,
+                            alpha,
+                            beta,
+                            conj_dst,
+                            conj_lhs,
+                            conj_rhs,
+                            parallelism,
                         )
                     };
                 };

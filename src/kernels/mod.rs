@@ -83,4 +83,3 @@ pub fn kernel_threads() -> usize {
 pub fn worth_parallel(work: usize) -> bool {
     kernel_threads() > 1 && work > 4 * PARALLEL_WORK
 }
-

@@ -72,10 +72,9 @@ impl SimdLevel {
                 SIMD_VARIABLE,
                 format!("{} needs a CPU with it; this one's widest level is {}", level.name(), detected.name()),
             )),
-            None => Err(Error::invalid_setting(
-                SIMD_VARIABLE,
-                format!("expected avx512, avx2 or scalar, got {value:?}"),
-            )),
+            None => {
+                Err(Error::invalid_setting(SIMD_VARIABLE, format!("expected avx512, avx2 or scalar, got {value:?}")))
+            }
         }
     }
 }

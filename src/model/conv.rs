@@ -9,10 +9,10 @@
 use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, VarBuilder};
 
-use crate::kernels::conv::{Conv2dOp, ConvGeometry};
-use crate::kernels::activation::OutputActivation;
 use super::mlp::Activation;
 use crate::data::ExampleShape;
+use crate::kernels::activation::OutputActivation;
+use crate::kernels::conv::{Conv2dOp, ConvGeometry};
 use crate::{Error, Result};
 
 /// The convolutional layers of a model. Saved in `config.json` as part of the architecture.

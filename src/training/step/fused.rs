@@ -77,13 +77,15 @@ impl TrainStep for FusedStep {
         };
         parameters.extend(learned_log_var);
         let guards = read_all(parameters.iter().copied());
-        let values = guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
+        let values =
+            guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
         let (layer_values, log_var_values) = values.split_at(layers.all().count() * 2);
         let fixed_log_var = fixed_log_var(vae.likelihood());
         let likelihood = likelihood_kernel(vae.likelihood(), log_var_values.first().copied(), &fixed_log_var);
         let network = Network::new(&layers, layer_values, likelihood)?;
         let data_guards = read_all(shards.iter().flat_map(|shard| [&shard.x, &shard.eps]));
-        let data = data_guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
+        let data =
+            data_guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
         let batch = Batch::new(vae, shards, &data)?;
         let (figures, gradients) = network.step(&batch, context)?;
         let stores = gradients
@@ -116,7 +118,9 @@ fn likelihood_kernel<'a>(
 ) -> LikelihoodKernel<'a> {
     match likelihood {
         Likelihood::Bernoulli => LikelihoodKernel::Bernoulli,
-        Likelihood::Gaussian(_) => LikelihoodKernel::Gaussian { log_var: learned.unwrap_or(fixed), learned: learned.is_some() },
+        Likelihood::Gaussian(_) => {
+            LikelihoodKernel::Gaussian { log_var: learned.unwrap_or(fixed), learned: learned.is_some() }
+        }
         Likelihood::Categorical(categorical) => LikelihoodKernel::Categorical { levels: categorical.levels() },
     }
 }
@@ -149,7 +153,11 @@ impl<'a> Batch<'a> {
         for (shard, pair) in shards.iter().zip(data.chunks_exact(2)) {
             let ((rows, x_dim), (draws, eps_dim)) = (shard.x.dims2()?, shard.eps.dims2()?);
             let draws_per_row = (rows > 0 && draws % rows == 0).then(|| draws / rows);
-            if x_dim != data_dim || eps_dim != latent_dim || draws_per_row.is_none() || samples.is_some_and(|s| Some(s) != draws_per_row) {
+            if x_dim != data_dim
+                || eps_dim != latent_dim
+                || draws_per_row.is_none()
+                || samples.is_some_and(|s| Some(s) != draws_per_row)
+            {
                 return Err(Error::ShapeMismatch(format!(
                     "a training step on x {:?} with eps {:?}: expected [rows, {data_dim}] and [rows * samples, \
                      {latent_dim}], the same samples in every shard",
@@ -250,9 +258,12 @@ impl<'a> Network<'a> {
         let rows = batch.rows as f64;
         let reconstruction = results.iter().map(|result| result.reconstruction).sum::<f64>() / rows;
         let figures = match kl_gradient.weighted_kl {
-            Some(weighted_kl) => {
-                StepFigures { reconstruction, kl: kl_mean, weighted_kl: Some(weighted_kl), loss: reconstruction + weighted_kl }
-            }
+            Some(weighted_kl) => StepFigures {
+                reconstruction,
+                kl: kl_mean,
+                weighted_kl: Some(weighted_kl),
+                loss: reconstruction + weighted_kl,
+            },
             None => StepFigures {
                 reconstruction: reconstruction / batch.samples as f64,
                 kl: kl_mean,
@@ -269,7 +280,8 @@ impl<'a> Network<'a> {
         let hidden = forward_chain(&self.encoder, shard.x, rows);
         let features = hidden.last().map_or(shard.x, Vec::as_slice);
         let mu = forward_values(features, self.mu.weight, self.mu.bias, rows, OutputActivation::Identity);
-        let log_var = forward_values(features, self.log_var.weight, self.log_var.bias, rows, OutputActivation::Identity);
+        let log_var =
+            forward_values(features, self.log_var.weight, self.log_var.bias, rows, OutputActivation::Identity);
         let mut kl_sums = vec![0.0f64; self.latent_dim()];
         for (mu_row, log_var_row) in mu.chunks_exact(self.latent_dim()).zip(log_var.chunks_exact(self.latent_dim())) {
             for ((total, &m), &lv) in kl_sums.iter_mut().zip(mu_row).zip(log_var_row) {
@@ -311,7 +323,8 @@ impl<'a> Network<'a> {
     fn iwae_backward(&self, shard: &ShardData, encoded: &Encoded, samples: usize, c: f32) -> ShardResult {
         let (rows, latent_dim) = (shard.rows, self.latent_dim());
         let draws = rows * samples;
-        let (mu, log_var) = (repeat_rows(&encoded.mu, latent_dim, samples), repeat_rows(&encoded.log_var, latent_dim, samples));
+        let (mu, log_var) =
+            (repeat_rows(&encoded.mu, latent_dim, samples), repeat_rows(&encoded.log_var, latent_dim, samples));
         let x = repeat_rows(shard.x, shard.x.len() / rows, samples);
         let z = reparameterize(&mu, &log_var, shard.eps);
         let decoded = self.decode(&z, draws);
@@ -328,7 +341,8 @@ impl<'a> Network<'a> {
         let (bounds, normalised) = normalise_weights(&log_weights, samples);
         let scales: Vec<f32> = normalised.iter().map(|&w| c * w).collect();
         let likelihood = self.likelihood.loss_and_gradient(output, &x, &scales);
-        let (decoder_gradients, mut grad_z) = backward_chain(&self.decoder, &z, &decoded, likelihood.output, draws, true);
+        let (decoder_gradients, mut grad_z) =
+            backward_chain(&self.decoder, &z, &decoded, likelihood.output, draws, true);
         // dL/dz_k = c w~_k (drec/dz_k + z_k)
         for (draw, &scale) in scales.iter().enumerate() {
             let row = draw * latent_dim..(draw + 1) * latent_dim;
@@ -665,7 +679,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let run = |x: Tensor, eps: Tensor| FusedStep.run(&vae, &[Shard { x, eps, share: 1.0 }], &context);
         assert!(run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 4, -1.0, 1.0)).is_ok());
-        let message = run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 3, -1.0, 1.0)).unwrap_err().to_string();
+        let message =
+            run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 5, 3, -1.0, 1.0)).unwrap_err().to_string();
         assert!(message.contains("[5, 3]") && message.contains("latent") || message.contains(", 4]"), "{message}");
         assert!(run(random(&mut rng, 5, 29, 0.0, 1.0), random(&mut rng, 5, 4, -1.0, 1.0)).is_err());
         assert!(run(random(&mut rng, 5, 30, 0.0, 1.0), random(&mut rng, 7, 4, -1.0, 1.0)).is_err());

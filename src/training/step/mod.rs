@@ -181,10 +181,7 @@ impl StepFigures {
 }
 
 /// Runs `work` on every shard, on its own thread with its share of the kernel threads when there are several.
-pub(crate) fn on_each_shard<T: Send, S: Sync>(
-    shards: &[S],
-    work: impl Fn(&S) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
+pub(crate) fn on_each_shard<T: Send, S: Sync>(shards: &[S], work: impl Fn(&S) -> Result<T> + Sync) -> Result<Vec<T>> {
     use rayon::prelude::*;
     match shards {
         [whole] => Ok(vec![work(whole)?]),
