@@ -19,12 +19,16 @@ For each row and each of --repeats rounds, elbo runs first, then each PyTorch mo
 Both programs are measured the same way. The table gives medians over the repeats, the ratio elbo / best PyTorch
 mode (of the medians) and run by run (each elbo run against the best mode's run of the same round), the held-out
 single-sample negative ELBO after the last epoch (median; for every row, also IWAE and beta 4, it is the plain
-ELBO with beta 1), and the peak resident memory of each process (max over repeats, from os.wait4).
+ELBO with beta 1), and the peak resident memory of each process (max over repeats, from os.wait4; PyTorch's includes
+the libraries of the wheel installed, which from PyPI is the CUDA build, ~950 MiB for row 1 with no GPU in use).
 
 usage: python3 bench/compare_matrix.py [--rows 1,2,5] [--epochs 2] [--repeats 1] [--modes eager,fused[,compile]]
           [--threads 2] [--data ../shared/data/mnist] [--elbo target/release/elbo] [--simd avx512|avx2|scalar|auto]
-          [--step auto|graph|fused] [--speed steady|all] [--json FILE]
+          [--step auto|graph|fused] [--speed steady|all] [--torch-denormals flush|keep] [--json FILE]
 --simd sets ELBO_SIMD in elbo's environment (auto: removes it); without --simd elbo inherits this environment.
+--torch-denormals flush (default) runs PyTorch with torch.set_flush_denormal(True): without it PyTorch slows down
+10x or more where values decay into subnormal floats (row 9, tanh: ~3,300 against ~40,000 ex/s in eager mode, the
+same numbers trained); elbo gets no such setting. keep shows PyTorch as it comes.
 --step is passed to `elbo train --step`; without it elbo uses its own default. An elbo run that fails is reported
 with its error output; one that cannot start (the binary missing or being replaced by a build) is retried.
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
@@ -154,7 +158,7 @@ def run_elbo(args, row, scratch, tag):
 def run_torch(args, row, mode, scratch, tag):
     command = [sys.executable, TWIN, '--data', args.data, '--epochs', str(args.epochs), '--batch-size',
                str(args.batch_size), '--lr', '1e-3', '--seed', '1', '--threads', str(args.threads), '--mode', mode,
-               '--quiet'] + ROWS[row][2]
+               '--quiet'] + (['--flush-denormal'] if args.torch_denormals == 'flush' else []) + ROWS[row][2]
     stdout, _, rss = run_measured(command, scratch, tag)
     result = json.loads(stdout.strip().splitlines()[-1])
     return {'examples_per_s': speed_of(result['epoch_examples_per_s'], result['train_examples_per_s'], args.speed),
@@ -239,6 +243,9 @@ def main():
     ap.add_argument('--step', choices=['auto', 'graph', 'fused'], default=None,
                     help='passed as `elbo train --step`; default: not passed (elbo chooses)')
     ap.add_argument('--speed', choices=['steady', 'all'], default='steady')
+    ap.add_argument('--torch-denormals', choices=['flush', 'keep'], default='flush',
+                    help='flush: PyTorch runs with torch.set_flush_denormal(True) (default), as subnormal floats '
+                         'slow it down by 10x or more on some rows (tanh); keep: PyTorch as it comes')
     ap.add_argument('--json', default=None, help='write every run and the summary to this file')
     args = ap.parse_args()
     args.elbo = os.path.abspath(args.elbo)
@@ -261,7 +268,8 @@ def main():
           f'avx2: {"yes" if cpu["avx2"] else "no"}')
     print(f'elbo: {args.elbo} ({version}; built {start_stamp["mtime"]}, sha256 {start_stamp["sha256"]}); '
           f'SIMD path: ELBO_SIMD={simd}; --step {args.step or "(not passed: elbo default)"}')
-    print(f'torch {torch_versions["version"]}, CPU capability {torch_versions["cpu_capability"]}; modes {",".join(modes)}')
+    print(f'torch {torch_versions["version"]}, CPU capability {torch_versions["cpu_capability"]}; modes '
+          f'{",".join(modes)}; denormals: {args.torch_denormals} (elbo: as the CPU does by default)')
     print(f'{args.epochs} epochs, batch {args.batch_size}, Adam 1e-3, seed 1, {args.threads} threads, '
           f'{args.repeats} repeat(s); speed = {args.speed} '
           f'({"median of epochs after the first" if args.speed == "steady" else "all epochs"}, training steps only)',
@@ -343,7 +351,7 @@ def main():
                        'binary': start_stamp, 'simd': simd, 'step_flag': args.step},
                        'settings': {'epochs': args.epochs, 'repeats': args.repeats, 'threads': args.threads,
                                     'batch_size': args.batch_size, 'modes': modes, 'speed': args.speed,
-                                    'data': args.data},
+                                    'data': args.data, 'torch_denormals': args.torch_denormals},
                        'rows': {str(row): entry for row, entry in results.items()}}, f, indent=1)
         print(f'wrote {args.json}')
     return 1 if failures else 0

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
-use crate::kernels::{contiguous_f32, matmul, Destination, Operand};
+use crate::kernels::{add_to, contiguous_f32, matmul, Destination, Operand};
 
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
 const ONE: gemm::Parallelism = gemm::Parallelism::None;
@@ -198,25 +198,202 @@ fn scatter(geometry: &ConvGeometry, maps: &[f32], weight: &[f32], m: usize) -> V
     images
 }
 
+/// Examples per partial sum of a weight gradient: fixed, so the sum's order, and its bits, do not depend on the
+/// threads.
+const OUTER_CHUNK: usize = 8;
+
+/// The sum over `examples` of what `add_chunk(range, sum, outputs)` adds to a `len`-value sum for each chunk of
+/// [`OUTER_CHUNK`] examples, the chunks on the threads and their sums added in order; `outputs` (`[examples, ...]`,
+/// or empty) is handed to each chunk as its examples' rows.
+fn chunked_sum(
+    examples: usize,
+    len: usize,
+    outputs: &mut [f32],
+    add_chunk: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let chunks = examples.div_ceil(OUTER_CHUNK);
+    let rows_of_chunk = outputs.len() / examples.max(1) * OUTER_CHUNK;
+    let mut pieces: Vec<&mut [f32]> = match rows_of_chunk {
+        0 => (0..chunks).map(|_| &mut [][..]).collect(),
+        rows => outputs.chunks_mut(rows).collect(),
+    };
+    let partial_sums: Vec<Vec<f32>> = pieces
+        .par_iter_mut()
+        .enumerate()
+        .map(|(chunk, piece)| {
+            let mut sum = vec![0.0; len];
+            add_chunk(chunk * OUTER_CHUNK..examples.min((chunk + 1) * OUTER_CHUNK), &mut sum, piece);
+            sum
+        })
+        .collect();
+    let mut parts = partial_sums.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
+    parts.for_each(|part| add_to(&mut total, &part));
+    total
+}
+
+/// sum += map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`).
+fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
+    let (lhs, rhs) = (Operand::rows(map, positions), Operand::transposed(cols, positions));
+    matmul(sum, lhs, rhs, (m, positions, patch), Destination::Accumulate, ONE);
+}
+
 /// outer: dW (`[m, patch]`) = sum over the batch of maps_b (`[m, positions]`) · im2col(image_b)^T.
 fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec<f32> {
-    let (patch, positions) = (geometry.patch_len(), geometry.positions());
-    let partial_sums = maps.par_chunks(m * positions).zip(images.par_chunks(geometry.image_len())).fold(
-        || (vec![0.0; m * patch], vec![0.0; patch * positions]),
-        |(mut sum, mut cols), (map, image)| {
-            geometry.im2col(image, &mut cols);
-            let (lhs, rhs) = (Operand::rows(map, positions), Operand::transposed(&cols, positions));
-            matmul(&mut sum, lhs, rhs, (m, positions, patch), Destination::Accumulate, ONE);
-            (sum, cols)
+    let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
+    chunked_sum(images.len() / image_len.max(1), m * patch, &mut [], |range, sum, _| {
+        let mut cols = vec![0.0; patch * positions];
+        for b in range {
+            geometry.im2col(&images[b * image_len..][..image_len], &mut cols);
+            add_outer(sum, &maps[b * m * positions..][..m * positions], &cols, (m, patch, positions));
+        }
+    })
+}
+
+/// gather that keeps im2col(image_b) of every image: (out, columns `[batch, patch, positions]`).
+fn gather_keeping_columns(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
+    let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
+    let batch = images.len() / image_len.max(1);
+    let (mut out, mut columns) = (vec![0.0; batch * m * positions], vec![0.0; batch * patch * positions]);
+    out.par_chunks_mut(m * positions).zip(columns.par_chunks_mut(patch * positions)).zip(images.par_chunks(image_len)).for_each(
+        |((out_b, cols), image)| {
+            geometry.im2col(image, cols);
+            let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(cols, positions));
+            matmul(out_b, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
         },
     );
-    partial_sums.map(|(sum, _)| sum).reduce(
-        || vec![0.0; m * patch],
-        |mut total, part| {
-            total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
-            total
-        },
-    )
+    (out, columns)
+}
+
+/// A transposed convolution's weight gradient and input gradient from one im2col of each example's output
+/// gradient: dW = sum_b maps_b · im2col(grad_b)^T and (when `input_gradient_wanted`) d maps_b = W · im2col(grad_b).
+fn transposed_gradients(
+    geometry: &ConvGeometry,
+    maps: &[f32],
+    grad: &[f32],
+    weight: &[f32],
+    m: usize,
+    input_gradient_wanted: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
+    let map_len = m * positions;
+    let batch = grad.len() / image_len.max(1);
+    let mut grad_maps = vec![0.0; if input_gradient_wanted { batch * map_len } else { 0 }];
+    let grad_weight = chunked_sum(batch, m * patch, &mut grad_maps, |range, sum, grad_maps| {
+        let mut cols = vec![0.0; patch * positions];
+        for (index, b) in range.enumerate() {
+            geometry.im2col(&grad[b * image_len..][..image_len], &mut cols);
+            add_outer(sum, &maps[b * map_len..][..map_len], &cols, (m, patch, positions));
+            if input_gradient_wanted {
+                let out = &mut grad_maps[index * map_len..][..map_len];
+                let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(&cols, positions));
+                matmul(out, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
+            }
+        }
+    });
+    (grad_weight, input_gradient_wanted.then_some(grad_maps))
+}
+
+/// A convolution or transposed convolution layer's shape, for its forward and backward passes on slices of
+/// `[batch, ...]` values (the fused training step's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvLayer {
+    /// The geometry, seen from the image side.
+    pub geometry: ConvGeometry,
+    /// Channels on the map side (a convolution's outputs, a transposed convolution's inputs).
+    pub map_channels: usize,
+    /// True for a transposed convolution (maps in, images out).
+    pub transposed: bool,
+}
+
+/// What [`ConvLayer::backward`] gives: (dL/dweight, dL/dbias, dL/dinput when asked for).
+pub(crate) type ConvGradients = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
+impl ConvLayer {
+    /// activation(layer(input) + bias) for a batch of inputs.
+    pub(crate) fn forward(&self, input: &[f32], weight: &[f32], bias: &[f32], activation: OutputActivation) -> Vec<f32> {
+        let (geometry, m) = (&self.geometry, self.map_channels);
+        let values =
+            if self.transposed { scatter(geometry, input, weight, m) } else { gather(geometry, input, weight, m) };
+        self.finish(values, bias, activation)
+    }
+
+    /// [`Self::forward`], keeping a convolution's im2col of every input for [`Self::backward`]'s weight gradient
+    /// (`None` for a transposed convolution, whose backward pass unfolds the output gradient instead).
+    pub(crate) fn forward_keeping_columns(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        activation: OutputActivation,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
+        if self.transposed {
+            return (self.forward(input, weight, bias, activation), None);
+        }
+        let (values, columns) = gather_keeping_columns(&self.geometry, input, weight, self.map_channels);
+        (self.finish(values, bias, activation), Some(columns))
+    }
+
+    /// Adds the bias to the products and applies the activation, one channel plane at a time.
+    fn finish(&self, mut values: Vec<f32>, bias: &[f32], activation: OutputActivation) -> Vec<f32> {
+        let geometry = &self.geometry;
+        let plane = if self.transposed { geometry.height * geometry.width } else { geometry.positions() };
+        for (channel_plane, &b) in values.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+            // activation(convolution + bias)
+            channel_plane.iter_mut().for_each(|v| *v += b);
+            activation.apply_in_place(channel_plane);
+        }
+        values
+    }
+
+    /// The gradients from dL/dpre (`grad`, the output's shape) and the layer's `input` (with a convolution's
+    /// columns from [`Self::forward_keeping_columns`], if kept): dW, db (sums over examples and positions), and
+    /// dL/dinput when `input_gradient_wanted`.
+    pub(crate) fn backward(
+        &self,
+        input: &[f32],
+        columns: Option<&[f32]>,
+        grad: &[f32],
+        weight: &[f32],
+        input_gradient_wanted: bool,
+    ) -> ConvGradients {
+        let (geometry, m) = (&self.geometry, self.map_channels);
+        let (grad_weight, grad_input) = if self.transposed {
+            // input = maps, output = images: dW = sum maps · im2col(d output)^T, d input = W · im2col(d output)
+            transposed_gradients(geometry, input, grad, weight, m, input_gradient_wanted)
+        } else {
+            // input = images, output = maps: dW = sum d output · im2col(images)^T, d input = col2im(W^T · d output)
+            let grad_weight = match columns {
+                Some(columns) => self.outer_from_columns(grad, columns),
+                None => outer(geometry, grad, input, m),
+            };
+            (grad_weight, input_gradient_wanted.then(|| scatter(geometry, grad, weight, m)))
+        };
+        let (channels, plane) = match self.transposed {
+            true => (geometry.channels, geometry.height * geometry.width),
+            false => (m, geometry.positions()),
+        };
+        (grad_weight, channel_sums(grad, channels, plane), grad_input)
+    }
+
+    /// dW = sum_b maps_b · columns_b^T, from kept columns.
+    fn outer_from_columns(&self, maps: &[f32], columns: &[f32]) -> Vec<f32> {
+        let (m, patch, positions) = (self.map_channels, self.geometry.patch_len(), self.geometry.positions());
+        chunked_sum(maps.len() / (m * positions).max(1), m * patch, &mut [], |range, sum, _| {
+            for b in range {
+                let cols = &columns[b * patch * positions..][..patch * positions];
+                add_outer(sum, &maps[b * m * positions..][..m * positions], cols, (m, patch, positions));
+            }
+        })
+    }
+}
+
+/// The sum of `[batch, channels, plane]` values per channel, in f64.
+fn channel_sums(values: &[f32], channels: usize, plane: usize) -> Vec<f32> {
+    let mut sums = vec![0f64; channels];
+    let planes = values.chunks_exact(plane.max(1)).zip((0..channels).cycle());
+    planes.for_each(|(plane, channel)| sums[channel] += plane.iter().map(|&v| f64::from(v)).sum::<f64>());
+    sums.into_iter().map(|s| s as f32).collect()
 }
 
 /// Which product a [`ConvProduct`] computes, and so what its two inputs are.
@@ -301,6 +478,10 @@ impl Conv2dOp {
         Conv2dOp { geometry, map_channels: in_channels, transposed: true, batch, activation }
     }
 
+    fn layer(&self) -> ConvLayer {
+        ConvLayer { geometry: self.geometry, map_channels: self.map_channels, transposed: self.transposed }
+    }
+
     fn image_shape(&self) -> (usize, usize, usize, usize) {
         let g = &self.geometry;
         (self.batch, g.channels, g.height, g.width)
@@ -367,18 +548,10 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.check(l1, l2, l3)?;
-        let output_shape = self.shapes()[1];
-        let product = if self.transposed { Product::Scatter } else { Product::Gather };
         let (input, weight) = (contiguous_f32(s1, l1, self.name())?, contiguous_f32(s2, l2, self.name())?);
-        let mut values = self.product(product, output_shape).compute(input, weight);
         let bias = contiguous_f32(s3, l3, self.name())?;
-        let plane = output_shape.2 * output_shape.3;
-        for (channel_plane, &b) in values.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-            // activation(convolution + bias), one channel plane at a time
-            channel_plane.iter_mut().for_each(|v| *v += b);
-            self.activation.apply_in_place(channel_plane);
-        }
-        Ok((CpuStorage::F32(values), Shape::from(output_shape)))
+        let values = self.layer().forward(input, weight, bias, self.activation);
+        Ok((CpuStorage::F32(values), Shape::from(self.shapes()[1])))
     }
 
     fn bwd(
@@ -417,9 +590,6 @@ impl CustomOp1 for ChannelSums {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let values = contiguous_f32(storage, layout, self.name())?;
         let (_, channels, height, width) = layout.shape().dims4()?;
-        let mut sums = vec![0f64; channels];
-        let planes = values.chunks_exact(height * width).zip((0..channels).cycle());
-        planes.for_each(|(plane, channel)| sums[channel] += plane.iter().map(|&v| f64::from(v)).sum::<f64>());
-        Ok((CpuStorage::F32(sums.into_iter().map(|s| s as f32).collect()), Shape::from(channels)))
+        Ok((CpuStorage::F32(channel_sums(values, channels, height * width)), Shape::from(channels)))
     }
 }

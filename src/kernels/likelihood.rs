@@ -63,8 +63,23 @@ impl LikelihoodKernel<'_> {
     /// -log p(x_n|z_n) of each of the `rows` examples, from the output `[rows, data_dim * outputs per value]` and
     /// the data `[rows, data_dim]`.
     pub(crate) fn losses(&self, output: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
-        let scales = vec![0.0; rows];
-        self.loss_and_gradient(output, x, &scales).losses
+        match self {
+            LikelihoodKernel::Bernoulli => bernoulli_row_sums(output, x, x.len() / rows.max(1)),
+            _ => self.loss_and_gradient(output, x, &vec![0.0; rows]).losses,
+        }
+    }
+
+    /// The gradients of [`Self::loss_and_gradient`] alone (for the Bernoulli, without computing the losses).
+    pub(crate) fn gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+        match self {
+            LikelihoodKernel::Bernoulli => {
+                (bernoulli_gradient(output, x, scales, x.len() / scales.len().max(1)), None)
+            }
+            _ => {
+                let gradients = self.loss_and_gradient(output, x, scales);
+                (gradients.output, gradients.log_var)
+            }
+        }
     }
 
     /// Each example's -log p(x_n|z_n) and the gradients of sum_n scales_n * (-log p(x_n|z_n)), one row per entry

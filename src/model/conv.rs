@@ -12,7 +12,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Mo
 use super::mlp::Activation;
 use crate::data::ExampleShape;
 use crate::kernels::activation::OutputActivation;
-use crate::kernels::conv::{Conv2dOp, ConvGeometry};
+use crate::kernels::conv::{Conv2dOp, ConvGeometry, ConvLayer};
 use crate::{Error, Result};
 
 /// The convolutional layers of a model. Saved in `config.json` as part of the architecture.
@@ -148,6 +148,40 @@ impl ConvStack {
     }
 }
 
+/// One layer of a convolutional stack as the fused training step runs it: its parameters, its shape and its
+/// activation.
+pub(crate) struct ConvParts<'a> {
+    /// `[out, in, k, k]`, or `[in, out, k, k]` for a transposed convolution.
+    pub weight: &'a Tensor,
+    /// One value per output channel.
+    pub bias: Option<&'a Tensor>,
+    /// The shape of the products.
+    pub layer: ConvLayer,
+    /// The activation after it, if any.
+    pub activation: Option<Activation>,
+}
+
+impl ConvStack {
+    /// The layers in forward order, for the fused training step.
+    pub(crate) fn parts(&self) -> Option<Vec<ConvParts<'_>>> {
+        let (mut channels, mut sides) = (self.input.channels, (self.input.height, self.input.width));
+        let mut parts = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let config = layer.config();
+            let geometry = ConvGeometry::new(channels, sides, layer.weight().dim(2).ok()?, config.stride, config.padding)?;
+            let map_channels = layer.weight().dim(0).ok()?;
+            parts.push(ConvParts {
+                weight: layer.weight(),
+                bias: layer.bias(),
+                layer: ConvLayer { geometry, map_channels, transposed: false },
+                activation: Some(self.activation),
+            });
+            (channels, sides) = (map_channels, (geometry.out_height, geometry.out_width));
+        }
+        Some(parts)
+    }
+}
+
 /// The decoder's transposed convolutions: the activation after each but the last, whose output channels are the
 /// likelihood's parameters. Weights: `deconv.{i}.weight` `[in, out, k, k]` and `deconv.{i}.bias`, the last one
 /// named `output`.
@@ -183,6 +217,34 @@ impl DeconvStack {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(DeconvStack { layers, activation, feature_map, output, outputs_per_value })
+    }
+
+    /// The layers in forward order, for the fused training step; then the number of outputs per value and the
+    /// output's channels and pixels, for the interleaving of a categorical decoder's levels.
+    pub(crate) fn parts(&self) -> Option<(Vec<ConvParts<'_>>, (usize, usize, usize))> {
+        let (mut channels, mut sides) = (self.feature_map.0, (self.feature_map.1, self.feature_map.2));
+        let mut parts = Vec::with_capacity(self.layers.len());
+        for (index, layer) in self.layers.iter().enumerate() {
+            let config = layer.config();
+            let (out_channels, kernel) = (layer.weight().dim(1).ok()?, layer.weight().dim(2).ok()?);
+            // the output side of a transposed convolution: (n - 1) * stride - 2 * padding + kernel
+            let side = |n: usize| (n.checked_sub(1)? * config.stride + kernel).checked_sub(2 * config.padding);
+            let out_sides = (side(sides.0)?, side(sides.1)?);
+            let geometry = ConvGeometry::new(out_channels, out_sides, kernel, config.stride, config.padding)?;
+            let fits = (geometry.out_height, geometry.out_width) == sides && config.output_padding == 0;
+            if !fits || config.dilation != 1 {
+                return None;
+            }
+            parts.push(ConvParts {
+                weight: layer.weight(),
+                bias: layer.bias(),
+                layer: ConvLayer { geometry, map_channels: channels, transposed: true },
+                activation: (index + 1 < self.layers.len()).then_some(self.activation),
+            });
+            (channels, sides) = (out_channels, out_sides);
+        }
+        let pixels = self.output.height * self.output.width;
+        Some((parts, (self.outputs_per_value, self.output.channels, pixels)))
     }
 
     /// Number of values of the feature map the layers start from.

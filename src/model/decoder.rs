@@ -51,11 +51,13 @@ impl Decoder {
         Ok(Decoder { body, head })
     }
 
-    /// The dense layers of an MLP decoder, `(hidden layers, output layer)`; `None` with deconvolutions.
-    pub fn dense_layers(&self) -> Option<(&[Dense], &Dense)> {
+    /// The decoder's parts in forward order: `(hidden dense layers, dense layers after them, transposed
+    /// convolutions)`: the output layer of an MLP decoder, or a convolutional one's dense layer to the feature map
+    /// and its transposed convolutions.
+    pub fn parts(&self) -> (&[Dense], &Dense, Option<&DeconvStack>) {
         match &self.head {
-            Head::Dense(output) => Some((self.body.layers(), output)),
-            Head::Deconvolution(..) => None,
+            Head::Dense(output) => (self.body.layers(), output, None),
+            Head::Deconvolution(grid, stack) => (self.body.layers(), grid, Some(stack)),
         }
     }
 

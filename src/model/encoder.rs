@@ -39,12 +39,9 @@ impl Encoder {
         Ok(Encoder { convolutions, body, mu, log_var })
     }
 
-    /// The dense layers of an MLP encoder, `(hidden layers, mu head, log_var head)`; `None` with convolutions.
-    pub fn dense_layers(&self) -> Option<(&[Dense], &Dense, &Dense)> {
-        match self.convolutions {
-            Some(_) => None,
-            None => Some((self.body.layers(), &self.mu, &self.log_var)),
-        }
+    /// The encoder's parts in forward order: `(convolutions, hidden dense layers, mu head, log_var head)`.
+    pub fn parts(&self) -> (Option<&ConvStack>, &[Dense], &Dense, &Dense) {
+        (self.convolutions.as_ref(), self.body.layers(), &self.mu, &self.log_var)
     }
 
     /// Encoder forward on x (`[batch, data_dim]`): (mu_x, log sigma^2_x).

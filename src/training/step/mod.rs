@@ -2,16 +2,17 @@
 //! - [`graph`]: candle's graph records the forward pass and differentiates it. It runs every model, objective and
 //!   device, and is the oracle the other is tested against.
 //! - [`fused`]: elbo's own CPU step. The forward and the backward pass are written out on plain slices with the
-//!   fused kernels of [`crate::kernels`], each gradient written once; MLP VAEs with any decoder likelihood, the
-//!   ELBO with every KL weighting, and the IWAE bound.
+//!   fused kernels of [`crate::kernels`], each gradient written once; MLP and convolutional VAEs with any decoder
+//!   likelihood, the ELBO with every KL weighting, and the IWAE bound.
 //!
 //! [`step_plan`] picks one, once per run, and says why.
 
 mod fused;
 mod graph;
+mod layers;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::config::{Objective, TrainConfig};
 use crate::kernels::kernel_threads;
@@ -65,8 +66,9 @@ pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> Result<Ste
         }
     };
     let max_shards = match path {
-        // the fused step reduces the KL's batch statistics across its shards itself
-        StepPath::Fused => kernel_threads(),
+        // the fused step spends its time in matrix multiplies, which split themselves over the threads: one
+        // shard measured faster than one per thread (BENCHMARKS.md), as each weight is then packed once
+        StepPath::Fused => 1,
         StepPath::Graph if device.is_cpu() && config.loss_is_mean_of_examples() => kernel_threads(),
         StepPath::Graph => 1,
     };
@@ -78,15 +80,9 @@ fn fused_coverage(vae: &Vae, config: &TrainConfig, device: &Device) -> std::resu
     if !device.is_cpu() {
         return Err("the device is not the CPU (the fused step is CPU code; candle's ops run on the GPU)".into());
     }
-    if vae.config().conv.is_some() {
-        return Err("convolutional models have no fused step yet (their layers are fused ops inside the graph)".into());
-    }
-    let layers = fused::Layers::of(vae).ok_or("the model is not an MLP VAE")?;
-    if layers.all().any(|dense| dense.weight().dtype() != DType::F32) {
-        return Err("the weights are not f32".into());
-    }
-    if layers.all().any(|dense| dense.output_activation().is_none()) {
-        return Err("SiLU's derivative needs its input, and the fused layers keep only their outputs".into());
+    let layers = layers::Layers::of(vae).ok_or("a transposed convolution's shape is one the kernels do not take")?;
+    if let Some(why) = layers.unsupported() {
+        return Err(why.into());
     }
     let objective = match config.objective {
         Objective::Elbo if config.kl.capacity.is_some() => "the capacity objective",
@@ -98,7 +94,8 @@ fn fused_coverage(vae: &Vae, config: &TrainConfig, device: &Device) -> std::resu
             return Err("beta-TCVAE's estimator pairs every example of a batch with every other".into());
         }
     };
-    Ok(format!("MLP, {} decoder, {objective}", vae.config().likelihood.name()))
+    let architecture = if vae.config().conv.is_some() { "convolutional" } else { "MLP" };
+    Ok(format!("{architecture}, {} decoder, {objective}", vae.config().likelihood.name()))
 }
 
 /// A shard has at least this many rows: smaller ones make the matrix multiplies inefficient.

@@ -1,0 +1,229 @@
+//! The layers of a VAE as the fused step runs them: dense layers, convolutions and transposed convolutions (and the
+//! interleaving of a convolutional categorical decoder's levels), each with its forward pass and its backward pass
+//! on plain `[rows, ...]` slices.
+//!
+//! A layer y = act(layer(input) + b): dL/dpre = dL/dy * act'(y), then for a dense layer dL/dW = (dL/dpre)^T input,
+//! dL/db = sum_n dL/dpre, dL/dinput = dL/dpre W; for a convolution the same three products as im2col + GEMM
+//! ([`crate::kernels::conv`]).
+
+use candle_core::{DType, Tensor};
+
+use crate::kernels::activation::OutputActivation;
+use crate::kernels::conv::ConvLayer;
+use crate::model::conv::ConvParts;
+use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
+use crate::model::Vae;
+
+/// A layer as the model holds it.
+pub(super) enum ModelLayer<'a> {
+    /// A dense layer.
+    Dense(&'a Dense),
+    /// A convolution or transposed convolution.
+    Conv(ConvParts<'a>),
+    /// A categorical convolutional decoder's last step: `[C * K, pixels]` maps to `[C, pixels, K]` values.
+    Interleave(Interleave),
+}
+
+impl<'a> ModelLayer<'a> {
+    /// The weight and the bias; `None` for a layer without parameters.
+    fn parameters(&self) -> Option<(&'a Tensor, Option<&'a Tensor>)> {
+        match *self {
+            ModelLayer::Dense(dense) => Some((dense.weight(), dense.bias())),
+            ModelLayer::Conv(ref parts) => Some((parts.weight, parts.bias)),
+            ModelLayer::Interleave(_) => None,
+        }
+    }
+
+    /// The activation as the fused kernels apply it; `None` where its derivative needs the input (SiLU).
+    fn activation(&self) -> Option<OutputActivation> {
+        match self {
+            ModelLayer::Dense(dense) => dense.output_activation(),
+            ModelLayer::Conv(parts) => OutputActivation::of(parts.activation),
+            ModelLayer::Interleave(_) => Some(OutputActivation::Identity),
+        }
+    }
+
+    /// The layer's shape on slices.
+    fn kind(&self) -> Kind {
+        match self {
+            ModelLayer::Dense(_) => Kind::Dense,
+            ModelLayer::Conv(parts) => Kind::Conv(parts.layer),
+            ModelLayer::Interleave(interleave) => Kind::Interleave(*interleave),
+        }
+    }
+}
+
+/// The levels of each value of a `channels` x `pixels` image, moved from `[channels * levels, pixels]` maps to
+/// `[channels, pixels, levels]`, the layout the categorical likelihood reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Interleave {
+    levels: usize,
+    channels: usize,
+    pixels: usize,
+}
+
+impl Interleave {
+    /// The index in the maps of the value at `index` in the interleaved layout.
+    fn source(&self, index: usize) -> usize {
+        let (level, pixel, channel) = (index % self.levels, index / self.levels % self.pixels, index / (self.levels * self.pixels));
+        (channel * self.levels + level) * self.pixels + pixel
+    }
+
+    /// `[rows, C * K, pixels]` -> `[rows, C, pixels, K]`.
+    fn forward(&self, maps: &[f32]) -> Vec<f32> {
+        let width = self.levels * self.channels * self.pixels;
+        maps.chunks_exact(width.max(1)).flat_map(|row| (0..width).map(move |index| row[self.source(index)])).collect()
+    }
+
+    /// The gradient back to the maps' layout.
+    fn backward(&self, grad: &[f32]) -> Vec<f32> {
+        let width = self.levels * self.channels * self.pixels;
+        let mut maps = vec![0.0; grad.len()];
+        for (out, row) in maps.chunks_exact_mut(width.max(1)).zip(grad.chunks_exact(width.max(1))) {
+            row.iter().enumerate().for_each(|(index, &value)| out[self.source(index)] = value);
+        }
+        maps
+    }
+}
+
+/// The layers of a VAE in forward order: the encoder's, its mu and log_var heads, the decoder's.
+pub(super) struct Layers<'a> {
+    layers: Vec<ModelLayer<'a>>,
+    /// Layers before the heads.
+    encoder_len: usize,
+}
+
+impl<'a> Layers<'a> {
+    /// Every layer of `vae`; `None` where a transposed convolution's shape is one the kernels do not take.
+    pub(super) fn of(vae: &'a Vae) -> Option<Self> {
+        let (convolutions, encoder_body, mu, log_var) = vae.encoder().parts();
+        let mut layers: Vec<ModelLayer> = Vec::new();
+        if let Some(stack) = convolutions {
+            layers.extend(stack.parts()?.into_iter().map(ModelLayer::Conv));
+        }
+        layers.extend(encoder_body.iter().map(ModelLayer::Dense));
+        let encoder_len = layers.len();
+        layers.extend([ModelLayer::Dense(mu), ModelLayer::Dense(log_var)]);
+        let (decoder_body, last_dense, deconvolutions) = vae.decoder().parts();
+        layers.extend(decoder_body.iter().chain([last_dense]).map(ModelLayer::Dense));
+        if let Some(stack) = deconvolutions {
+            let (parts, (levels, channels, pixels)) = stack.parts()?;
+            layers.extend(parts.into_iter().map(ModelLayer::Conv));
+            if levels > 1 {
+                layers.push(ModelLayer::Interleave(Interleave { levels, channels, pixels }));
+            }
+        }
+        Some(Layers { layers, encoder_len })
+    }
+
+    /// Why the fused step cannot run these layers, if it cannot.
+    pub(super) fn unsupported(&self) -> Option<&'static str> {
+        let parameters = self.layers.iter().filter_map(ModelLayer::parameters);
+        let (mut weights_f32, mut biases) = (true, true);
+        for (weight, bias) in parameters {
+            weights_f32 &= weight.dtype() == DType::F32;
+            biases &= bias.is_some();
+        }
+        if !weights_f32 {
+            return Some("the weights are not f32");
+        }
+        if !biases {
+            return Some("a layer has no bias");
+        }
+        if self.layers.iter().any(|layer| layer.activation().is_none()) {
+            return Some("SiLU's derivative needs its input, and the fused layers keep only their outputs");
+        }
+        None
+    }
+
+    /// The parameters, weight then bias of each layer that has them, in forward order; `None` where a bias is
+    /// missing.
+    pub(super) fn parameters(&self) -> Option<Vec<&'a Tensor>> {
+        let mut tensors = Vec::new();
+        for (weight, bias) in self.layers.iter().filter_map(ModelLayer::parameters) {
+            tensors.extend([weight, bias?]);
+        }
+        Some(tensors)
+    }
+
+    /// The layers on `values` (weight and bias of each layer with parameters, in the order of
+    /// [`Self::parameters`]): (encoder, mu head, log_var head, decoder). `None` where an activation cannot be fused.
+    pub(super) fn on_values<'v>(&self, values: &[&'v [f32]]) -> Option<SliceLayers<'v>> {
+        let mut pairs = values.chunks_exact(2);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (weight, bias) = match layer.parameters() {
+                Some(_) => pairs.next().map(|pair| (pair[0], pair[1]))?,
+                None => (&[][..], &[][..]),
+            };
+            layers.push(Layer { weight, bias, activation: layer.activation()?, kind: layer.kind() });
+        }
+        let decoder = layers.split_off(self.encoder_len + 2);
+        let log_var = layers.pop()?;
+        let mu = layers.pop()?;
+        Some((layers, mu, log_var, decoder))
+    }
+}
+
+/// (encoder, mu head, log_var head, decoder) on slices.
+pub(super) type SliceLayers<'v> = (Vec<Layer<'v>>, Layer<'v>, Layer<'v>, Vec<Layer<'v>>);
+
+/// How a layer computes, on slices.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Dense,
+    Conv(ConvLayer),
+    Interleave(Interleave),
+}
+
+/// A layer's parameters as slices, with its activation and kind.
+pub(super) struct Layer<'a> {
+    pub(super) weight: &'a [f32],
+    pub(super) bias: &'a [f32],
+    activation: OutputActivation,
+    kind: Kind,
+}
+
+/// A layer's parameter gradients (dL/dW, dL/db).
+pub(super) type LayerGradients = (Vec<f32>, Vec<f32>);
+
+impl Layer<'_> {
+    /// act(layer(input) + b) for `rows` inputs, with what the backward pass keeps from the forward one besides
+    /// the output (a convolution's unfolded inputs).
+    pub(super) fn forward(&self, input: &[f32], rows: usize) -> (Vec<f32>, Option<Vec<f32>>) {
+        match self.kind {
+            Kind::Dense => (forward_values(input, self.weight, self.bias, rows, self.activation), None),
+            Kind::Conv(layer) => layer.forward_keeping_columns(input, self.weight, self.bias, self.activation),
+            Kind::Interleave(interleave) => (interleave.forward(input), None),
+        }
+    }
+
+    /// Back through the layer from dL/doutput, with what [`Self::forward`] kept: its parameter gradients (`None`
+    /// for a layer without), and dL/dinput when `input_gradient_wanted`.
+    pub(super) fn backward(
+        &self,
+        input: &[f32],
+        (output, kept): (&[f32], Option<&[f32]>),
+        grad_output: Vec<f32>,
+        rows: usize,
+        input_gradient_wanted: bool,
+    ) -> (Option<LayerGradients>, Option<Vec<f32>>) {
+        // dL/dpre = dL/dy * act'(y)
+        let grad_pre = match self.activation {
+            OutputActivation::Identity => grad_output,
+            activation => activation.gradient(output, &grad_output),
+        };
+        match self.kind {
+            Kind::Dense => {
+                let gradients = parameter_gradients(&grad_pre, input, rows);
+                (Some(gradients), input_gradient_wanted.then(|| input_gradient(&grad_pre, self.weight, rows)))
+            }
+            Kind::Conv(layer) => {
+                let (grad_weight, grad_bias, grad_input) =
+                    layer.backward(input, kept, &grad_pre, self.weight, input_gradient_wanted);
+                (Some((grad_weight, grad_bias)), grad_input)
+            }
+            Kind::Interleave(interleave) => (None, Some(interleave.backward(&grad_pre))),
+        }
+    }
+}
