@@ -2,6 +2,8 @@
 //! `gemm` crate (its AVX-512, AVX2 or scalar kernels, as [`super::simd`] picks), or the system's OpenBLAS with the
 //! `openblas` feature.
 
+use rayon::prelude::*;
+
 use super::kernel_threads;
 use super::simd::{simd_level, SimdLevel};
 
@@ -26,7 +28,6 @@ pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
 }
 
 /// The threads a `parallelism` stands for (`Rayon(0)`: all of rayon's).
-#[cfg(feature = "openblas")]
 fn threads_of(parallelism: gemm::Parallelism) -> usize {
     match parallelism {
         gemm::Parallelism::Rayon(0) => rayon::current_num_threads(),
@@ -107,6 +108,40 @@ pub fn product(lhs: Operand, rhs: Operand, (m, k, n): (usize, usize, usize)) -> 
     dst
 }
 
+/// One block of a product, a band of dst's rows (or columns), and where it starts in lhs, rhs and dst.
+#[derive(Clone, Copy)]
+pub(super) struct Block {
+    /// Offsets of the block's first value in lhs, rhs and dst.
+    pub lhs_offset: usize,
+    pub rhs_offset: usize,
+    pub dst_offset: usize,
+    /// The block's rows and columns.
+    pub rows: usize,
+    pub columns: usize,
+}
+
+/// Runs `multiply` on `threads` blocks of an `m` x `n` product, one per thread: bands of dst's rows, or of its
+/// columns when the product is wider than tall. Each block is one single-threaded multiply; on the 2-core machines
+/// measured (BENCHMARKS.md) this scales where the `gemm` crate's own threads did not.
+fn for_each_block(lhs: &Operand, rhs: &Operand, (m, n): (usize, usize), threads: usize, multiply: impl Fn(Block) + Sync) {
+    let split_columns = n > m;
+    let extent = if split_columns { n } else { m };
+    let block_size = extent.div_ceil(threads.max(1));
+    let block = |index: usize| {
+        let first = index * block_size;
+        let size = block_size.min(extent - first);
+        multiply(if split_columns {
+            Block { lhs_offset: 0, rhs_offset: first * rhs.column_stride, dst_offset: first, rows: m, columns: size }
+        } else {
+            Block { lhs_offset: first * lhs.row_stride, rhs_offset: 0, dst_offset: first * n, rows: size, columns: n }
+        })
+    };
+    match extent.div_ceil(block_size) {
+        1 => block(0),
+        blocks => (0..blocks).into_par_iter().for_each(block),
+    }
+}
+
 /// The matrix multiply itself, on a raw row-major `m` x `n` destination (m, n, k all positive).
 ///
 /// # Safety
@@ -119,41 +154,46 @@ unsafe fn multiply_into(
     destination: Destination,
     parallelism: gemm::Parallelism,
 ) {
-    #[cfg(feature = "openblas")]
-    {
-        // SAFETY: the caller's promises are the ones `openblas::multiply` asks for.
-        if unsafe { openblas::multiply(dst, lhs, rhs, (m, k, n), destination, threads_of(parallelism)) } {
-            return;
-        }
-    }
     assert!(lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
+    let dst_address = dst as usize;
+    let accumulate = destination == Destination::Accumulate;
+    #[cfg(feature = "openblas")]
+    if let Some(views) = openblas::views(&lhs, &rhs, (m, k, n)) {
+        for_each_block(&lhs, &rhs, (m, n), threads_of(parallelism), |block| {
+            // SAFETY: the blocks are disjoint and inside dst's m x n values; the assertion above keeps every
+            // operand index the strides reach inside its slice (a block only starts further in and spans less).
+            unsafe { openblas::multiply(dst_address as *mut f32, &lhs, &rhs, views, (k, n), block, accumulate) }
+        });
+        return;
+    }
     let level = simd_level();
     let gemm_at_level = if level == SimdLevel::detected() { gemm::gemm::<f32> } else { narrower_gemm(level) };
-    // SAFETY: the assertion keeps every operand index the strides reach inside its slice; the caller vouches for
-    // dst.
-    unsafe {
-        gemm_at_level(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            destination == Destination::Accumulate,
-            lhs.values.as_ptr(),
-            lhs.column_stride as isize,
-            lhs.row_stride as isize,
-            rhs.values.as_ptr(),
-            rhs.column_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    for_each_block(&lhs, &rhs, (m, n), threads_of(parallelism), |block| {
+        // SAFETY: as for OpenBLAS above; the caller vouches for dst.
+        unsafe {
+            gemm_at_level(
+                block.rows,
+                block.columns,
+                k,
+                (dst_address as *mut f32).add(block.dst_offset),
+                1,
+                n as isize,
+                accumulate,
+                lhs.values.as_ptr().add(block.lhs_offset),
+                lhs.column_stride as isize,
+                lhs.row_stride as isize,
+                rhs.values.as_ptr().add(block.rhs_offset),
+                rhs.column_stride as isize,
+                rhs.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// The signature of `gemm::gemm` for f32.

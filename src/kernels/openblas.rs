@@ -1,15 +1,13 @@
 //! The matrix multiply through the system's OpenBLAS (`--features openblas`), in place of the `gemm` crate.
 //!
 //! Only `cblas_sgemm` and `openblas_set_num_threads` are called. OpenBLAS is told once to use one thread per
-//! call: elbo spreads work over its own threads (one shard of a batch each, or blocks of one product here),
-//! and a second thread pool would fight them for the cores.
+//! call: elbo spreads a product over its own threads in blocks ([`super::multiply_into`]), and a second thread
+//! pool would fight them for the cores.
 
 use std::ffi::c_int;
 use std::sync::Once;
 
-use rayon::prelude::*;
-
-use super::{Destination, Operand};
+use super::{Block, Operand};
 
 /// CBLAS's `CblasRowMajor`.
 const ROW_MAJOR: c_int = 101;
@@ -52,70 +50,51 @@ fn cblas_view(operand: &Operand, rows: usize, columns: usize) -> Option<(c_int, 
     Some((leading.0, c_int::try_from(leading.1).ok()?))
 }
 
-/// dst (`m` x `n`, row-major) = lhs · rhs, or dst + that, on `threads` threads (blocks of dst's rows, or of its
-/// columns when it is wider than tall); false, with nothing written, when CBLAS cannot take these operands.
+/// How CBLAS reads the two operands of an `m` x `k` by `k` x `n` product; `None` when it cannot take them (then the
+/// caller uses the `gemm` crate).
+pub(super) fn views(lhs: &Operand, rhs: &Operand, (m, k, n): (usize, usize, usize)) -> Option<Views> {
+    let fits = |size: usize| c_int::try_from(size).is_ok();
+    (fits(m) && fits(k) && fits(n)).then_some(())?;
+    Some((cblas_view(lhs, m, k)?, cblas_view(rhs, k, n)?))
+}
+
+/// CBLAS's views of lhs and rhs.
+pub(super) type Views = ((c_int, c_int), (c_int, c_int));
+
+/// One block of dst (`[m, n]`, row-major) = lhs · rhs, or dst + that (`accumulate`), on this thread.
 ///
 /// # Safety
-/// As for [`super::multiply_into`]: `dst` valid for m * n writes (and reads, when accumulating), overlapping
-/// neither operand; m, k, n positive.
+/// As for [`super::multiply_into`]: `dst` valid for the block's writes (and reads, when accumulating),
+/// overlapping neither operand; the block inside every operand.
 pub(super) unsafe fn multiply(
     dst: *mut f32,
-    lhs: Operand,
-    rhs: Operand,
-    (m, k, n): (usize, usize, usize),
-    destination: Destination,
-    threads: usize,
-) -> bool {
-    let (Some(lhs_view), Some(rhs_view), Ok(_), Ok(_), Ok(_)) =
-        (cblas_view(&lhs, m, k), cblas_view(&rhs, k, n), c_int::try_from(m), c_int::try_from(k), c_int::try_from(n))
-    else {
-        return false;
-    };
-    assert!(lhs.values.len() >= lhs.extent(m, k) && rhs.values.len() >= rhs.extent(k, n));
+    lhs: &Operand,
+    rhs: &Operand,
+    (lhs_view, rhs_view): Views,
+    (k, n): (usize, usize),
+    block: Block,
+    accumulate: bool,
+) {
     static ONE_THREAD_EACH: Once = Once::new();
     // SAFETY: a plain setter of OpenBLAS, called once before any multiply.
     ONE_THREAD_EACH.call_once(|| unsafe { openblas_set_num_threads(1) });
-    let beta = if destination == Destination::Accumulate { 1.0 } else { 0.0 };
-    let split_columns = n > m;
-    let extent = if split_columns { n } else { m };
-    let block_size = extent.div_ceil(threads.max(1));
-    let dst_address = dst as usize;
-    let block = |index: usize| {
-        let first = index * block_size;
-        let size = block_size.min(extent - first);
-        // Where the block starts in lhs, rhs and dst, and its rows and columns.
-        let (lhs_offset, rhs_offset, dst_offset, rows, columns) = if split_columns {
-            (0, first * rhs.column_stride, first, m, size)
-        } else {
-            (first * lhs.row_stride, 0, first * n, size, n)
-        };
-        // SAFETY: the blocks are disjoint and inside dst's m x n values; the assertion above keeps every operand
-        // index the strides reach inside its slice (a block only starts further in and spans less); every size
-        // fits a c_int (checked above).
-        unsafe {
-            cblas_sgemm(
-                ROW_MAJOR,
-                lhs_view.0,
-                rhs_view.0,
-                rows as c_int,
-                columns as c_int,
-                k as c_int,
-                1.0,
-                lhs.values.as_ptr().add(lhs_offset),
-                lhs_view.1,
-                rhs.values.as_ptr().add(rhs_offset),
-                rhs_view.1,
-                beta,
-                (dst_address as *mut f32).add(dst_offset),
-                n as c_int,
-            );
-        }
-    };
-    let blocks = extent.div_ceil(block_size);
-    if blocks > 1 {
-        (0..blocks).into_par_iter().for_each(block);
-    } else {
-        block(0);
+    // SAFETY: the caller's promises; every size fits a c_int (checked by `views`).
+    unsafe {
+        cblas_sgemm(
+            ROW_MAJOR,
+            lhs_view.0,
+            rhs_view.0,
+            block.rows as c_int,
+            block.columns as c_int,
+            k as c_int,
+            1.0,
+            lhs.values.as_ptr().add(block.lhs_offset),
+            lhs_view.1,
+            rhs.values.as_ptr().add(block.rhs_offset),
+            rhs_view.1,
+            if accumulate { 1.0 } else { 0.0 },
+            dst.add(block.dst_offset),
+            n as c_int,
+        );
     }
-    true
 }

@@ -417,7 +417,11 @@ fn reparameterize(mu: &[f32], log_var: &[f32], eps: &[f32]) -> Vec<f32> {
 
 /// Each row of a `[rows, columns]` matrix repeated `times` times in place.
 fn repeat_rows(values: &[f32], columns: usize, times: usize) -> Vec<f32> {
-    values.chunks_exact(columns.max(1)).flat_map(|row| std::iter::repeat_n(row, times).flatten().copied()).collect()
+    let mut repeated = Vec::with_capacity(values.len() * times);
+    for row in values.chunks_exact(columns.max(1)) {
+        (0..times).for_each(|_| repeated.extend_from_slice(row));
+    }
+    repeated
 }
 
 /// (dL/dmu, dL/dlog sigma^2) from dL/dz and the KL's own gradient, c a_j per dimension:

@@ -66,9 +66,8 @@ pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> Result<Ste
         }
     };
     let max_shards = match path {
-        // the fused step spends its time in matrix multiplies, which split themselves over the threads: one
-        // shard measured faster than one per thread (BENCHMARKS.md), as each weight is then packed once
-        StepPath::Fused => 1,
+        // the fused step reduces the KL's batch statistics across its shards itself, so it splits every batch
+        StepPath::Fused => kernel_threads(),
         StepPath::Graph if device.is_cpu() && config.loss_is_mean_of_examples() => kernel_threads(),
         StepPath::Graph => 1,
     };
