@@ -255,13 +255,14 @@ fn gather_keeping_columns(geometry: &ConvGeometry, images: &[f32], weight: &[f32
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     let batch = images.len() / image_len.max(1);
     let (mut out, mut columns) = (vec![0.0; batch * m * positions], vec![0.0; batch * patch * positions]);
-    out.par_chunks_mut(m * positions).zip(columns.par_chunks_mut(patch * positions)).zip(images.par_chunks(image_len)).for_each(
-        |((out_b, cols), image)| {
+    out.par_chunks_mut(m * positions)
+        .zip(columns.par_chunks_mut(patch * positions))
+        .zip(images.par_chunks(image_len))
+        .for_each(|((out_b, cols), image)| {
             geometry.im2col(image, cols);
             let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(cols, positions));
             matmul(out_b, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
-        },
-    );
+        });
     (out, columns)
 }
 
@@ -311,7 +312,13 @@ pub(crate) type ConvGradients = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
 impl ConvLayer {
     /// activation(layer(input) + bias) for a batch of inputs.
-    pub(crate) fn forward(&self, input: &[f32], weight: &[f32], bias: &[f32], activation: OutputActivation) -> Vec<f32> {
+    pub(crate) fn forward(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        activation: OutputActivation,
+    ) -> Vec<f32> {
         let (geometry, m) = (&self.geometry, self.map_channels);
         let values =
             if self.transposed { scatter(geometry, input, weight, m) } else { gather(geometry, input, weight, m) };

@@ -44,6 +44,15 @@ pub fn ln_1p_unit(e: f32) -> f32 {
     2.0 * s * p
 }
 
+/// ln(x) for positive, normal, finite x: with x = 2^n * m, m in [1, 2), ln x = n ln 2 + ln(1 + (m - 1)).
+#[inline(always)]
+pub fn ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    let mantissa = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    exponent as f32 * std::f32::consts::LN_2 + ln_1p_unit(mantissa - 1.0)
+}
+
 /// log(1 + exp(-|x|)), the tail of softplus(x) = max(x, 0) + log(1 + exp(-|x|)).
 #[inline(always)]
 pub fn softplus_tail(x: f32) -> f32 {
@@ -105,6 +114,15 @@ mod tests {
         let error = worst(0.0, 1.0, ln_1p_unit, f64::ln_1p);
         assert!(error < 3e-7, "ln_1p_unit: worst relative error {error}");
         assert!((ln_1p_unit(1e-20) as f64 / 1e-20 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ln_is_accurate_over_positive_normal_values() {
+        let error = worst(1.0, 256.0, ln, f64::ln);
+        assert!(error < 5e-7, "ln: worst relative error {error}");
+        assert!(worst(1e-30, 1e-3, ln, f64::ln) < 5e-7);
+        assert!(worst(1e3, 1e30, ln, f64::ln) < 5e-7);
+        assert_eq!(ln(1.0), 0.0);
     }
 
     #[test]

@@ -72,9 +72,7 @@ impl LikelihoodKernel<'_> {
     /// The gradients of [`Self::loss_and_gradient`] alone (for the Bernoulli, without computing the losses).
     pub(crate) fn gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
         match self {
-            LikelihoodKernel::Bernoulli => {
-                (bernoulli_gradient(output, x, scales, x.len() / scales.len().max(1)), None)
-            }
+            LikelihoodKernel::Bernoulli => (bernoulli_gradient(output, x, scales, x.len() / scales.len().max(1)), None),
             _ => {
                 let gradients = self.loss_and_gradient(output, x, scales);
                 (gradients.output, gradients.log_var)
@@ -336,7 +334,7 @@ wide_fn! {
                 sum += *g;
             }
             // -log p = logsumexp_k l_k - l_x = log sum_k exp(l_k - max) + max - l_x
-            total += sum.ln() + max - logits[level];
+            total += fast_math::ln(sum) + max - logits[level];
             let scale = s / sum;
             grad.iter_mut().for_each(|g| *g *= scale);
             grad[level] -= s;

@@ -123,7 +123,13 @@ pub(super) struct Block {
 /// Runs `multiply` on `threads` blocks of an `m` x `n` product, one per thread: bands of dst's rows, or of its
 /// columns when the product is wider than tall. Each block is one single-threaded multiply; on the 2-core machines
 /// measured (BENCHMARKS.md) this scales where the `gemm` crate's own threads did not.
-fn for_each_block(lhs: &Operand, rhs: &Operand, (m, n): (usize, usize), threads: usize, multiply: impl Fn(Block) + Sync) {
+fn for_each_block(
+    lhs: &Operand,
+    rhs: &Operand,
+    (m, n): (usize, usize),
+    threads: usize,
+    multiply: impl Fn(Block) + Sync,
+) {
     let split_columns = n > m;
     let extent = if split_columns { n } else { m };
     let block_size = extent.div_ceil(threads.max(1));

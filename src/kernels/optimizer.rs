@@ -6,7 +6,11 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};
 
-use crate::kernels::{add_to, contiguous_f32, contiguous_f32_mut, cpu_f32, read_all, wide_fn};
+use rayon::prelude::*;
+
+use crate::kernels::{
+    add_to, contiguous_f32, contiguous_f32_mut, cpu_f32, kernel_threads, read_all, wide_fn, worth_parallel,
+};
 
 /// Adam's hyper-parameters for one step, bias corrections included.
 #[derive(Debug, Clone, Copy)]
@@ -52,8 +56,8 @@ impl InplaceOp2 for FusedAdam<'_> {
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
         let (mut first, mut second) = (lock(&self.first_moment)?, lock(&self.second_moment)?);
-        for_each_chunk(grad, self.more_gradients, |range, grad| {
-            adam_chunk(&mut param[range.clone()], grad, &mut first[range.clone()], &mut second[range], self.step)
+        update_in_parts([param, &mut first, &mut second], grad, self.more_gradients, |[param, first, second], grad| {
+            adam_chunk(param, grad, first, second, self.step)
         })
     }
 }
@@ -84,8 +88,8 @@ impl InplaceOp2 for FusedSgd<'_> {
     ) -> candle_core::Result<()> {
         let (param, grad) = f32_pair(dst, dst_l, (src, src_l))?;
         let mut velocity = lock(&self.velocity)?;
-        for_each_chunk(grad, self.more_gradients, |range, grad| {
-            sgd_chunk(&mut param[range.clone()], grad, &mut velocity[range], self.learning_rate, self.momentum)
+        update_in_parts([param, &mut velocity], grad, self.more_gradients, |[param, velocity], grad| {
+            sgd_chunk(param, grad, velocity, self.learning_rate, self.momentum)
         })
     }
 }
@@ -93,31 +97,57 @@ impl InplaceOp2 for FusedSgd<'_> {
 /// Values per chunk of a fused update: the chunk's summed gradient stays in the L1 cache.
 const CHUNK: usize = 1024;
 
-/// Calls `update` on the gradient `first + sum(more)` with its index range: on `first` itself when there is no
-/// other, else on consecutive chunks, so an update reads every shard's gradient once and never stores their sum.
-fn for_each_chunk(
+/// Calls `update` on matching pieces of the parameter's state buffers `states` (the parameter and its moments) and
+/// of its gradient `first + sum(more)`: on `first` itself when there is no other gradient, else chunk by chunk, so
+/// an update reads every shard's gradient once and never stores their sum. A large parameter is split into one
+/// contiguous part per kernel thread; every value's update is its own, so the split does not change the numbers.
+fn update_in_parts<const N: usize>(
+    states: [&mut [f32]; N],
     first: &[f32],
     more: &[Tensor],
-    mut update: impl FnMut(std::ops::Range<usize>, &[f32]),
+    update: impl Fn([&mut [f32]; N], &[f32]) + Sync,
 ) -> candle_core::Result<()> {
     let guards = read_all(more);
     let more = guards.iter().map(|guard| cpu_f32(guard, "fused optimiser")).collect::<candle_core::Result<Vec<_>>>()?;
-    if let Some(part) = more.iter().find(|part| part.len() != first.len()) {
-        candle_core::bail!("fused optimiser: shard gradients of {} and {} values", first.len(), part.len())
+    if let Some(part) =
+        more.iter().map(|part| part.len()).chain(states.iter().map(|s| s.len())).find(|&len| len != first.len())
+    {
+        candle_core::bail!("fused optimiser: a gradient or state of {part} values for a parameter of {}", first.len())
     }
-    let Some((second, rest)) = more.split_first() else {
-        update(0..first.len(), first);
-        return Ok(());
-    };
-    let mut sum = [0f32; CHUNK];
-    for start in (0..first.len()).step_by(CHUNK) {
-        let range = start..first.len().min(start + CHUNK);
-        let sum = &mut sum[..range.len()];
-        add_pair(sum, &first[range.clone()], &second[range.clone()]);
-        for part in rest {
-            add_to(sum, &part[range.clone()]);
+    let parts = if worth_parallel(first.len()) { kernel_threads() } else { 1 };
+    let part_len = first.len().div_ceil(parts).next_multiple_of(CHUNK).max(CHUNK);
+    let mut pieces: Vec<(usize, [&mut [f32]; N])> = Vec::with_capacity(parts);
+    let mut rest = states;
+    let mut start = 0;
+    while start < first.len() {
+        let size = part_len.min(first.len() - start);
+        let heads = rest.each_mut().map(|state| {
+            let (head, tail) = std::mem::take(state).split_at_mut(size);
+            *state = tail;
+            head
+        });
+        pieces.push((start, heads));
+        start += size;
+    }
+    let update_part = |(offset, mut piece): (usize, [&mut [f32]; N])| {
+        let len = piece[0].len();
+        let Some((second, others)) = more.split_first() else {
+            update(piece, &first[offset..offset + len]);
+            return;
+        };
+        let mut sum = [0f32; CHUNK];
+        for local in (0..len).step_by(CHUNK) {
+            let range = offset + local..offset + len.min(local + CHUNK);
+            let sum = &mut sum[..range.len()];
+            add_pair(sum, &first[range.clone()], &second[range.clone()]);
+            others.iter().for_each(|part| add_to(sum, &part[range.clone()]));
+            update(piece.each_mut().map(|state| &mut state[local..local + range.len()]), sum);
         }
-        update(range, sum);
+    };
+    if pieces.len() > 1 {
+        pieces.into_par_iter().for_each(update_part);
+    } else {
+        pieces.into_iter().for_each(update_part);
     }
     Ok(())
 }

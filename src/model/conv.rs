@@ -168,7 +168,8 @@ impl ConvStack {
         let mut parts = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let config = layer.config();
-            let geometry = ConvGeometry::new(channels, sides, layer.weight().dim(2).ok()?, config.stride, config.padding)?;
+            let geometry =
+                ConvGeometry::new(channels, sides, layer.weight().dim(2).ok()?, config.stride, config.padding)?;
             let map_channels = layer.weight().dim(0).ok()?;
             parts.push(ConvParts {
                 weight: layer.weight(),

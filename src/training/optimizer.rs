@@ -283,8 +283,13 @@ mod tests {
 
     #[test]
     fn fused_updates_match_the_tensor_operations() {
-        let shapes: &[&[usize]] = &[&[1], &[7], &[13, 5], &[64, 33], &[3, 1, 2]];
-        compare_paths(OptimizerConfig::default(), shapes);
-        compare_paths(OptimizerConfig::Sgd { momentum: 0.9 }, shapes);
+        // [600, 701]: large enough to be updated in one part per thread
+        let shapes: &[&[usize]] = &[&[1], &[7], &[13, 5], &[64, 33], &[3, 1, 2], &[600, 701]];
+        for threads in [1, 2] {
+            crate::kernels::with_kernel_threads(threads, || {
+                compare_paths(OptimizerConfig::default(), shapes);
+                compare_paths(OptimizerConfig::Sgd { momentum: 0.9 }, shapes);
+            });
+        }
     }
 }

@@ -23,8 +23,8 @@
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use super::layers::{Layer, LayerGradients, Layers};
+use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
 use crate::kernels::{add_to, cpu_f32, read_all};
 use crate::model::{Likelihood, Vae};
@@ -320,7 +320,8 @@ impl<'a> Network<'a> {
     ) -> Vec<LayerGradients> {
         let rows = shard.rows;
         let features = last_output(&encoded.hidden, shard.x);
-        let (mu_gradients, grad_features) = self.mu.backward(features, (&encoded.mu, None), grad_mu.to_vec(), rows, true);
+        let (mu_gradients, grad_features) =
+            self.mu.backward(features, (&encoded.mu, None), grad_mu.to_vec(), rows, true);
         let (log_var_gradients, grad_from_log_var) =
             self.log_var.backward(features, (&encoded.log_var, None), grad_log_var.to_vec(), rows, true);
         let mut grad_features = grad_features.unwrap_or_default();
@@ -542,7 +543,9 @@ mod tests {
         let (vae, varmap) = Vae::fresh(model, rows as u64, DType::F32, &Device::Cpu).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rows as u64 + 1);
         if let Some(log_var) = varmap.data().lock().unwrap().get("decoder.log_var") {
-            log_var.set(&random(&mut rng, 1, log_var.elem_count(), -1.0, 1.0).reshape(log_var.shape()).unwrap()).unwrap();
+            log_var
+                .set(&random(&mut rng, 1, log_var.elem_count(), -1.0, 1.0).reshape(log_var.shape()).unwrap())
+                .unwrap();
         }
         let samples = match train.objective {
             Objective::Iwae { samples } => samples,
@@ -651,7 +654,8 @@ mod tests {
                 };
                 for train in [&objectives[0], &objectives[3], &objectives[6]] {
                     for (rows, shards, threads) in [(7, 1, 1), (65, 2, 2), (40, 1, 2)] {
-                        let label = format!("{}, {:?}, {rows} rows in {shards} shards", model.describe(), train.objective);
+                        let label =
+                            format!("{}, {:?}, {rows} rows in {shards} shards", model.describe(), train.objective);
                         with_kernel_threads(threads, || compare(&model, train, rows, shards, &label));
                     }
                 }

@@ -65,7 +65,8 @@ pub(super) struct Interleave {
 impl Interleave {
     /// The index in the maps of the value at `index` in the interleaved layout.
     fn source(&self, index: usize) -> usize {
-        let (level, pixel, channel) = (index % self.levels, index / self.levels % self.pixels, index / (self.levels * self.pixels));
+        let (level, pixel, channel) =
+            (index % self.levels, index / self.levels % self.pixels, index / (self.levels * self.pixels));
         (channel * self.levels + level) * self.pixels + pixel
     }
 
