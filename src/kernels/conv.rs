@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
-use crate::kernels::{add_to, contiguous_f32, matmul, Destination, Operand};
+use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, Destination, Operand};
 
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
 const ONE: gemm::Parallelism = gemm::Parallelism::None;
@@ -68,16 +68,19 @@ impl ConvGeometry {
     }
 
     /// Rows of im2col: channels x kernel x kernel.
+    #[inline(always)]
     fn patch_len(&self) -> usize {
         self.channels * self.kernel * self.kernel
     }
 
     /// Columns of im2col: the output positions.
+    #[inline(always)]
     fn positions(&self) -> usize {
         self.out_height * self.out_width
     }
 
     /// Values of one image.
+    #[inline(always)]
     fn image_len(&self) -> usize {
         self.channels * self.height * self.width
     }
@@ -85,6 +88,7 @@ impl ConvGeometry {
     /// The output positions along an axis of `outputs` whose kernel offset `offset` lands inside the image: o with
     /// padding <= o * stride + offset < side + padding, i.e. from ceil((padding - offset) / stride) up to
     /// ceil((side + padding - offset) / stride), exclusive.
+    #[inline(always)]
     fn inside(&self, offset: usize, side: usize, outputs: usize) -> std::ops::Range<usize> {
         let first = self.padding.saturating_sub(offset).div_ceil(self.stride);
         let end = (side + self.padding).checked_sub(offset).map_or(0, |room| room.div_ceil(self.stride)).min(outputs);
@@ -92,6 +96,7 @@ impl ConvGeometry {
     }
 
     /// For each im2col row: its channel and kernel offsets (row = (channel * k + ky) * k + kx).
+    #[inline(always)]
     fn rows(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
         let k = self.kernel;
         (0..self.patch_len()).map(move |row| (row, row / (k * k), row / k % k, row % k))
@@ -100,6 +105,7 @@ impl ConvGeometry {
     /// Calls `visit(row, plane, line, columns, first_source)` for every stretch of an im2col row that reads the image:
     /// row `row` of im2col, positions `line * out_width + columns`, reading channel plane `plane` from
     /// `first_source` on with the stride.
+    #[inline(always)]
     fn for_each_stretch(&self, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
         for (row, channel, ky, kx) in self.rows() {
             let columns = self.inside(kx, self.width, self.out_width);
@@ -115,41 +121,36 @@ impl ConvGeometry {
     }
 
     /// im2col: `cols[row][position]` = the image value under kernel offset `row` at output `position` (0 in the
-    /// padding). Only the padding is zeroed; every other value is written once.
-    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
-        self.zero_padding(cols);
+    /// padding), one pass over `cols` writing every value once.
+    #[inline(always)]
+    fn unfold(&self, image: &[f32], cols: &mut [f32]) {
         let (positions, plane_len) = (self.positions(), self.height * self.width);
-        self.for_each_stretch(|row, channel, oy, columns, source| {
-            let plane = &image[channel * plane_len..][..plane_len];
-            let line = &mut cols[row * positions + oy * self.out_width..][columns];
-            match self.stride {
-                1 => line.copy_from_slice(&plane[source..][..line.len()]),
-                2 => line.iter_mut().zip(plane[source..].chunks(2)).for_each(|(value, pair)| *value = pair[0]),
-                stride => line.iter_mut().zip(plane[source..].iter().step_by(stride)).for_each(|(v, &p)| *v = p),
-            }
-        });
-    }
-
-    /// Zeroes the im2col values that fall in the padding: whole output rows whose kernel row is outside the image,
-    /// and the ends of the others.
-    fn zero_padding(&self, cols: &mut [f32]) {
-        let positions = self.positions();
-        for (row, _, ky, kx) in self.rows() {
+        for (row, channel, ky, kx) in self.rows() {
             let (lines, columns) =
                 (self.inside(ky, self.height, self.out_height), self.inside(kx, self.width, self.out_width));
+            let plane = &image[channel * plane_len..][..plane_len];
             for (oy, line) in cols[row * positions..][..positions].chunks_exact_mut(self.out_width).enumerate() {
-                if lines.contains(&oy) && !columns.is_empty() {
-                    line[..columns.start].fill(0.0);
-                    line[columns.end..].fill(0.0);
-                } else {
+                if columns.is_empty() || !lines.contains(&oy) {
                     line.fill(0.0);
+                    continue;
+                }
+                let (head, rest) = line.split_at_mut(columns.start);
+                let (body, tail) = rest.split_at_mut(columns.len());
+                head.iter_mut().chain(tail.iter_mut()).for_each(|value| *value = 0.0);
+                let source = (oy * self.stride + ky - self.padding) * self.width + columns.start * self.stride + kx
+                    - self.padding;
+                let reach = &plane[source..=source + (body.len() - 1) * self.stride];
+                match self.stride {
+                    1 => body.copy_from_slice(reach),
+                    stride => body.iter_mut().enumerate().for_each(|(i, value)| *value = reach[i * stride]),
                 }
             }
         }
     }
 
     /// col2im, the adjoint of im2col: every column value is added to the image value it was read from.
-    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+    #[inline(always)]
+    fn fold(&self, cols: &[f32], image: &mut [f32]) {
         image.fill(0.0);
         let (positions, plane_len) = (self.positions(), self.height * self.width);
         self.for_each_stretch(|row, channel, oy, columns, source| {
@@ -159,6 +160,32 @@ impl ConvGeometry {
                 *pixel += value;
             }
         });
+    }
+}
+
+impl ConvGeometry {
+    /// im2col of one image into `cols` (`[patch, positions]`), compiled for the SIMD level in use.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        im2col_at_level(self, image, cols)
+    }
+
+    /// col2im of `cols` into one image, compiled for the SIMD level in use.
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+        col2im_at_level(self, cols, image)
+    }
+}
+
+wide_fn! {
+    /// [`ConvGeometry::unfold`] at the SIMD level in use (its stride-2 copies become vector permutes).
+    fn im2col_at_level(geometry: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
+        geometry.unfold(image, cols)
+    }
+}
+
+wide_fn! {
+    /// [`ConvGeometry::fold`] at the SIMD level in use.
+    fn col2im_at_level(geometry: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
+        geometry.fold(cols, image)
     }
 }
 

@@ -19,6 +19,12 @@ use crate::model::gaussian::LN_2PI;
 /// cannot be reordered by the compiler); the order is fixed, so results are the same at every SIMD level.
 const LANES: usize = 8;
 
+/// A chunk of rows: (gradient, output) with (data, scales).
+type RowChunk<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a [f32]));
+
+/// One row of the Bernoulli gradient: (gradient, logits) with (targets, upstream gradient).
+type GradientRow<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a f32));
+
 /// Rows per parallel chunk: fixed, so the sums of a learned variance's gradient do not depend on the thread count.
 const ROWS_PER_CHUNK: usize = 16;
 
@@ -87,7 +93,7 @@ impl LikelihoodKernel<'_> {
         let data_dim = x.len() / rows.max(1);
         let width = data_dim * self.outputs_per_value();
         let mut grad = vec![0.0f32; output.len()];
-        let chunk = |((grad, output), (x, scales)): ((&mut [f32], &[f32]), (&[f32], &[f32]))| {
+        let chunk = |((grad, output), (x, scales)): RowChunk| {
             self.chunk(grad, output, x, scales, data_dim)
         };
         let (width, data_dim_1) = (width.max(1), data_dim.max(1));
@@ -200,11 +206,11 @@ wide_fn! {
         let mut lanes = [0.0f32; LANES];
         let full = mean.len() / LANES * LANES;
         for start in (0..full).step_by(LANES) {
-            for lane in 0..LANES {
+            for (lane, total) in lanes.iter_mut().enumerate() {
                 let d = start + lane;
                 let difference = mean[d] - x[d];
                 let scaled = difference * inverse_variance[d];
-                lanes[lane] += difference * scaled;
+                *total += difference * scaled;
                 grad[d] = s * scaled;
             }
         }
@@ -306,7 +312,7 @@ pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: &[f32], dim: usize) ->
 /// logits and targets `[n, dim]` and the upstream gradient g `[n]`.
 pub(crate) fn bernoulli_gradient(logits: &[f32], targets: &[f32], upstream: &[f32], dim: usize) -> Vec<f32> {
     let mut grad = vec![0.0f32; logits.len()];
-    let fill = |((out, l), (x, &g)): ((&mut [f32], &[f32]), (&[f32], &f32))| bernoulli_gradient_row(out, l, x, g);
+    let fill = |((out, l), (x, &g)): GradientRow| bernoulli_gradient_row(out, l, x, g);
     let dim = dim.max(1);
     if worth_parallel(logits.len()) {
         grad.par_chunks_mut(dim)

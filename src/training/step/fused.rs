@@ -62,18 +62,20 @@ impl TrainStep for FusedStep {
             data_guards.iter().map(|guard| cpu_f32(guard, "fused step")).collect::<candle_core::Result<Vec<_>>>()?;
         let batch = Batch::new(vae, shards, &data)?;
         let (figures, gradients) = network.step(&batch, context)?;
-        let stores = gradients
-            .into_iter()
-            .map(|shard_gradients| {
-                let mut store = GradStore::default();
-                for (tensor, gradient) in parameters.iter().zip(shard_gradients) {
-                    store.insert(tensor, Tensor::from_vec(gradient, tensor.shape(), tensor.device())?);
-                }
-                Ok(store)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((figures, stores))
+        Ok((figures, gradient_stores(&parameters, gradients)?))
     }
+}
+
+/// Each shard's gradients as a store of tensors, keyed by the `parameters` they belong to (in the same order).
+fn gradient_stores(parameters: &[&Tensor], gradients: Vec<Vec<Vec<f32>>>) -> Result<Vec<GradStore>> {
+    let store = |shard_gradients: Vec<Vec<f32>>| {
+        let mut store = GradStore::default();
+        for (tensor, gradient) in parameters.iter().zip(shard_gradients) {
+            store.insert(tensor, Tensor::from_vec(gradient, tensor.shape(), tensor.device())?);
+        }
+        Ok(store)
+    };
+    gradients.into_iter().map(store).collect()
 }
 
 /// log sigma^2 of a fixed-variance Gaussian decoder, as the kernel's one value (empty for other likelihoods).
@@ -650,7 +652,6 @@ mod tests {
                     activation,
                     likelihood,
                     conv: Some(conv.clone()),
-                    ..VaeConfig::default()
                 };
                 for train in [&objectives[0], &objectives[3], &objectives[6]] {
                     for (rows, shards, threads) in [(7, 1, 1), (65, 2, 2), (40, 1, 2)] {
