@@ -67,6 +67,23 @@ fn the_same_command_twice_gives_the_same_weights() {
 }
 
 #[test]
+fn convolutional_training_gives_the_same_weights_twice_on_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    for step in ["fused", "graph"] {
+        let run = |out: &str| {
+            let sprites = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "2", "--quiet"];
+            let conv = ["--architecture", "conv", "--conv-channels", "4,8", "--batch-size", "64", "--threads", "2"];
+            let args = [&sprites[..], &conv[..], &["--latent-dim", "4", "--step", step, "--out", out]].concat();
+            let output = elbo(&args, dir.path());
+            assert!(output.status.success(), "{}", text(&output));
+            std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap()
+        };
+        let (first, second) = (run(&format!("{step}-a")), run(&format!("{step}-b")));
+        assert_eq!(first, second, "{step} step: same seed and threads must give the same bytes");
+    }
+}
+
+#[test]
 fn bad_data_files_are_reported_by_name() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.npy"), b"not numpy at all").unwrap();
@@ -286,11 +303,15 @@ fn the_training_step_and_simd_level_are_chosen_once_printed_and_recorded() {
     assert_eq!(summary["step"]["path"], "fused");
     let graph = train_tiny_with(dir.path(), "graph", &["--step", "graph"]);
     assert!(text(&graph).contains("step: candle's graph, as asked"), "{}", text(&graph));
-    let conv = ["--architecture", "conv", "--conv-channels", "4,4", "--step"];
-    let auto = train_tiny_with(dir.path(), "conv", &[&conv[..], &["auto"]].concat());
-    assert!(text(&auto).contains("step: candle's graph: convolutional models"), "{}", text(&auto));
-    let refused = train_tiny_with(dir.path(), "conv-fused", &[&conv[..], &["fused"]].concat());
-    assert_fails_with(&refused, &["step", "fused step does not cover", "convolutional"]);
+    let conv = train_tiny_with(dir.path(), "conv", &["--architecture", "conv", "--conv-channels", "4,4"]);
+    assert!(text(&conv).contains("step: fused CPU step: convolutional, bernoulli decoder"), "{}", text(&conv));
+    let silu = ["--activation", "silu", "--step"];
+    let auto = train_tiny_with(dir.path(), "silu", &[&silu[..], &["auto"]].concat());
+    assert!(text(&auto).contains("step: candle's graph: SiLU's derivative needs its input"), "{}", text(&auto));
+    let refused = train_tiny_with(dir.path(), "silu-fused", &[&silu[..], &["fused"]].concat());
+    assert_fails_with(&refused, &["step", "fused step does not cover", "SiLU"]);
+    let tcvae = train_tiny_with(dir.path(), "tcvae", &["--objective", "tcvae"]);
+    assert!(text(&tcvae).contains("step: candle's graph: beta-TCVAE's estimator"), "{}", text(&tcvae));
     let simd = |value: &str, out: &str| {
         let tiny = ["train", "--sprite-count", "300", "--sprite-size", "16", "--epochs", "1", "--hidden", "8"];
         let args: Vec<&str> = tiny.iter().chain(&["--threads", "1", "--quiet", "--out", out]).copied().collect();

@@ -93,9 +93,7 @@ impl LikelihoodKernel<'_> {
         let data_dim = x.len() / rows.max(1);
         let width = data_dim * self.outputs_per_value();
         let mut grad = vec![0.0f32; output.len()];
-        let chunk = |((grad, output), (x, scales)): RowChunk| {
-            self.chunk(grad, output, x, scales, data_dim)
-        };
+        let chunk = |((grad, output), (x, scales)): RowChunk| self.chunk(grad, output, x, scales, data_dim);
         let (width, data_dim_1) = (width.max(1), data_dim.max(1));
         let parts: Vec<(Vec<f32>, Option<Vec<f32>>)> = if worth_parallel(output.len()) {
             let grads = grad.par_chunks_mut(ROWS_PER_CHUNK * width).zip(output.par_chunks(ROWS_PER_CHUNK * width));

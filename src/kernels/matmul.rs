@@ -2,6 +2,8 @@
 //! `gemm` crate (its AVX-512, AVX2 or scalar kernels, as [`super::simd`] picks), or the system's OpenBLAS with the
 //! `openblas` feature.
 
+#[cfg(target_arch = "x86_64")]
+use gemm_common::simd::MixedSimd;
 use rayon::prelude::*;
 
 use super::kernel_threads;
@@ -229,7 +231,7 @@ type Gemm = unsafe fn(
 /// would pick by itself: its AVX2 + FMA kernels, or its scalar ones.
 fn narrower_gemm(level: SimdLevel) -> Gemm {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2 {
+    if level == SimdLevel::Avx2 && <gemm_common::simd::V3 as MixedSimd<f32, f32, f32, f32>>::try_new().is_some() {
         return narrower::avx2;
     }
     let _ = level;
@@ -271,32 +273,8 @@ mod narrower {
             ) {
                 use $kernels::{H_M, H_N, H_UKR, MR_DIV_N, NR, UKR};
                 const N: usize = $lanes;
-                let Some(simd) = <$simd as MixedSimd<f32, f32, f32, f32>>::try_new() else {
-                    // SAFETY: the caller's promises are gemm::gemm's.
-                    return unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            dst,
-                            dst_cs,
-                            dst_rs,
-                            read_dst,
-                            lhs,
-                            lhs_cs,
-                            lhs_rs,
-                            rhs,
-                            rhs_cs,
-                            rhs_rs,
-                            alpha,
-                            beta,
-                            conj_dst,
-                            conj_lhs,
-                            conj_rhs,
-                            parallelism,
-                        )
-                    };
-                };
+                // `narrower_gemm` picks this level only where the CPU has it (the scalar one it always has)
+                let Some(simd) = <$simd as MixedSimd<f32, f32, f32, f32>>::try_new() else { return };
                 // SAFETY: the caller's promises are gemm::gemm's; the CPU has the level (try_new checked it).
                 unsafe {
                     gemm_basic_generic::<_, f32, N, { MR_DIV_N * N }, NR, MR_DIV_N, H_M, H_N>(
