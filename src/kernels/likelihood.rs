@@ -323,13 +323,49 @@ pub(crate) fn bernoulli_gradient(logits: &[f32], targets: &[f32], upstream: &[f3
     grad
 }
 
+/// Dimensions a categorical kernel takes at once: their levels, transposed into a tile, make every operation one
+/// vector instruction over the dimensions.
+const TILE: usize = 16;
+
 wide_fn! {
     /// One categorical example over `levels` outputs per value: sum_d (logsumexp_k l_{d,k} - l_{d,x_d}), with
-    /// grad_{d,k} = s * (softmax_k(l_d) - [k = x_d]).
+    /// grad_{d,k} = s * (softmax_k(l_d) - [k = x_d]). [`TILE`] dimensions at a time, through a `[levels, TILE]`
+    /// tile, so each operation runs across dimensions; the remaining dimensions one by one.
     fn categorical_row(grad: &mut [f32], logits: &[f32], x: &[f32], levels: usize, s: f32) -> f32 {
-        let mut total = 0.0f32;
         let top = (levels - 1) as f32;
-        for ((grad, logits), &value) in grad.chunks_exact_mut(levels).zip(logits.chunks_exact(levels)).zip(x) {
+        let full = x.len() / TILE * TILE;
+        let mut tile = vec![0.0f32; levels * TILE];
+        let mut lanes = [0.0f32; TILE];
+        for start in (0..full).step_by(TILE) {
+            let (grad, logits) = (&mut grad[start * levels..(start + TILE) * levels], &logits[start * levels..(start + TILE) * levels]);
+            for (i, row) in logits.chunks_exact(levels).enumerate() {
+                row.iter().enumerate().for_each(|(k, &l)| tile[k * TILE + i] = l);
+            }
+            let mut max = [f32::NEG_INFINITY; TILE];
+            for values in tile.chunks_exact(TILE) {
+                max.iter_mut().zip(values).for_each(|(max, &l)| *max = max.max(l));
+            }
+            let mut sum = [0.0f32; TILE];
+            for values in tile.chunks_exact_mut(TILE) {
+                for ((value, total), &max) in values.iter_mut().zip(sum.iter_mut()).zip(&max) {
+                    *value = fast_math::exp(*value - max);
+                    *total += *value;
+                }
+            }
+            let level = |i: usize| (x[start + i] * top).round().clamp(0.0, top) as usize;
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                // -log p = logsumexp_k l_k - l_x = log sum_k exp(l_k - max) + max - l_x
+                *lane += fast_math::ln(sum[i]) + max[i] - logits[i * levels + level(i)];
+            }
+            let scale: [f32; TILE] = std::array::from_fn(|i| s / sum[i]);
+            for (i, row) in grad.chunks_exact_mut(levels).enumerate() {
+                row.iter_mut().enumerate().for_each(|(k, g)| *g = tile[k * TILE + i] * scale[i]);
+                row[level(i)] -= s;
+            }
+        }
+        let mut total = lanes.iter().sum::<f32>();
+        let rest = grad[full * levels..].chunks_exact_mut(levels).zip(logits[full * levels..].chunks_exact(levels));
+        for ((grad, logits), &value) in rest.zip(&x[full..]) {
             let level = (value * top).round().clamp(0.0, top) as usize;
             let max = logits.iter().fold(f32::NEG_INFINITY, |max, &l| max.max(l));
             let mut sum = 0.0f32;
@@ -337,7 +373,6 @@ wide_fn! {
                 *g = fast_math::exp(l - max);
                 sum += *g;
             }
-            // -log p = logsumexp_k l_k - l_x = log sum_k exp(l_k - max) + max - l_x
             total += fast_math::ln(sum) + max - logits[level];
             let scale = s / sum;
             grad.iter_mut().for_each(|g| *g *= scale);
