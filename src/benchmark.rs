@@ -144,6 +144,13 @@ pub fn peak_resident_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The CPU's model name (Linux: `model name` in `/proc/cpuinfo`; `None` elsewhere), to print beside every speed.
+pub fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = cpuinfo.lines().find(|line| line.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 /// An error for a benchmark that would time nothing.
 fn check_bench(bench: &BenchConfig) -> Result<()> {
     at_least_one("repeats", bench.repeats)?;
@@ -207,6 +214,13 @@ mod tests {
         assert_eq!((odd.median(), odd.range()), (2.0, (1.0, 3.0)));
         assert_eq!(Throughput { runs: vec![4.0, 1.0, 2.0, 8.0] }.median(), 3.0);
         assert_eq!(Throughput { runs: vec![] }.median(), 0.0);
+    }
+
+    #[test]
+    fn the_cpu_is_named_where_the_system_says() {
+        if std::path::Path::new("/proc/cpuinfo").exists() {
+            assert!(cpu_model().is_some_and(|model| !model.is_empty()));
+        }
     }
 
     #[test]

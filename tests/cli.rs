@@ -277,6 +277,8 @@ fn bench_reports_each_batch_size_and_the_bound_as_json() {
         assert!(runs.len() == 2 && runs.iter().all(|speed| speed.as_f64().is_some_and(|s| s > 0.0)), "{result}");
     }
     assert!(report["setup"]["model"].as_str().unwrap().starts_with("20-[8]-2 MLP"));
+    assert!(["avx512", "avx2", "scalar"].contains(&report["setup"]["simd"].as_str().unwrap()));
+    assert!(!report["setup"]["cpu"].as_str().unwrap().is_empty());
 }
 
 #[test]

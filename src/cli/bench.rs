@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 use clap::Args;
-use elbo::benchmark::{bounds_throughput, peak_resident_mib, training_throughput, BenchConfig, Throughput};
+use elbo::benchmark::{bounds_throughput, cpu_model, peak_resident_mib, training_throughput, BenchConfig, Throughput};
 use elbo::data::{self, synthetic, DataSpec, Dataset};
 use elbo::evaluation::BoundsConfig;
 use elbo::model::VaeConfig;
@@ -86,6 +86,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "threads": threads,
         "device": args.device,
         "matrix_multiply": elbo::kernels::MATMUL_BACKEND,
+        "cpu": cpu_model().unwrap_or_else(|| "unknown CPU".into()),
+        "simd": elbo::kernels::simd_level().name(),
         "bench": bench,
     });
     if !args.json {
@@ -199,9 +201,11 @@ fn print_setup(setup: &serde_json::Value) {
     println!("model: {}", text("model"));
     println!("data: {}", text("data"));
     println!(
-        "{} threads on {}; matrix multiplies: {}; elbo {}",
+        "{} threads on {} ({}, SIMD {}); matrix multiplies: {}; elbo {}",
         setup["threads"],
         text("device"),
+        text("cpu"),
+        text("simd"),
         text("matrix_multiply"),
         text("elbo_version")
     );

@@ -148,10 +148,10 @@ impl ConvGeometry {
         }
     }
 
-    /// col2im, the adjoint of im2col: every column value is added to the image value it was read from.
+    /// col2im, the adjoint of im2col: every column value is added to the image value it was read from (the
+    /// caller hands in a zeroed image).
     #[inline(always)]
     fn fold(&self, cols: &[f32], image: &mut [f32]) {
-        image.fill(0.0);
         let (positions, plane_len) = (self.positions(), self.height * self.width);
         self.for_each_stretch(|row, channel, oy, columns, source| {
             let plane = &mut image[channel * plane_len..][..plane_len];
@@ -169,7 +169,7 @@ impl ConvGeometry {
         im2col_at_level(self, image, cols)
     }
 
-    /// col2im of `cols` into one image, compiled for the SIMD level in use.
+    /// col2im of `cols` added into one zeroed image, compiled for the SIMD level in use.
     fn col2im(&self, cols: &[f32], image: &mut [f32]) {
         col2im_at_level(self, cols, image)
     }
