@@ -1,7 +1,7 @@
 //! The SIMD level the CPU kernels run at: AVX-512 (16 float lanes), AVX2 with FMA (8) or the build's baseline
 //! (SSE2's 4 on x86-64), picked once at run time from what the CPU has. The environment variable `ELBO_SIMD`
 //! (`avx512`, `avx2` or `scalar`) forces a narrower level, so both paths of a CPU that has both can be measured
-//! on one machine. It governs elbo's own kernels and the matrix multiplies of [`super::matmul`]; candle's own ops
+//! on one machine. It governs elbo's own kernels and the matrix multiplies of [`mod@super::matmul`]; candle's own ops
 //! (the graph path's) pick their level themselves.
 //!
 //! elbo's elementwise kernels give the same bits at every level: Rust never contracts a * b + c into a fused

@@ -1,7 +1,7 @@
 //! The training step: the seed's six steps on one batch, behind one trait with two implementations.
-//! - [`graph`]: candle's graph records the forward pass and differentiates it. It runs every model, objective and
+//! - `graph`: candle's graph records the forward pass and differentiates it. It runs every model, objective and
 //!   device, and is the oracle the other is tested against.
-//! - [`fused`]: elbo's own CPU step. The forward and the backward pass are written out on plain slices with the
+//! - `fused`: elbo's own CPU step. The forward and the backward pass are written out on plain slices with the
 //!   fused kernels of [`crate::kernels`], each gradient written once; MLP and convolutional VAEs with any decoder
 //!   likelihood, the ELBO with every KL weighting, and the IWAE bound.
 //!
