@@ -1,5 +1,5 @@
-//! elbo's fused CPU training step, for MLP and convolutional VAEs: the seed's six steps on plain slices, with the fused kernels of
-//! [`crate::kernels`], and the backward pass written out instead of recorded in candle's graph. Candle's backward
+//! elbo's fused CPU training step, for MLP and convolutional VAEs: the seed's six steps on plain slices, with the
+//! fused kernels of [`crate::kernels`], and the backward pass written out instead of recorded in candle's graph. Candle's backward
 //! allocates a zero buffer and adds into it for every gradient; here each gradient is written once. Tests hold the
 //! figures and every gradient to those of [`super::graph`].
 //!
@@ -173,10 +173,13 @@ struct KlGradient {
     weighted_kl: Option<f64>,
 }
 
-/// A shard's sums over its examples, and every parameter's gradient in the order of [`Layers::all`] (weight, bias),
-/// then the likelihood's learned log sigma^2.
+/// A shard's sums over its examples, and every parameter's gradient in the order of [`Layers::parameters`], then
+/// the likelihood's learned log sigma^2.
 struct ShardResult {
+    /// The sum of -log p(x|z~) (over every sample, for the IWAE bound).
     reconstruction: f64,
+    /// For the IWAE bound, the sum of the examples' -log (1/K) sum_k w_k; 0 for the ELBO, whose loss is the
+    /// reconstruction plus the weighted KL of the whole batch.
     loss: f64,
     gradients: Vec<Vec<f32>>,
 }
@@ -212,22 +215,7 @@ impl<'a> Network<'a> {
                 _ => self.elbo_backward(shard, encoded, &kl_gradient.coefficients, c),
             })
         })?;
-        let rows = batch.rows as f64;
-        let reconstruction = results.iter().map(|result| result.reconstruction).sum::<f64>() / rows;
-        let figures = match kl_gradient.weighted_kl {
-            Some(weighted_kl) => StepFigures {
-                reconstruction,
-                kl: kl_mean,
-                weighted_kl: Some(weighted_kl),
-                loss: reconstruction + weighted_kl,
-            },
-            None => StepFigures {
-                reconstruction: reconstruction / batch.samples as f64,
-                kl: kl_mean,
-                weighted_kl: None,
-                loss: results.iter().map(|result| result.loss).sum::<f64>() / rows,
-            },
-        };
+        let figures = figures(&results, &kl_gradient, kl_mean, batch);
         Ok((figures, results.into_iter().map(|result| result.gradients).collect()))
     }
 
@@ -331,6 +319,27 @@ impl<'a> Network<'a> {
         let (mut gradients, _) = backward_chain(&self.encoder, shard.x, &encoded.hidden, grad_features, rows, false);
         gradients.extend(mu_gradients.into_iter().chain(log_var_gradients));
         gradients
+    }
+}
+
+/// The batch's figures (means over its examples) from its shards' sums.
+fn figures(results: &[ShardResult], kl_gradient: &KlGradient, kl_mean: f64, batch: &Batch) -> StepFigures {
+    let rows = batch.rows as f64;
+    let reconstruction = results.iter().map(|result| result.reconstruction).sum::<f64>() / rows;
+    match kl_gradient.weighted_kl {
+        Some(weighted_kl) => StepFigures {
+            reconstruction,
+            kl: kl_mean,
+            weighted_kl: Some(weighted_kl),
+            loss: reconstruction + weighted_kl,
+        },
+        // the IWAE bound: the reconstruction term of every sample, and the bound itself as the loss
+        None => StepFigures {
+            reconstruction: reconstruction / batch.samples as f64,
+            kl: kl_mean,
+            weighted_kl: None,
+            loss: results.iter().map(|result| result.loss).sum::<f64>() / rows,
+        },
     }
 }
 
