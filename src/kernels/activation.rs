@@ -100,3 +100,30 @@ impl candle_core::CustomOp2 for ActivationGradient {
         Ok((CpuStorage::F32(self.activation.gradient(output, grad)), yl.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::{with_simd_level, SimdLevel};
+
+    /// Every activation and its gradient give the same bits at every SIMD level the CPU has, odd lengths included.
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let values: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.173).sin() * 9.0).collect();
+        let grad: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.071).cos()).collect();
+        for activation in [OutputActivation::Relu, OutputActivation::Tanh, OutputActivation::Softplus] {
+            let results: Vec<(Vec<f32>, Vec<f32>)> = SimdLevel::ALL
+                .iter()
+                .map(|&level| {
+                    with_simd_level(level, || {
+                        let mut output = values.clone();
+                        activation.apply_in_place(&mut output);
+                        let gradient = activation.gradient(&output, &grad);
+                        (output, gradient)
+                    })
+                })
+                .collect();
+            assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{activation:?}");
+        }
+    }
+}

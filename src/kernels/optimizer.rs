@@ -201,3 +201,37 @@ fn f32_pair<'a>(
     }
     Ok((param, grad))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::{with_simd_level, SimdLevel};
+
+    /// Adam's and SGD's chunks give the same bits at every SIMD level the CPU has.
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        let grad: Vec<f32> = (0..1029).map(|i| (i as f32 * 0.31).sin()).collect();
+        let step = AdamStep {
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            first_correction: 0.19,
+            second_correction: 0.002,
+        };
+        let results: Vec<[Vec<f32>; 5]> = SimdLevel::ALL
+            .iter()
+            .map(|&level| {
+                with_simd_level(level, || {
+                    let mut param: Vec<f32> = (0..1029).map(|i| i as f32 / 100.0).collect();
+                    let (mut first, mut second) = (vec![0.01; 1029], vec![0.002; 1029]);
+                    adam_chunk(&mut param, &grad, &mut first, &mut second, step);
+                    let (mut moved, mut velocity) = (param.clone(), vec![0.5; 1029]);
+                    sgd_chunk(&mut moved, &grad, &mut velocity, 0.1, 0.9);
+                    [param, first, second, moved, velocity]
+                })
+            })
+            .collect();
+        assert!(results.windows(2).all(|pair| pair[0] == pair[1]));
+    }
+}

@@ -678,6 +678,23 @@ mod tests {
         compare(&VaeConfig::default(), &TrainConfig::default(), 64, 2, "784-400-20");
     }
 
+    /// At every SIMD level the CPU has (forced on this thread, so one shard and one kernel thread), the fused step
+    /// stays within the same tolerance of candle's graph.
+    #[test]
+    fn every_simd_level_matches_candles_graph() {
+        let categorical = VaeConfig {
+            likelihood: LikelihoodConfig::Categorical { levels: 16 },
+            ..config(50, 6, (&[40], &[40]), Activation::Tanh)
+        };
+        for level in crate::kernels::SimdLevel::ALL {
+            for model in [VaeConfig::default(), categorical.clone()] {
+                let label = format!("{} at {level}", model.describe());
+                let run = || compare(&model, &TrainConfig::default(), 64, 1, &label);
+                with_kernel_threads(1, || crate::kernels::simd::with_simd_level(level, run));
+            }
+        }
+    }
+
     #[test]
     fn noise_or_data_of_the_wrong_width_is_an_error_not_a_panic() {
         let (vae, _) =
