@@ -153,6 +153,29 @@ impl KlWeighting {
     }
 }
 
+impl KlWeighting {
+    /// The same weighted KL from the batch means of each latent dimension's KL (`means[j]`, nats), with its
+    /// derivative with respect to each mean: what the fused training step needs. Free bits: sum_j max(lambda,
+    /// mean_j), no gradient below lambda; then gamma * |KL - C| for the capacity objective, else beta(step) * KL.
+    pub fn weighted_kl_of_means(&self, means: &[f64], step: usize) -> (f64, Vec<f64>) {
+        let (kl, mask): (f64, Vec<f64>) = match self.free_bits {
+            Some(lambda) => (
+                means.iter().map(|&mean| mean.max(lambda)).sum(),
+                means.iter().map(|&mean| if mean > lambda { 1.0 } else { 0.0 }).collect(),
+            ),
+            None => (means.iter().sum(), vec![1.0; means.len()]),
+        };
+        let (weighted_kl, factor) = match self.capacity {
+            Some(capacity) => {
+                let distance = kl - capacity.at(step);
+                (capacity.gamma * distance.abs(), capacity.gamma * distance.signum())
+            }
+            None => (self.beta_at(step) * kl, self.beta_at(step)),
+        };
+        (weighted_kl, mask.iter().map(|m| m * factor).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +220,27 @@ mod tests {
         let capacity = Capacity { max_nats: 10.0, steps: 100, gamma: 3.0 };
         let weighting = KlWeighting { capacity: Some(capacity), ..KlWeighting::default() };
         assert!((scalar(weighting.weighted_kl(&kl_rows(), 50).unwrap()) - 3.0 * (5.0 - 2.1)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_weighted_kl_of_batch_means_matches_the_tensor_form_and_its_gradient() {
+        let capacity = Capacity { max_nats: 10.0, steps: 100, gamma: 3.0 };
+        let weightings = [
+            KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 10 }, ..KlWeighting::default() },
+            KlWeighting { beta: 1.5, free_bits: Some(0.5), ..KlWeighting::default() },
+            KlWeighting { capacity: Some(capacity), ..KlWeighting::default() },
+            KlWeighting { free_bits: Some(0.5), capacity: Some(capacity), ..KlWeighting::default() },
+        ];
+        for weighting in weightings {
+            let var = candle_core::Var::from_tensor(&kl_rows()).unwrap();
+            let loss = weighting.weighted_kl(var.as_tensor(), 5).unwrap();
+            let grad = loss.backward().unwrap().get(var.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            // dL/dKL_nj = (dL/dmean_j) / batch, the same for both rows
+            let (weighted, derivatives) = weighting.weighted_kl_of_means(&[2.0, 0.1], 5);
+            assert!((weighted - f64::from(scalar(loss))).abs() < 1e-5, "{weighting:?}");
+            for (j, derivative) in derivatives.iter().enumerate() {
+                assert!((derivative / 2.0 - f64::from(grad[0][j])).abs() < 1e-6, "{weighting:?}, dimension {j}");
+            }
+        }
     }
 }

@@ -28,7 +28,6 @@ use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
 use crate::kernels::{add_to, cpu_f32, read_all};
 use crate::model::{Likelihood, Vae};
-use crate::objective::KlWeighting;
 use crate::training::config::Objective;
 use crate::{Error, Result};
 
@@ -350,33 +349,14 @@ fn gather(encoder: Vec<LayerGradients>, decoder: Vec<LayerGradients>, log_var: O
 }
 
 /// The KL's derivative per latent dimension and the weighted KL, from its sums per dimension over the batch's
-/// `rows` examples, as [`KlWeighting::weighted_kl`] defines them; for the IWAE bound, no KL term.
+/// `rows` examples ([`crate::objective::KlWeighting::weighted_kl_of_means`]); for the IWAE bound, no KL term.
 fn kl_gradient(context: &StepContext, kl_sums: &[f64], rows: usize) -> KlGradient {
     if let Objective::Iwae { .. } = context.config.objective {
         return KlGradient { coefficients: vec![0.0; kl_sums.len()], weighted_kl: None };
     }
-    let KlWeighting { beta, free_bits, capacity, schedule } = context.config.kl;
     let means: Vec<f64> = kl_sums.iter().map(|sum| sum / rows as f64).collect();
-    // free bits: sum_j max(lambda, mean_batch KL_j), no gradient below lambda
-    let (kl, mask): (f64, Vec<f64>) = match free_bits {
-        Some(lambda) => (
-            means.iter().map(|&mean| mean.max(lambda)).sum(),
-            means.iter().map(|&mean| if mean > lambda { 1.0 } else { 0.0 }).collect(),
-        ),
-        None => (means.iter().sum(), vec![1.0; means.len()]),
-    };
-    let (weighted_kl, factor) = match capacity {
-        // gamma * |KL - C|
-        Some(capacity) => {
-            let distance = kl - capacity.at(context.step);
-            (capacity.gamma * distance.abs(), capacity.gamma * distance.signum())
-        }
-        None => {
-            let weight = beta * schedule.factor(context.step);
-            (weight * kl, weight)
-        }
-    };
-    KlGradient { coefficients: mask.iter().map(|m| (m * factor) as f32).collect(), weighted_kl: Some(weighted_kl) }
+    let (weighted_kl, derivatives) = context.config.kl.weighted_kl_of_means(&means, context.step);
+    KlGradient { coefficients: derivatives.iter().map(|&d| d as f32).collect(), weighted_kl: Some(weighted_kl) }
 }
 
 /// The outputs of a chain of layers, each with what its backward pass keeps.
@@ -505,7 +485,7 @@ mod tests {
     use crate::data::ExampleShape;
     use crate::kernels::with_kernel_threads;
     use crate::model::{Activation, ConvConfig, GaussianVariance, LikelihoodConfig, VaeConfig};
-    use crate::objective::{Capacity, KlSchedule};
+    use crate::objective::{Capacity, KlSchedule, KlWeighting};
     use crate::training::TrainConfig;
     use candle_core::{DType, Device};
     use rand::{Rng, SeedableRng};
