@@ -330,3 +330,39 @@ fn the_training_step_and_simd_level_are_chosen_once_printed_and_recorded() {
         serde_json::from_slice(&std::fs::read(dir.path().join("scalar/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["simd"], "scalar");
 }
+
+/// Starts a long training, waits for its first logged step, sends it `signal` with the system's `kill`, and returns
+/// its exit code.
+fn interrupted_with(signal: &str, dir: &Path, out: &str) -> Option<i32> {
+    let args = ["train", "--sprite-count", "2000", "--sprite-size", "16", "--epochs", "500", "--hidden", "32"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_elbo"))
+        .args(args.iter().chain(&["--threads", "1", "--quiet", "--out", out]))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = dir.join(out).join("metrics.csv");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |text| text.lines().count() < 3) {
+        assert!(started.elapsed().as_secs() < 120, "training never logged a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    child.wait().unwrap().code()
+}
+
+#[test]
+fn sigint_and_sigterm_stop_cleanly_with_the_shells_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let out = format!("run{signal}");
+        assert_eq!(interrupted_with(signal, dir.path(), &out), Some(code), "{signal}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(&out).join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["status"], "interrupted", "{signal}");
+        let sample = elbo(&["sample", "--run", &out, "--n", "4", "--out", "s.png"], dir.path());
+        assert!(sample.status.success(), "the interrupted run's model loads: {}", text(&sample));
+    }
+    assert!(train_tiny(dir.path(), "completed").status.code() == Some(0), "only a completed run exits 0");
+}

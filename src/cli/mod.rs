@@ -72,24 +72,25 @@ pub fn run() -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
-        Command::Sample(args) => sample::run(args),
-        Command::Reconstruct(args) => reconstruct::run(args),
-        Command::Encode(args) => encode::run(args),
-        Command::Decode(args) => decode::run(args),
-        Command::Interpolate(args) => interpolate::run(args),
-        Command::Traverse(args) => traverse::run(args),
-        Command::Arithmetic(args) => arithmetic::run(args),
-        Command::Probe(args) => probe::run(args),
-        Command::Report(args) => report::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Diagnose(args) => diagnose::run(args),
-        Command::Metrics(args) => metrics::run(args),
-        Command::Bench(args) => bench::run(*args),
+        Command::Sample(args) => done(sample::run(args)),
+        Command::Reconstruct(args) => done(reconstruct::run(args)),
+        Command::Encode(args) => done(encode::run(args)),
+        Command::Decode(args) => done(decode::run(args)),
+        Command::Interpolate(args) => done(interpolate::run(args)),
+        Command::Traverse(args) => done(traverse::run(args)),
+        Command::Arithmetic(args) => done(arithmetic::run(args)),
+        Command::Probe(args) => done(probe::run(args)),
+        Command::Report(args) => done(report::run(args)),
+        Command::Eval(args) => done(eval::run(args)),
+        Command::Diagnose(args) => done(diagnose::run(args)),
+        Command::Metrics(args) => done(metrics::run(args)),
+        Command::Bench(args) => done(bench::run(*args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

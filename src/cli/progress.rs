@@ -1,40 +1,51 @@
 //! The training display: a progress bar per epoch with live reconstruction and KL, a summary line per epoch,
-//! and Ctrl-C handling that stops training cleanly (weights and logs are kept).
+//! and the handling of Ctrl-C (SIGINT) and SIGTERM: the first stops training cleanly at the next step (weights,
+//! logs and summary are kept), a second of the same kind ends the process at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use candle_nn::VarMap;
 use elbo::training::{EpochRecord, StepPlan, StepRecord, TrainingObserver};
 use elbo::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Shows progress on the terminal and watches for Ctrl-C.
+/// Shows progress on the terminal and watches for SIGINT and SIGTERM.
 pub struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
     held_out_split: &'static str,
-    interrupted: Arc<AtomicBool>,
+    /// The signal that asked training to stop (0: none yet).
+    signal: Arc<AtomicUsize>,
 }
 
 impl Progress {
-    /// A display; with `quiet`, only the per-epoch lines are printed.
-    pub fn new(quiet: bool, held_out_is_validation: bool) -> Self {
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        // A second handler cannot be installed (e.g. in tests running twice); Ctrl-C then just ends the process.
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        Progress {
+    /// A display; with `quiet`, only the per-epoch lines are printed. Installs the signal handlers.
+    pub fn new(quiet: bool, held_out_is_validation: bool) -> anyhow::Result<Self> {
+        let signal = Arc::new(AtomicUsize::new(0));
+        let asked = Arc::new(AtomicBool::new(false));
+        for number in [SIGINT, SIGTERM] {
+            // a second signal ends the process with the shell's code for it; the first one only asks
+            signal_hook::flag::register_conditional_shutdown(number, 128 + number, asked.clone())?;
+            signal_hook::flag::register(number, asked.clone())?;
+            signal_hook::flag::register_usize(number, signal.clone(), number as usize)?;
+        }
+        Ok(Progress {
             bar: None,
             quiet,
             held_out_split: if held_out_is_validation { "validation" } else { "test" },
-            interrupted,
-        }
+            signal,
+        })
     }
 
-    /// True once Ctrl-C was pressed.
-    pub fn was_interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
+    /// The signal that stopped training (SIGINT or SIGTERM), if one did.
+    pub fn interrupted_by(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            number => i32::try_from(number).ok(),
+        }
     }
 }
 
@@ -86,7 +97,7 @@ impl TrainingObserver for Progress {
     }
 
     fn should_stop(&self) -> bool {
-        self.was_interrupted()
+        self.interrupted_by().is_some()
     }
 }
 

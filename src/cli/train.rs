@@ -1,6 +1,7 @@
 //! `elbo train`: load data, train, and leave a run directory.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -78,8 +79,9 @@ enum OptimizerKind {
     Sgd,
 }
 
-/// Runs `elbo train`.
-pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+/// Runs `elbo train`: the exit code is 0 for a completed run, 128 + the signal's number for one a signal stopped
+/// (130 for Ctrl-C, 143 for SIGTERM); a failure is an error.
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let threads = super::set_threads(args.threads);
     let device = super::device(&args.device)?;
     let spec = args.data.spec(args.seed);
@@ -98,14 +100,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
     let run = RunDir::create(&out)?;
     print_plan(&config, &splits, &out);
-    let mut progress = Progress::new(args.quiet, splits.test_is_validation);
+    let mut progress = Progress::new(args.quiet, splits.test_is_validation)?;
     let finished = train_run(&config, &splits, &run, &device, &mut progress).with_context(|| {
         format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
     })?;
     print!("{}", finished.diagnosis);
-    if progress.was_interrupted() {
-        println!("interrupted: weights, metrics and summary of the steps so far are saved");
-    }
+    let exit = match progress.interrupted_by() {
+        Some(signal) => {
+            println!("interrupted by signal {signal}: weights, metrics and summary of the steps so far are saved");
+            // the shell's convention for a process ended by a signal: 128 + its number (130 SIGINT, 143 SIGTERM)
+            ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
+        }
+        None => ExitCode::SUCCESS,
+    };
     println!(
         "done: {} epochs, {:.0} train examples/s; the held-out -ELBO is an upper bound on -log p(x), not the likelihood",
         finished.summary.epochs_completed, finished.summary.train_examples_per_second
@@ -114,7 +121,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, diagnosis.json, report.html}}",
         out.display()
     );
-    Ok(())
+    Ok(exit)
 }
 
 fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
