@@ -105,7 +105,14 @@ fn bad_settings_and_mismatched_data_are_clear_errors() {
     assert_fails_with(&elbo(&["train", "--epochs", "0"], dir.path()), &["epochs"]);
     assert_fails_with(&elbo(&["train", "--sprite-size", "8"], dir.path()), &["size"]);
     assert_fails_with(&elbo(&["sample", "--run", "nowhere"], dir.path()), &["nowhere", "config.json"]);
+    assert_fails_with(&elbo(&["train", "--kl-cycles", "0"], dir.path()), &["--kl-cycles", "0 is not in 1.."]);
+    assert_fails_with(&elbo(&["train", "--threads", "100000"], dir.path()), &["--threads", "at most", "100000"]);
+    let negative_rate = elbo(&["train", "--lr", "-1", "--out", "negative"], dir.path());
+    assert_fails_with(&negative_rate, &["learning rate", "positive", "-1"]);
+    assert!(!dir.path().join("negative").exists(), "settings are checked before the run directory is made");
     assert!(train_tiny(dir.path(), "run").status.success());
+    let huge_grid = elbo(&["sample", "--run", "run", "--n", "100000000"], dir.path());
+    assert_fails_with(&huge_grid, &["`n`", "at most 4096", "100000000"]);
     let rows: String = (0..12).map(|_| "0.1,0.2,0.3\n").collect();
     std::fs::write(dir.path().join("small.csv"), rows).unwrap();
     let mismatch = elbo(&["reconstruct", "--run", "run", "--data", "small.csv"], dir.path());

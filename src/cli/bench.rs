@@ -72,7 +72,7 @@ pub struct BenchArgs {
 /// Runs `elbo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     check_args(&args)?;
-    let threads = super::set_threads(args.threads);
+    let threads = super::set_threads(args.threads)?;
     let device = super::device(&args.device)?;
     let (train, held_out) = bench_data(&args)?;
     let model = args.model.config(train.shape)?;

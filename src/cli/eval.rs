@@ -36,7 +36,7 @@ pub struct EvalArgs {
 
 /// Runs `elbo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    super::set_threads(args.threads);
+    super::set_threads(args.threads)?;
     let (loaded, device) = args.run.open()?;
     let mut dataset = args.input.dataset(&loaded)?;
     if let Some(limit) = args.max_examples {

@@ -67,7 +67,7 @@ enum Command {
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    set_threads(0); // elementwise ops inline for every command; `train` and `eval` may set the thread count
+    elbo::runtime::configure_cpu_threads(0); // elementwise ops inline for every command; some set the thread count
     if let Err(error) = elbo::kernels::SimdLevel::requested() {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
@@ -110,7 +110,19 @@ fn device(name: &str) -> anyhow::Result<candle_core::Device> {
     }
 }
 
-/// Sets the number of compute threads (before any parallel work starts); 0 keeps the default (all cores).
-fn set_threads(threads: usize) -> usize {
-    elbo::runtime::configure_cpu_threads(threads)
+/// Sets the number of compute threads (before any parallel work starts); 0 keeps the default (all cores). More than
+/// [`MAX_THREADS_PER_CORE`] threads per core is refused: each thread holds its own buffers, and past the cores they
+/// only cost memory.
+fn set_threads(threads: usize) -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let most = MAX_THREADS_PER_CORE * cores;
+    if threads > most {
+        anyhow::bail!(
+            "--threads: at most {most} on this machine ({MAX_THREADS_PER_CORE} per core, {cores} cores), got {threads}"
+        );
+    }
+    Ok(elbo::runtime::configure_cpu_threads(threads))
 }
+
+/// The most compute threads per core that `--threads` takes.
+const MAX_THREADS_PER_CORE: usize = 8;

@@ -26,8 +26,8 @@ pub struct ObjectiveArgs {
     /// KL warm-up over this many steps.
     #[arg(long, conflicts_with = "kl_cycles")]
     warmup_steps: Option<usize>,
-    /// Cyclical KL annealing: this many cycles over the whole run.
-    #[arg(long)]
+    /// Cyclical KL annealing: this many cycles over the whole run (at least 1).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     kl_cycles: Option<usize>,
     /// Cyclical KL annealing: fraction of each cycle spent rising.
     #[arg(long, default_value_t = 0.5)]
@@ -75,7 +75,7 @@ impl ObjectiveArgs {
             (Some(epochs), _, _) => KlSchedule::Linear { steps: to_steps(epochs) },
             (_, Some(steps), _) => KlSchedule::Linear { steps },
             (_, _, Some(cycles)) => {
-                KlSchedule::Cyclical { period: total_steps.div_ceil(cycles.max(1)), ratio: self.cycle_ratio }
+                KlSchedule::Cyclical { period: total_steps.div_ceil(cycles), ratio: self.cycle_ratio }
             }
             _ => KlSchedule::Constant,
         };

@@ -82,7 +82,7 @@ enum OptimizerKind {
 /// Runs `elbo train`: the exit code is 0 for a completed run, 128 + the signal's number for one a signal stopped
 /// (130 for Ctrl-C, 143 for SIGTERM); a failure is an error.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let threads = super::set_threads(args.threads);
+    let threads = super::set_threads(args.threads)?;
     let device = super::device(&args.device)?;
     let spec = args.data.spec(args.seed);
     let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;

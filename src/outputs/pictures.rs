@@ -50,9 +50,16 @@ pub fn save_sample_grid(
     seed: u64,
     device: &Device,
 ) -> Result<()> {
+    if count > MAX_GRID_IMAGES {
+        let problem = format!("a grid holds at most {MAX_GRID_IMAGES} images, got {count}");
+        return Err(crate::Error::invalid_setting("n", problem));
+    }
     let samples = prior_samples(vae, count, temperature, seed, device)?;
     save_png(&image_grid(&samples, &display_shape(&vae.config().input_shape), 8)?, path)
 }
+
+/// The most images one grid holds (a 64-wide grid of 64 x 64 images is already 4096 x 4096 pixels per 64 rows).
+pub const MAX_GRID_IMAGES: usize = 4096;
 
 /// Writes inputs above their reconstructions (rows alternate: up to 8 inputs, then their reconstructions) to
 /// `path`, for the first `count` examples of `dataset` (rounded down to whole rows).

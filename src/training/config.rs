@@ -99,6 +99,7 @@ impl TrainConfig {
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return Err(Error::invalid_setting("batch size", "must be at least 1"));
         }
+        super::optimizer::validate(&self.optimizer, self.learning_rate)?;
         self.kl.validate()?;
         if let Objective::Iwae { samples } = self.objective {
             if samples == 0 {

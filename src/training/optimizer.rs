@@ -201,7 +201,8 @@ fn adam_step(learning_rate: f64, beta1: f64, beta2: f64, epsilon: f64, step: usi
     }
 }
 
-fn validate(config: &OptimizerConfig, learning_rate: f64) -> Result<()> {
+/// Checks the learning rate and the optimiser's own settings.
+pub(crate) fn validate(config: &OptimizerConfig, learning_rate: f64) -> Result<()> {
     if !(learning_rate > 0.0 && learning_rate.is_finite()) {
         return Err(Error::invalid_setting("learning rate", format!("must be a positive number, got {learning_rate}")));
     }
