@@ -51,8 +51,12 @@ impl Default for VaeConfig {
     }
 }
 
+/// The most values the dense layers of a model may hold (2^31, 8 GiB of f32 weights): a larger architecture, as
+/// from a damaged `config.json`, is refused before anything is allocated.
+pub const MAX_PARAMETERS: usize = 1 << 31;
+
 impl VaeConfig {
-    /// Checks that the sizes can build a network.
+    /// Checks that the sizes can build a network, of at most [`MAX_PARAMETERS`] values in its dense layers.
     pub fn validate(&self) -> Result<()> {
         if self.input_shape.dim() == 0 {
             return Err(Error::invalid_setting("input_shape", "examples must have at least one value"));
@@ -63,10 +67,41 @@ impl VaeConfig {
         if self.encoder_hidden.iter().chain(&self.decoder_hidden).any(|&w| w == 0) {
             return Err(Error::invalid_setting("hidden", "hidden layer widths must be at least 1"));
         }
-        if let Some(conv) = &self.conv {
-            conv.feature_map(&self.input_shape)?;
+        let features = match &self.conv {
+            Some(conv) => {
+                let (channels, height, width) = conv.feature_map(&self.input_shape)?;
+                channels * height * width
+            }
+            None => self.input_shape.dim(),
+        };
+        self.likelihood.validate()?;
+        self.check_size(features)
+    }
+
+    /// Refuses an architecture whose dense layers would hold more than [`MAX_PARAMETERS`] values (before anything is
+    /// allocated): `features` values enter the encoder's dense layers.
+    fn check_size(&self, features: usize) -> Result<()> {
+        let outputs = self.input_shape.dim().checked_mul(self.likelihood.outputs_per_dimension());
+        let encoder = std::iter::once(Some(features))
+            .chain(self.encoder_hidden.iter().map(|&w| Some(w)))
+            .chain([self.latent_dim.checked_mul(2)]);
+        let decoder = std::iter::once(Some(self.latent_dim))
+            .chain(self.decoder_hidden.iter().map(|&w| Some(w)))
+            .chain([if self.conv.is_some() { Some(features) } else { outputs }]);
+        let weights = |widths: Vec<Option<usize>>| {
+            widths.windows(2).try_fold(0usize, |total, pair| total.checked_add(pair[0]?.checked_mul(pair[1]?)?))
+        };
+        let total = weights(encoder.collect()).zip(weights(decoder.collect())).and_then(|(a, b)| a.checked_add(b));
+        match total {
+            Some(total) if total <= MAX_PARAMETERS => Ok(()),
+            _ => Err(Error::invalid_setting(
+                "latent_dim / hidden / input_shape",
+                format!(
+                    "the dense layers of {} would hold more than {MAX_PARAMETERS} values; use smaller layers",
+                    self.describe()
+                ),
+            )),
         }
-        self.likelihood.validate()
     }
 
     /// A one-line description, e.g. `784-[400]-20 MLP, relu, bernoulli decoder` or
@@ -134,11 +169,20 @@ impl Vae {
     }
 
     /// A model with weights loaded from a safetensors file written by [`crate::outputs`] (or any tool using the same
-    /// names). Every weight the architecture needs must be present with the right shape.
+    /// names). Every weight the architecture needs must be present with the right shape, and finite: a tensor with
+    /// NaN or infinity is an error naming it.
     pub fn load(config: &VaeConfig, weights: &Path, device: &Device) -> Result<(Self, VarMap)> {
         let mut varmap = VarMap::new();
         let vae = Vae::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
         varmap.load(weights).map_err(|e| Error::bad_input(weights, "weights", e.to_string()))?;
+        for (name, var) in varmap.data().lock().map_err(|_| Error::invalid_setting("weights", "lock poisoned"))?.iter()
+        {
+            let values = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            if let Some(value) = values.iter().find(|value| !value.is_finite()) {
+                let problem = format!("holds a non-finite value ({value}); the model cannot be used");
+                return Err(Error::bad_input(weights, name.clone(), problem));
+            }
+        }
         Ok((vae, varmap))
     }
 
@@ -193,5 +237,45 @@ impl Vae {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ExampleShape;
+
+    #[test]
+    fn an_architecture_too_large_for_memory_is_refused_before_anything_is_allocated() {
+        let huge = VaeConfig { latent_dim: 1 << 40, ..VaeConfig::default() };
+        let message = Vae::fresh(&huge, 1, DType::F32, &Device::Cpu).err().unwrap().to_string();
+        assert!(message.contains("latent_dim") && message.contains(&MAX_PARAMETERS.to_string()), "{message}");
+        let wide = VaeConfig { encoder_hidden: vec![1 << 22], ..VaeConfig::default() };
+        assert!(wide.validate().is_err());
+        let overflowing = VaeConfig { input_shape: ExampleShape::flat(usize::MAX / 2), ..VaeConfig::default() };
+        assert!(overflowing.validate().is_err());
+        assert!(VaeConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn weights_with_a_non_finite_value_are_refused_naming_the_tensor() {
+        let config = VaeConfig {
+            input_shape: ExampleShape::flat(6),
+            latent_dim: 2,
+            encoder_hidden: vec![4],
+            decoder_hidden: vec![4],
+            ..VaeConfig::default()
+        };
+        let (_, varmap) = Vae::fresh(&config, 1, DType::F32, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        varmap.save(&path).unwrap();
+        assert!(Vae::load(&config, &path, &Device::Cpu).is_ok());
+        let bias = varmap.data().lock().unwrap()["decoder.output.bias"].clone();
+        bias.set(&Tensor::new(&[0.0f32, 1.0, f32::NAN, 0.0, 0.0, 0.0], &Device::Cpu).unwrap()).unwrap();
+        varmap.save(&path).unwrap();
+        let message = Vae::load(&config, &path, &Device::Cpu).err().unwrap().to_string();
+        assert!(message.contains("model.safetensors") && message.contains("decoder.output.bias"), "{message}");
+        assert!(message.contains("non-finite"), "{message}");
     }
 }
