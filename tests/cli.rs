@@ -111,6 +111,12 @@ fn bad_settings_and_mismatched_data_are_clear_errors() {
     assert_fails_with(&negative_rate, &["learning rate", "positive", "-1"]);
     assert!(!dir.path().join("negative").exists(), "settings are checked before the run directory is made");
     assert!(train_tiny(dir.path(), "run").status.success());
+    let rows: String =
+        (0..40).map(|i| format!("{}\n", vec![format!("{}", (i % 10) as f32 / 10.0); 256].join(","))).collect();
+    std::fs::write(dir.path().join("flat.csv"), rows).unwrap();
+    let flat = elbo(&["train", "--data", "flat.csv", "--epochs", "1", "--quiet", "--out", "flat"], dir.path());
+    assert!(flat.status.success(), "{}", text(&flat));
+    assert_fails_with(&elbo(&["metrics", "--run", "flat"], dir.path()), &["flat", "not on the sprites"]);
     let huge_grid = elbo(&["sample", "--run", "run", "--n", "100000000"], dir.path());
     assert_fails_with(&huge_grid, &["`n`", "at most 4096", "100000000"]);
     let rows: String = (0..12).map(|_| "0.1,0.2,0.3\n").collect();

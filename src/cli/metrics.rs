@@ -34,6 +34,14 @@ pub struct MetricsArgs {
 /// Runs `elbo metrics`; writes `disentanglement.json` into the run directory and refreshes its report.
 pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
     let (loaded, device) = args.run.open()?;
+    if !matches!(loaded.config.data, elbo::data::DataSpec::Sprites(_)) {
+        anyhow::bail!(
+            "{}: the model was trained on {:?}, not on the sprites; the metrics score a model by the sprites' known \
+             factors, so they need a model trained on them (`elbo train` without --data)",
+            loaded.run.root().display(),
+            loaded.config.data
+        );
+    }
     check_dataset(&args.dataset, loaded.vae.config().input_shape.height)?;
     let config = MetricsConfig { seed: args.seed, ..MetricsConfig::default() }.scaled(args.scale)?;
     let codes = SpriteCodes::new(&loaded.vae, loaded.config.training.binarization, &device)?;

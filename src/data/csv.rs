@@ -1,6 +1,7 @@
 //! Comma-separated numbers, one example per row, read by hand (no quoting, no other separators).
 //!
-//! - The first non-blank row is a header, and skipped, when any of its cells is not a number.
+//! - The first non-blank row is a header, and skipped, when none of its cells is a number; a first row that mixes
+//!   numbers and other cells is data, and its cell that is not a number an error.
 //! - Blank lines are skipped; line numbers in messages count every line of the file, from 1.
 //! - An optional label column (0-based index) holds non-negative integer class labels and is removed from the values.
 //! - Every row must have the same number of columns; every value must be a finite number.
@@ -27,9 +28,9 @@ pub fn load_csv(path: &Path, label_column: Option<usize>) -> Result<Dataset> {
     rows.into_dataset()
 }
 
-/// True when some cell of `line` is not a number.
+/// True when no cell of `line` is a number.
 fn is_header(line: &str) -> bool {
-    line.split(',').any(|cell| cell.trim().parse::<f32>().is_err())
+    line.split(',').all(|cell| cell.trim().parse::<f32>().is_err())
 }
 
 /// The rows read so far.
@@ -162,6 +163,13 @@ mod tests {
         assert_eq!(data.values, Values::F32(vec![0.1, 0.2, 0.3, 0.4]));
         assert_eq!(data.labels, Some(vec![3, 0]));
         assert_eq!(data.len(), 2);
+    }
+
+    #[test]
+    fn a_first_row_that_mixes_numbers_and_words_is_an_error_not_a_header() {
+        let dir = TempDir::new().unwrap();
+        let message = error_of(&dir, "mixed.csv", "0.5,abc,0.5\n0.1,0.2,0.3\n", None);
+        assert!(message.contains("mixed.csv") && message.contains("abc") && message.contains("line 1"), "{message}");
     }
 
     #[test]

@@ -194,6 +194,11 @@ fn read_header(reader: &mut impl Read, path: &Path) -> Result<(String, usize)> {
 /// Parses a header such as `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`; an error names the field
 /// and the problem.
 fn parse_header(text: &str) -> std::result::Result<Header, (&'static str, String)> {
+    // numpy writes one Python dict literal, padded with spaces and ending in a newline
+    let dictionary = text.trim_end();
+    if !(dictionary.starts_with('{') && dictionary.ends_with('}')) {
+        return Err(("header", format!("expected a dictionary in braces, got {dictionary:?}")));
+    }
     let descr = field(text, "descr").and_then(quoted).ok_or(("descr", "missing or not a quoted string".into()))?;
     let dtype = Dtype::from_descr(descr).ok_or_else(|| {
         let supported: Vec<&str> = DTYPES.iter().map(|(name, _)| *name).collect();
@@ -469,6 +474,7 @@ mod tests {
             ("{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1), }", "fortran_order", "column-major"),
             ("{'descr': '<f4', 'shape': (1, 1), }", "fortran_order", "missing"),
             ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, x), }", "shape", "tuple of integers"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1), ", "header", "dictionary in braces"),
         ];
         for (text, field, problem) in cases {
             let message = error_of(load_examples(&write(&dir, "header.npy", &npy_bytes(1, text, &[0; 4]))));
