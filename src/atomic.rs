@@ -22,10 +22,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Lets `write` produce the file at a temporary path, then renames it to `path`.
+/// Lets `write` produce the file at a temporary path, then renames it to `path`. The file gets the permissions of
+/// any file the process creates (the umask's), whatever `write` made it with (safetensors' writer makes it private).
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let temporary = temporary_path(path);
-    if let Err(error) = write(&temporary) {
+    let written = std::fs::File::create(&temporary).and_then(|file| file.metadata()).and_then(|created| {
+        write(&temporary)?;
+        std::fs::set_permissions(&temporary, created.permissions())
+    });
+    if let Err(error) = written {
         let _ = std::fs::remove_file(&temporary);
         return Err(Error::io(path, error));
     }
@@ -72,5 +77,28 @@ mod tests {
         assert!(result.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"good");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Files written through a writer that would create them private (as safetensors' does) get the same
+    /// permissions as any file the process creates: the umask's.
+    #[cfg(unix)]
+    #[test]
+    fn permissions_follow_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, written) = (dir.path().join("plain"), dir.path().join("written"));
+        std::fs::write(&plain, b"x").unwrap();
+        write_atomic_with(&written, |temporary| {
+            // as safetensors does: a private file of its own, renamed over the path
+            let private = temporary.with_extension("private");
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.open(&private)?.write_all(b"x")?;
+            std::fs::rename(&private, temporary)
+        })
+        .unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&written), mode(&plain));
     }
 }
