@@ -379,3 +379,14 @@ fn sigint_and_sigterm_stop_cleanly_with_the_shells_exit_codes() {
     }
     assert!(train_tiny(dir.path(), "completed").status.code() == Some(0), "only a completed run exits 0");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symbolic_link_loop_in_an_image_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("cats")).unwrap();
+    std::os::unix::fs::symlink(&images, images.join("cats").join("again")).unwrap();
+    let output = elbo(&["train", "--data", "images", "--epochs", "1", "--quiet"], dir.path());
+    assert_fails_with(&output, &["images", "symbolic link loop"]);
+}

@@ -164,9 +164,10 @@ pub fn is_image_name(name: &str) -> bool {
     lower.rsplit_once('.').is_some_and(|(stem, ext)| !stem.is_empty() && IMAGE_EXTENSIONS.contains(&ext))
 }
 
-/// True when `dir` is a directory holding image files, directly or in subfolders.
+/// True when `dir` is a directory holding image files, directly or in subfolders, or one whose subfolders cannot be
+/// walked (a symbolic link loop, an unreadable folder): loading it as an image folder then says what is wrong.
 pub fn holds_images(dir: &Path) -> bool {
-    dir.is_dir() && images_under(dir, 0).is_ok_and(|files| !files.is_empty())
+    dir.is_dir() && images_under(dir, 0).map_or(true, |files| !files.is_empty())
 }
 
 /// The class names of the image folder at `dir` (its class subfolders, sorted; for a `train` / `test` folder, those
