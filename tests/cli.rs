@@ -390,3 +390,30 @@ fn a_symbolic_link_loop_in_an_image_folder_is_named() {
     let output = elbo(&["train", "--data", "images", "--epochs", "1", "--quiet"], dir.path());
     assert_fails_with(&output, &["images", "symbolic link loop"]);
 }
+
+#[test]
+fn a_run_directory_has_one_writer_and_is_not_reused_without_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train_tiny(dir.path(), "run").status.success());
+    std::fs::write(dir.path().join("run/probe.json"), "{\"stale\": true}").unwrap();
+    assert_fails_with(&train_tiny(dir.path(), "run"), &["run", "not empty", "--overwrite"]);
+    assert!(train_tiny_with(dir.path(), "run", &["--overwrite"]).status.success());
+    assert!(!dir.path().join("run/probe.json").exists(), "--overwrite removes the old model's scores");
+    // a second writer while the first one trains is refused, naming the first one's process
+    let args = ["train", "--sprite-count", "2000", "--sprite-size", "16", "--epochs", "500", "--hidden", "32"];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_elbo"))
+        .args(args.iter().chain(&["--threads", "1", "--quiet", "--out", "busy"]))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.path().join("busy/config.json").exists() {
+        assert!(started.elapsed().as_secs() < 120, "the first training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = train_tiny_with(dir.path(), "busy", &["--overwrite"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_fails_with(&second, &["busy", &format!("process {}", first.id()), "one writer"]);
+}

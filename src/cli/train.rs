@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use elbo::data::{self, DataSpec};
-use elbo::outputs::{RunConfig, RunDir};
+use elbo::outputs::{Existing, RunConfig, RunDir};
 use elbo::run::train_run;
 use elbo::training::{OptimizerConfig, StepChoice, TrainConfig};
 
@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// No progress bar; one line per epoch only.
     #[arg(long)]
     quiet: bool,
+    /// Replace the run already in --out: remove the files elbo wrote there (config, weights, metrics, summary,
+    /// diagnosis, probe and disentanglement scores, report, pictures, temporaries) first. Without it, a directory
+    /// that is not empty is refused.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 /// Optimiser choices.
@@ -98,7 +103,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     config.validate()?;
     config.model.likelihood.check_data(&splits.train)?;
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
-    let run = RunDir::create(&out)?;
+    let existing = if args.overwrite { Existing::Overwrite } else { Existing::Refuse };
+    let run = RunDir::create_with(&out, existing)?;
     print_plan(&config, &splits, &out);
     let mut progress = Progress::new(args.quiet, splits.test_is_validation)?;
     let finished = train_run(&config, &splits, &run, &device, &mut progress).with_context(|| {

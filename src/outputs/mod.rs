@@ -7,4 +7,4 @@ pub mod pictures;
 pub mod run_dir;
 
 pub use metrics::RunLogger;
-pub use run_dir::{EpochSummary, RunConfig, RunDir, RunSummary, BOUND_NOTE};
+pub use run_dir::{EpochSummary, Existing, RunConfig, RunDir, RunSummary, BOUND_NOTE, DERIVED_FILES};

@@ -99,26 +99,139 @@ impl From<&EpochRecord> for EpochSummary {
     }
 }
 
+/// Takes the exclusive lock of the run directory `root` and writes this process's id into the lock file; an error
+/// naming the process that holds it already.
+fn lock(root: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = root.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    if let Err(error) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let problem = match error {
+            std::fs::TryLockError::WouldBlock => {
+                format!("is being written by process {} (one writer per run directory)", holder.trim())
+            }
+            std::fs::TryLockError::Error(error) => format!("could not be locked: {error}"),
+        };
+        return Err(Error::bad_input(root, "run directory", problem));
+    }
+    let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| write!(file, "{}", std::process::id()));
+    written.map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}
+
 /// The note stored with every summary: the ELBO is a bound.
 pub const BOUND_NOTE: &str = "negative ELBO = reconstruction + KL, in nats per example: an upper bound on -log p(x) \
      (the ELBO is a lower bound on log p(x)), not the likelihood itself";
 
-/// A run directory on disk.
+/// Every file elbo writes into a run directory (besides temporaries): what `--overwrite` removes.
+pub const DERIVED_FILES: [&str; 13] = [
+    "config.json",
+    "model.safetensors",
+    "metrics.csv",
+    "summary.json",
+    "diagnosis.json",
+    "samples.png",
+    "reconstructions.png",
+    "report.html",
+    "probe.json",
+    "disentanglement.json",
+    "traversal.png",
+    "interpolation.png",
+    "arithmetic.png",
+];
+
+/// The lock file of a run directory, held by the one process that writes the run.
+const LOCK_FILE: &str = ".lock";
+
+/// A run directory on disk. One created for writing holds its lock (an advisory `flock` on `.lock`, released when
+/// the last clone is dropped or the process ends, even by `kill -9`); one opened for reading does not.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+    /// The lock file, held open for as long as the run is written.
+    _lock: Option<std::sync::Arc<std::fs::File>>,
+}
+
+/// What to do with a run already in the directory a new run is created in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse a directory that holds any file (the lock file aside).
+    Refuse,
+    /// Remove the files elbo derives ([`DERIVED_FILES`] and stray temporaries) first; other files stay.
+    Overwrite,
 }
 
 impl RunDir {
-    /// Creates the directory (and parents) for a new run.
+    /// Creates the directory (and parents) for a new run, takes its lock, and refuses a directory that is not empty.
     pub fn create(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        Ok(RunDir { root: root.to_path_buf() })
+        Self::create_with(root, Existing::Refuse)
     }
 
-    /// Opens an existing run, checking that it has a config and weights.
+    /// Creates the directory for a new run and takes its lock; `existing` says what happens to files already there.
+    /// A directory another process writes is an error naming that process.
+    pub fn create_with(root: &Path, existing: Existing) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let lock = lock(root)?;
+        let run = RunDir { root: root.to_path_buf(), _lock: Some(std::sync::Arc::new(lock)) };
+        match existing {
+            Existing::Refuse => run.refuse_files()?,
+            Existing::Overwrite => run.remove_derived_files()?,
+        }
+        Ok(run)
+    }
+
+    /// The files in the directory, the lock file aside.
+    fn entries(&self) -> Result<Vec<String>> {
+        let listing = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let mut names = Vec::new();
+        for entry in listing {
+            let name = entry.map_err(|e| Error::io(&self.root, e))?.file_name().to_string_lossy().into_owned();
+            if name != LOCK_FILE {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// An error when the directory holds any file.
+    fn refuse_files(&self) -> Result<()> {
+        let names = self.entries()?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let problem = format!(
+            "is not empty ({shown}{}); pass --overwrite to replace the run in it, or choose another --out",
+            if names.len() > 5 { ", ..." } else { "" }
+        );
+        Err(Error::bad_input(&self.root, "run directory", problem))
+    }
+
+    /// Removes [`DERIVED_FILES`] and the temporaries of interrupted writes (`*.tmp-*`, safetensors' `.tmp*`).
+    fn remove_derived_files(&self) -> Result<()> {
+        for name in self.entries()? {
+            let temporary = name.starts_with(".tmp") || name.contains(".tmp-");
+            if temporary || DERIVED_FILES.contains(&name.as_str()) {
+                let path = self.root.join(&name);
+                std::fs::remove_file(&path).map_err(|e| Error::io(path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens an existing run for reading (no lock: readers keep working while a run is written), checking that it
+    /// has a config and weights.
     pub fn open(root: &Path) -> Result<Self> {
-        let run = RunDir { root: root.to_path_buf() };
+        let run = RunDir { root: root.to_path_buf(), _lock: None };
         for required in [run.config_path(), run.weights_path()] {
             if !required.is_file() {
                 return Err(Error::bad_input(root, "run directory", format!("{} is missing", required.display())));
@@ -182,5 +295,41 @@ impl RunDir {
         let config = self.load_config()?;
         let (vae, varmap) = Vae::load(&config.model, &self.weights_path(), device)?;
         Ok((vae, varmap, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_writer_per_directory_and_readers_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        let writer = RunDir::create(&root).unwrap();
+        std::fs::write(writer.config_path(), "{}").unwrap();
+        std::fs::write(writer.weights_path(), "").unwrap();
+        let message = RunDir::create_with(&root, Existing::Overwrite).unwrap_err().to_string();
+        assert!(message.contains("run") && message.contains(&format!("process {}", std::process::id())), "{message}");
+        assert!(RunDir::open(&root).is_ok(), "readers need no lock");
+        drop(writer);
+        assert!(RunDir::create_with(&root, Existing::Overwrite).is_ok(), "the lock goes with the writer");
+    }
+
+    #[test]
+    fn a_directory_with_files_is_refused_and_overwrite_removes_only_what_elbo_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("run");
+        std::fs::create_dir_all(&root).unwrap();
+        for name in ["config.json", "probe.json", "model.safetensors.tmp-123", ".tmpAbC123", "notes.txt"] {
+            std::fs::write(root.join(name), "x").unwrap();
+        }
+        let message = RunDir::create(&root).unwrap_err().to_string();
+        assert!(message.contains("not empty") && message.contains("--overwrite"), "{message}");
+        RunDir::create_with(&root, Existing::Overwrite).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".lock", "notes.txt"]);
     }
 }
