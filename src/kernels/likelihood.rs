@@ -93,7 +93,8 @@ impl LikelihoodKernel<'_> {
         let data_dim = x.len() / rows.max(1);
         let width = data_dim * self.outputs_per_value();
         let mut grad = vec![0.0f32; output.len()];
-        let chunk = |((grad, output), (x, scales)): RowChunk| self.chunk(grad, output, x, scales, data_dim);
+        let prepared = Prepared::of(self, data_dim);
+        let chunk = |((grad, output), (x, scales)): RowChunk| prepared.chunk(grad, output, x, scales);
         let (width, data_dim_1) = (width.max(1), data_dim.max(1));
         let parts: Vec<(Vec<f32>, Option<Vec<f32>>)> = if worth_parallel(output.len()) {
             let grads = grad.par_chunks_mut(ROWS_PER_CHUNK * width).zip(output.par_chunks(ROWS_PER_CHUNK * width));
@@ -118,51 +119,70 @@ impl LikelihoodKernel<'_> {
         }
         LikelihoodGradients { losses, output: grad, log_var }
     }
+}
 
-    /// [`Self::loss_and_gradient`] on a chunk of rows: their losses, and their share of a learned log-variance's
-    /// gradient.
-    fn chunk(
-        &self,
-        grad: &mut [f32],
-        output: &[f32],
-        x: &[f32],
-        scales: &[f32],
-        data_dim: usize,
-    ) -> (Vec<f32>, Option<Vec<f32>>) {
+/// A kernel with what it computes once per call before the rows: the Gaussian's per-dimension numbers.
+enum Prepared {
+    Bernoulli,
+    Gaussian {
+        rows: GaussianRows,
+        /// Whether log sigma^2 wants its gradient, and whether it is one value shared by every dimension.
+        learned: bool,
+        shared: bool,
+    },
+    Categorical {
+        levels: usize,
+    },
+}
+
+impl Prepared {
+    fn of(kernel: &LikelihoodKernel, data_dim: usize) -> Self {
+        match *kernel {
+            LikelihoodKernel::Bernoulli => Prepared::Bernoulli,
+            LikelihoodKernel::Gaussian { log_var, learned } => {
+                Prepared::Gaussian { rows: GaussianRows::new(log_var, data_dim), learned, shared: log_var.len() == 1 }
+            }
+            LikelihoodKernel::Categorical { levels } => Prepared::Categorical { levels },
+        }
+    }
+
+    /// [`LikelihoodKernel::loss_and_gradient`] on a chunk of rows: their losses, and their share of a learned
+    /// log-variance's gradient.
+    fn chunk(&self, grad: &mut [f32], output: &[f32], x: &[f32], scales: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
         let rows = scales.len();
         let width = output.len() / rows.max(1);
+        let data_dim = x.len() / rows.max(1);
         let row = |n: usize| (n * width..(n + 1) * width, n * data_dim..(n + 1) * data_dim);
         match *self {
-            LikelihoodKernel::Bernoulli => {
+            Prepared::Bernoulli => {
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
                     bernoulli_row(&mut grad[out.clone()], &output[out], &x[data], scales[n])
                 });
                 (losses.collect(), None)
             }
-            LikelihoodKernel::Categorical { levels } => {
+            Prepared::Categorical { levels } => {
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
                     categorical_row(&mut grad[out.clone()], &output[out], &x[data], levels, scales[n])
                 });
                 (losses.collect(), None)
             }
-            LikelihoodKernel::Gaussian { log_var, learned } => {
-                let gaussian = GaussianRows::new(log_var, data_dim);
+            Prepared::Gaussian { rows: ref gaussian, learned, shared } => {
                 let mut log_var_grad = learned.then(|| vec![0.0f32; data_dim]);
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
-                    let squared = gaussian.row(&mut grad[out.clone()], &output[out], &x[data], scales[n]);
+                    let squared =
+                        gaussian.row(&mut grad[out.clone()], &output[out.clone()], &x[data.clone()], scales[n]);
                     if let Some(total) = log_var_grad.as_mut() {
-                        gaussian.log_var_gradient(total, &output[row(n).0], &x[row(n).1], scales[n]);
+                        gaussian.log_var_gradient(total, &output[out], &x[data], scales[n]);
                     }
                     gaussian.constant + 0.5 * squared
                 });
                 let losses = losses.collect();
-                let log_var_grad = log_var_grad.map(|per_dimension| match log_var.len() {
-                    1 => vec![per_dimension.iter().sum()],
-                    _ => per_dimension,
-                });
+                let log_var_grad =
+                    log_var_grad
+                        .map(|per_dimension| if shared { vec![per_dimension.iter().sum()] } else { per_dimension });
                 (losses, log_var_grad)
             }
         }
