@@ -1,5 +1,5 @@
 //! A whole training run, start to finish: write the configuration, build and train the model, log every step,
-//! checkpoint every epoch, and leave a summary and image grids in the run directory.
+//! checkpoint every epoch (and on request more often), continue from a checkpoint, and leave a summary and image grids in the run directory.
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
@@ -11,10 +11,10 @@ use crate::evaluation::sprite_codes::sprite_factor_space;
 use crate::evaluation::{diagnose, read_curves, Diagnosis};
 use crate::model::Vae;
 use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
-use crate::outputs::{EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
+use crate::outputs::{load_checkpoint, EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
 use crate::report::write_report;
-use crate::training::{train, TrainOutcome, TrainingObserver};
-use crate::Result;
+use crate::training::{train_from, Checkpoint, CheckpointEvery, TrainOutcome, TrainingObserver, TrainingProgress};
+use crate::{Error, Result};
 
 /// Examples used by the diagnosis at the end of training.
 pub const DIAGNOSIS_EXAMPLES: usize = 2000;
@@ -36,7 +36,7 @@ pub struct FinishedRun {
 
 /// Trains the model described by `config` on `splits`, writing everything into `run`. `observer` (a progress
 /// display, a Ctrl-C watcher) sees every step. On a non-finite loss, the summary records the failure, the last
-/// epoch's checkpoint stays on disk, and the error is returned.
+/// checkpoint stays on disk, and the error is returned.
 pub fn train_run(
     config: &RunConfig,
     splits: &Splits,
@@ -44,14 +44,98 @@ pub fn train_run(
     device: &Device,
     observer: &mut dyn TrainingObserver,
 ) -> Result<FinishedRun> {
-    config.validate()?;
-    config.model.likelihood.check_data(&splits.train)?;
-    config.model.likelihood.check_data(&splits.test)?;
+    check_run(config, splits)?;
     run.save_config(config)?;
     let (vae, varmap) = Vae::fresh(&config.model, config.training.seed, DType::F32, device)?;
-    let mut logger = RunLogger::new(run, splits.test_is_validation)?;
+    let logger = RunLogger::new(run, splits.test_is_validation)?;
+    complete_run(config, splits, run, device, (vae, varmap), logger, None, observer)
+}
+
+/// What a resumed run may change: everything else must stay as `config.json` has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResumeChanges {
+    /// Train up to this many epochs in all.
+    pub epochs: Option<usize>,
+    /// A new step limit (in all, counted from the run's start); `Some(None)` removes the limit.
+    pub max_steps: Option<Option<usize>>,
+    /// A new checkpoint interval.
+    pub checkpoint_every: Option<Option<CheckpointEvery>>,
+}
+
+impl ResumeChanges {
+    /// The run's `config` with these changes.
+    pub fn apply(&self, config: &RunConfig) -> RunConfig {
+        let mut changed = config.clone();
+        let training = &mut changed.training;
+        training.epochs = self.epochs.unwrap_or(training.epochs);
+        training.max_steps = self.max_steps.unwrap_or(training.max_steps);
+        training.checkpoint_every = self.checkpoint_every.unwrap_or(training.checkpoint_every);
+        changed
+    }
+}
+
+/// Continues the run in `run` (opened with [`RunDir::resume`]) from its checkpoint, with `changes` to its
+/// configuration; `splits` is the run's data, loaded again from its `config.json`. The weights, the optimiser, the
+/// random streams and the counters continue where the checkpoint left them, `metrics.csv` is continued, and the
+/// run ends as [`train_run`] does: the same files, bit for bit, as a run that was never stopped (same threads).
+pub fn resume_run(
+    run: &RunDir,
+    changes: &ResumeChanges,
+    splits: &Splits,
+    device: &Device,
+    observer: &mut dyn TrainingObserver,
+) -> Result<FinishedRun> {
+    let config = changes.apply(&run.load_config()?);
+    check_run(&config, splits)?;
+    let (vae, varmap) = Vae::fresh(&config.model, config.training.seed, DType::F32, device)?;
+    let checkpoint = load_checkpoint(&run.checkpoint_path(), &varmap, device)?;
+    check_work_left(&config, &checkpoint.progress)?;
+    let logger = RunLogger::resume(run, splits.test_is_validation, &checkpoint.progress)?;
+    run.save_config(&config)?;
+    complete_run(&config, splits, run, device, (vae, varmap), logger, Some(&checkpoint), observer)
+}
+
+/// The configuration's own checks and the data's fit to the likelihood, before anything is written.
+fn check_run(config: &RunConfig, splits: &Splits) -> Result<()> {
+    config.validate()?;
+    config.model.likelihood.check_data(&splits.train)?;
+    config.model.likelihood.check_data(&splits.test)
+}
+
+/// An error when the run has reached its epochs or its step limit already.
+fn check_work_left(config: &RunConfig, progress: &TrainingProgress) -> Result<()> {
+    let training = &config.training;
+    if progress.epoch > training.epochs {
+        let problem = format!(
+            "the run has completed {} epochs; to train further, ask for more in all (--epochs above {})",
+            progress.epoch - 1,
+            progress.epoch - 1
+        );
+        return Err(Error::invalid_setting("epochs", problem));
+    }
+    match training.max_steps {
+        Some(limit) if progress.step >= limit => {
+            let problem = format!("the run has taken {} steps, its limit; raise it (--max-steps)", progress.step);
+            Err(Error::invalid_setting("max-steps", problem))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Trains (from the start, or from `resume`), then writes the summary, image grids, diagnosis and report.
+#[allow(clippy::too_many_arguments)]
+fn complete_run(
+    config: &RunConfig,
+    splits: &Splits,
+    run: &RunDir,
+    device: &Device,
+    (vae, varmap): (Vae, VarMap),
+    mut logger: RunLogger,
+    resume: Option<&Checkpoint>,
+    observer: &mut dyn TrainingObserver,
+) -> Result<FinishedRun> {
     let held_out_split = if splits.test_is_validation { "validation" } else { "test" };
-    let result = train(&vae, &varmap, splits, &config.training, device, &mut [&mut logger, observer]);
+    let result = train_from(&vae, &varmap, splits, &config.training, device, resume, &mut [&mut logger, observer]);
     match result {
         Ok(outcome) => {
             drop(logger);

@@ -417,3 +417,70 @@ fn a_run_directory_has_one_writer_and_is_not_reused_without_overwrite() {
     first.wait().unwrap();
     assert_fails_with(&second, &["busy", &format!("process {}", first.id()), "one writer"]);
 }
+
+/// The step numbers of the step rows of a run's `metrics.csv`.
+fn logged_steps(run: &Path) -> Vec<usize> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("step,"))
+        .map(|line| line.split(',').nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_the_weights_of_one_never_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["train", "--sprite-count", "20000", "--sprite-size", "16", "--epochs", "2", "--hidden", "32"];
+    let rest = ["--latent-dim", "4", "--threads", "2", "--quiet", "--checkpoint-every", "5"];
+    let command: Vec<&str> = args.iter().chain(&rest).copied().collect();
+    let straight = elbo(&[command.as_slice(), &["--out", "straight"]].concat(), dir.path());
+    assert!(straight.status.success(), "{}", text(&straight));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_elbo"))
+        .args(command.iter().chain(&["--out", "killed"]))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.path().join("killed/checkpoint.safetensors").exists() {
+        assert!(started.elapsed().as_secs() < 120, "training never wrote a checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler runs, nothing is saved on the way out
+    child.wait().unwrap();
+    assert_fails_with(&elbo(&["train", "--resume", "killed", "--lr", "0.1"], dir.path()), &["--lr", "--resume"]);
+    let resumed = elbo(&["train", "--resume", "killed", "--quiet"], dir.path());
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let weights = |run: &str| std::fs::read(dir.path().join(run).join("model.safetensors")).unwrap();
+    assert!(weights("straight") == weights("killed"), "the resumed run's weights differ from the straight run's");
+    let steps = logged_steps(&dir.path().join("killed"));
+    assert_eq!(steps, (1..=steps.len()).collect::<Vec<_>>(), "metrics.csv logs each step once, in order");
+    assert_eq!(steps, logged_steps(&dir.path().join("straight")));
+    // a finished run goes on with more epochs in all
+    let output = elbo(&["train", "--resume", "killed", "--quiet"], dir.path());
+    assert_fails_with(&output, &["completed 2 epochs", "--epochs"]);
+    let longer = elbo(&["train", "--resume", "killed", "--epochs", "3", "--quiet"], dir.path());
+    assert!(longer.status.success(), "{}", text(&longer));
+    assert!(std::fs::read_to_string(dir.path().join("killed/metrics.csv")).unwrap().contains("\nepoch,3,"));
+}
+
+#[test]
+fn a_config_file_repeats_its_run_and_given_flags_change_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(train_tiny(dir.path(), "first").status.success());
+    let again = elbo(&["train", "--config", "first/config.json", "--out", "again", "--quiet"], dir.path());
+    assert!(again.status.success(), "{}", text(&again));
+    let weights = |run: &str| std::fs::read(dir.path().join(run).join("model.safetensors")).unwrap();
+    assert!(weights("first") == weights("again"), "the same config gives the same weights");
+    let other =
+        elbo(&["train", "--config", "first/config.json", "--seed", "2", "--out", "other", "--quiet"], dir.path());
+    assert!(other.status.success(), "{}", text(&other));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("other/config.json")).unwrap()).unwrap();
+    assert_eq!((config["training"]["seed"].as_u64(), config["model"]["latent_dim"].as_u64()), (Some(2), Some(4)));
+    assert!(weights("first") != weights("other"));
+    let refused = elbo(&["train", "--config", "first/config.json", "--hidden", "8", "--out", "x"], dir.path());
+    assert_fails_with(&refused, &["--hidden", "model.encoder_hidden", "config.json"]);
+    let missing = elbo(&["train", "--config", "nothing.json", "--out", "y"], dir.path());
+    assert_fails_with(&missing, &["nothing.json"]);
+}

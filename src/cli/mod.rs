@@ -22,7 +22,7 @@ mod traverse;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Train, evaluate and use variational autoencoders.
 #[derive(Parser)]
@@ -66,7 +66,10 @@ enum Command {
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    // which flags were given (not defaulted): `train --config` and `--resume` need to know
+    let train_matches = matches.subcommand_matches("train").cloned().unwrap_or_default();
     elbo::runtime::configure_cpu_threads(0); // elementwise ops inline for every command; some set the thread count
     if let Err(error) = elbo::kernels::SimdLevel::requested() {
         eprintln!("error: {error}");
@@ -74,7 +77,7 @@ pub fn run() -> ExitCode {
     }
     let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Train(args) => train::run(*args),
+        Command::Train(args) => train::run(*args, &train_matches),
         Command::Sample(args) => done(sample::run(args)),
         Command::Reconstruct(args) => done(reconstruct::run(args)),
         Command::Encode(args) => done(encode::run(args)),

@@ -103,14 +103,19 @@ impl ModelArgs {
             conv,
             encoder_hidden: hidden,
             decoder_hidden,
-            activation: match self.activation {
-                ActivationKind::Relu => Activation::Relu,
-                ActivationKind::Tanh => Activation::Tanh,
-                ActivationKind::Silu => Activation::Silu,
-                ActivationKind::Softplus => Activation::Softplus,
-            },
+            activation: self.activation(),
             likelihood: self.likelihood(),
         })
+    }
+
+    /// The hidden layers' activation (--activation).
+    pub fn activation(&self) -> Activation {
+        match self.activation {
+            ActivationKind::Relu => Activation::Relu,
+            ActivationKind::Tanh => Activation::Tanh,
+            ActivationKind::Silu => Activation::Silu,
+            ActivationKind::Softplus => Activation::Softplus,
+        }
     }
 
     fn likelihood(&self) -> LikelihoodConfig {

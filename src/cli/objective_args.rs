@@ -58,6 +58,16 @@ enum ObjectiveKind {
 }
 
 impl ObjectiveArgs {
+    /// The weight of the KL term (--beta).
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+
+    /// The free bits per latent dimension (--free-bits).
+    pub fn free_bits(&self) -> Option<f64> {
+        self.free_bits
+    }
+
     /// The bound to maximise.
     pub fn objective(&self) -> Objective {
         match self.objective {

@@ -84,6 +84,11 @@ impl<'a> Batcher<'a> {
         self.order.len().div_ceil(self.batch_size)
     }
 
+    /// Passes over the next `batches` batches without reading them (to continue an epoch from a checkpoint).
+    pub fn skip(&mut self, batches: usize) {
+        self.position = self.position.saturating_add(batches.saturating_mul(self.batch_size)).min(self.order.len());
+    }
+
     /// The next batch as (row-major values, number of examples), or `None` at the end of the pass.
     pub fn next_batch(&mut self) -> Option<(Vec<f32>, usize)> {
         if self.position >= self.order.len() {

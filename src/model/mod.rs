@@ -14,4 +14,5 @@ pub use conv::ConvConfig;
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
 pub use mlp::Activation;
+pub(crate) use vae::check_finite;
 pub use vae::{Vae, VaeConfig};

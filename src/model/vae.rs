@@ -167,7 +167,21 @@ impl Vae {
         init::initialize(&varmap, seed)?;
         Ok((vae, varmap))
     }
+}
 
+/// An error naming `file` and the tensor `name` when `tensor` holds NaN or an infinity.
+pub(crate) fn check_finite(file: &Path, name: &str, tensor: &Tensor) -> Result<()> {
+    let values = tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    match values.iter().find(|value| !value.is_finite()) {
+        Some(value) => {
+            let problem = format!("holds a non-finite value ({value}); the model cannot be used");
+            Err(Error::bad_input(file, name, problem))
+        }
+        None => Ok(()),
+    }
+}
+
+impl Vae {
     /// A model with weights loaded from a safetensors file written by [`crate::outputs`] (or any tool using the same
     /// names). Every weight the architecture needs must be present with the right shape, and finite: a tensor with
     /// NaN or infinity is an error naming it.
@@ -177,11 +191,7 @@ impl Vae {
         varmap.load(weights).map_err(|e| Error::bad_input(weights, "weights", e.to_string()))?;
         for (name, var) in varmap.data().lock().map_err(|_| Error::invalid_setting("weights", "lock poisoned"))?.iter()
         {
-            let values = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            if let Some(value) = values.iter().find(|value| !value.is_finite()) {
-                let problem = format!("holds a non-finite value ({value}); the model cannot be used");
-                return Err(Error::bad_input(weights, name.clone(), problem));
-            }
+            check_finite(weights, name, var.as_tensor())?;
         }
         Ok((vae, varmap))
     }

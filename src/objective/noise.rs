@@ -20,6 +20,16 @@ impl NoiseSource {
         NoiseSource { rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
+    /// The stream's position (with the seed, it fixes every later draw), for checkpoints.
+    pub fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// Moves the stream to a `position` returned by [`NoiseSource::position`] for the same seed.
+    pub fn set_position(&mut self, position: u128) {
+        self.rng.set_word_pos(position);
+    }
+
     /// eps ~ N(0, I) of shape `[rows, cols]`.
     pub fn standard_normal(&mut self, rows: usize, cols: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         let values: Vec<f32> = (0..rows * cols).map(|_| self.rng.sample(StandardNormal)).collect();

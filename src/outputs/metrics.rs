@@ -1,6 +1,6 @@
 //! `metrics.csv`: one row per training step and two per epoch (train and held-out), with the reconstruction and
-//! KL terms in separate columns. Rows are flushed at the end of every epoch and when training stops; the weights
-//! are checkpointed (atomically) at the end of every epoch.
+//! KL terms in separate columns. Rows are flushed at every checkpoint and when training stops; the weights are saved
+//! (atomically) at the end of every epoch, and the checkpoint (weights, optimiser, progress) at every checkpoint.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,9 +8,11 @@ use std::path::PathBuf;
 
 use candle_nn::VarMap;
 
+use super::checkpoint_file::save_checkpoint;
 use super::run_dir::RunDir;
+use crate::atomic::write_atomic;
 use crate::evaluation::ElboEstimate;
-use crate::training::{EpochRecord, StepRecord, TrainingObserver};
+use crate::training::{Checkpoint, EpochRecord, StepRecord, TrainingObserver, TrainingProgress};
 use crate::{Error, Result};
 
 /// The CSV header.
@@ -44,6 +46,36 @@ impl RunLogger {
         };
         logger.write_line(METRICS_HEADER)?;
         Ok(logger)
+    }
+
+    /// Continues `metrics.csv` of a run resumed from `progress`: the rows the stopped process logged after its last
+    /// checkpoint are dropped (they will be logged again), so the file reads as if the run had never stopped.
+    pub fn resume(run: &RunDir, held_out_is_validation: bool, progress: &TrainingProgress) -> Result<Self> {
+        let path = run.metrics_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut lines = text.lines();
+        if lines.next() != Some(METRICS_HEADER) {
+            return Err(Error::bad_input(&path, "header", format!("expected `{METRICS_HEADER}`")));
+        }
+        let mut kept = vec![METRICS_HEADER];
+        for (number, line) in lines.enumerate() {
+            if logged_before(line, progress)
+                .map_err(|problem| Error::bad_input(&path, format!("line {}", number + 2), problem))?
+            {
+                kept.push(line);
+            }
+        }
+        let steps_logged = kept.iter().filter(|line| line.starts_with("step,")).count();
+        write_atomic(&path, (kept.join("\n") + "\n").as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(RunLogger {
+            run: run.clone(),
+            path,
+            writer: BufWriter::new(file),
+            held_out_split: if held_out_is_validation { "validation" } else { "test" },
+            last_epoch: progress.last_epoch,
+            steps_logged,
+        })
     }
 
     /// The last epoch logged (and checkpointed).
@@ -85,6 +117,27 @@ impl TrainingObserver for RunLogger {
         self.run.save_weights(varmap)?;
         self.last_epoch = Some(*r);
         Ok(())
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: &Checkpoint, varmap: &VarMap) -> Result<()> {
+        // the rows first: a resumed run drops the rows past its checkpoint, but cannot make up missing ones
+        self.flush()?;
+        save_checkpoint(&self.run.checkpoint_path(), checkpoint, varmap)
+    }
+}
+
+/// True when the `metrics.csv` row `line` was logged before the checkpoint `progress`: a step row up to its step,
+/// the epoch rows of the epochs it completed. An error for a row that is not one elbo writes.
+fn logged_before(line: &str, progress: &TrainingProgress) -> std::result::Result<bool, String> {
+    let mut cells = line.split(',');
+    let (kind, epoch, step) = (cells.next(), cells.next(), cells.next());
+    let number = |cell: Option<&str>| cell.and_then(|c| c.parse::<usize>().ok()).ok_or("expected a number");
+    let (epoch, step) = (number(epoch)?, number(step)?);
+    match kind {
+        Some("step") => Ok(step <= progress.step),
+        // the epoch in progress is evaluated again when it ends (also one a step limit cut short)
+        Some("epoch") => Ok(epoch < progress.epoch),
+        _ => Err(format!("expected a row of kind `step` or `epoch`, got `{line}`")),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Outputs: the run directory, the metrics log and checkpoints, and image grids (with a tiny font for labels).
 
+pub mod checkpoint_file;
 pub mod font;
 pub mod grid;
 pub mod metrics;
 pub mod pictures;
 pub mod run_dir;
 
+pub use checkpoint_file::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 pub use metrics::RunLogger;
 pub use run_dir::{EpochSummary, Existing, RunConfig, RunDir, RunSummary, BOUND_NOTE, DERIVED_FILES};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use candle_nn::VarMap;
 
-use crate::atomic::{read_json, write_atomic_with, write_json};
+use crate::atomic::{read_json, write_json};
 use crate::data::DataSpec;
 use crate::model::{Vae, VaeConfig};
 use crate::training::{EpochRecord, TrainConfig};
@@ -132,9 +132,10 @@ pub const BOUND_NOTE: &str = "negative ELBO = reconstruction + KL, in nats per e
      (the ELBO is a lower bound on log p(x)), not the likelihood itself";
 
 /// Every file elbo writes into a run directory (besides temporaries): what `--overwrite` removes.
-pub const DERIVED_FILES: [&str; 13] = [
+pub const DERIVED_FILES: [&str; 14] = [
     "config.json",
     "model.safetensors",
+    super::checkpoint_file::CHECKPOINT_FILE,
     "metrics.csv",
     "summary.json",
     "diagnosis.json",
@@ -147,6 +148,11 @@ pub const DERIVED_FILES: [&str; 13] = [
     "interpolation.png",
     "arithmetic.png",
 ];
+
+/// True for the temporary name of an interrupted write: ours (`*.tmp-<pid>`) or safetensors' (`.tmp*`).
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".tmp") || name.contains(".tmp-")
+}
 
 /// The lock file of a run directory, held by the one process that writes the run.
 const LOCK_FILE: &str = ".lock";
@@ -216,16 +222,35 @@ impl RunDir {
         Err(Error::bad_input(&self.root, "run directory", problem))
     }
 
-    /// Removes [`DERIVED_FILES`] and the temporaries of interrupted writes (`*.tmp-*`, safetensors' `.tmp*`).
+    /// Removes [`DERIVED_FILES`] and the temporaries of interrupted writes.
     fn remove_derived_files(&self) -> Result<()> {
-        for name in self.entries()? {
-            let temporary = name.starts_with(".tmp") || name.contains(".tmp-");
-            if temporary || DERIVED_FILES.contains(&name.as_str()) {
-                let path = self.root.join(&name);
-                std::fs::remove_file(&path).map_err(|e| Error::io(path, e))?;
-            }
+        self.remove_files(|name| is_temporary(name) || DERIVED_FILES.contains(&name))
+    }
+
+    /// Removes the files whose names `doomed` picks.
+    fn remove_files(&self, doomed: impl Fn(&str) -> bool) -> Result<()> {
+        for name in self.entries()?.into_iter().filter(|name| doomed(name)) {
+            let path = self.root.join(&name);
+            std::fs::remove_file(&path).map_err(|e| Error::io(path, e))?;
         }
         Ok(())
+    }
+
+    /// Opens a run to continue it: takes its lock, checks that it has a config and a checkpoint, and removes the
+    /// temporaries a killed process left.
+    pub fn resume(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::bad_input(root, "run directory", "does not exist"));
+        }
+        let run = RunDir { root: root.to_path_buf(), _lock: Some(std::sync::Arc::new(lock(root)?)) };
+        for required in [run.config_path(), run.checkpoint_path(), run.metrics_path()] {
+            if !required.is_file() {
+                let problem = format!("{} is missing: nothing to resume from", required.display());
+                return Err(Error::bad_input(root, "run directory", problem));
+            }
+        }
+        run.remove_files(is_temporary)?;
+        Ok(run)
     }
 
     /// Opens an existing run for reading (no lock: readers keep working while a run is written), checking that it
@@ -253,6 +278,11 @@ impl RunDir {
     /// `model.safetensors`.
     pub fn weights_path(&self) -> PathBuf {
         self.root.join("model.safetensors")
+    }
+
+    /// `checkpoint.safetensors`.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.root.join(super::checkpoint_file::CHECKPOINT_FILE)
     }
 
     /// `metrics.csv`.
@@ -287,7 +317,7 @@ impl RunDir {
 
     /// Writes the weights to `model.safetensors`, atomically.
     pub fn save_weights(&self, varmap: &VarMap) -> Result<()> {
-        write_atomic_with(&self.weights_path(), |temporary| varmap.save(temporary).map_err(std::io::Error::other))
+        super::checkpoint_file::save_weights(&self.weights_path(), varmap)
     }
 
     /// Rebuilds the trained model from `config.json` and `model.safetensors`.

@@ -1,5 +1,6 @@
 //! The training settings: everything besides the data and the architecture that decides a run.
 
+use super::checkpoint::CheckpointEvery;
 use super::optimizer::OptimizerConfig;
 use super::step::StepChoice;
 use crate::data::Binarization;
@@ -58,6 +59,10 @@ pub struct TrainConfig {
     /// Which training step computes the gradients: the fused CPU step where it covers the run, or candle's graph.
     #[serde(default)]
     pub step: StepChoice,
+    /// A checkpoint every this many steps or minutes, besides the one at the end of each epoch (which is always
+    /// written). Checkpoints change no number of the run.
+    #[serde(default)]
+    pub checkpoint_every: Option<CheckpointEvery>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +80,7 @@ impl Default for TrainConfig {
             eval_batch_size: 1000,
             max_steps: None,
             step: StepChoice::Auto,
+            checkpoint_every: None,
         }
     }
 }
@@ -111,6 +117,9 @@ impl TrainConfig {
                     "the IWAE objective takes no beta, warm-up, free bits or capacity",
                 ));
             }
+        }
+        if let Some(every) = self.checkpoint_every {
+            every.validate()?;
         }
         if self.max_steps == Some(0) {
             return Err(Error::invalid_setting("max-steps", "must be at least 1"));

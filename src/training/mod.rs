@@ -1,12 +1,14 @@
 //! Training: the settings, the optimisers, the training step (candle's graph, or elbo's fused CPU step), and the
 //! loop that minimises reconstruction + weighted KL.
 
+pub mod checkpoint;
 pub mod config;
 pub mod optimizer;
 pub mod step;
 pub mod trainer;
 
+pub use checkpoint::{Checkpoint, CheckpointEvery, TrainingProgress};
 pub use config::{Objective, TrainConfig};
-pub use optimizer::{Optimizer, OptimizerConfig, UpdatePath};
+pub use optimizer::{Optimizer, OptimizerConfig, OptimizerState, UpdatePath};
 pub use step::{step_plan, StepChoice, StepPath, StepPlan};
-pub use trainer::{train, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};
+pub use trainer::{train, train_from, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};

@@ -1,7 +1,7 @@
 //! Optimisers for the training step: Adam and SGD with momentum, updating candle variables in place.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use std::sync::Mutex;
@@ -55,20 +55,67 @@ enum Moments {
 
 /// One parameter with its optimiser state.
 struct Slot {
+    name: String,
     var: Var,
     moments: Moments,
 }
 
 impl Slot {
-    fn new(var: Var, path: UpdatePath) -> Result<Self> {
+    fn new(name: String, var: Var, path: UpdatePath) -> Result<Self> {
         let fusable = path == UpdatePath::Fused && var.device().is_cpu() && var.dtype() == candle_core::DType::F32;
         let moments = if fusable {
             Moments::Buffers { first: vec![0.0; var.elem_count()], second: vec![0.0; var.elem_count()] }
         } else {
             Moments::Tensors { first: var.zeros_like()?, second: var.zeros_like()? }
         };
-        Ok(Slot { var, moments })
+        Ok(Slot { name, var, moments })
     }
+
+    /// The moments as tensors shaped like the parameter (first, second).
+    fn moments(&self) -> Result<(Tensor, Tensor)> {
+        match &self.moments {
+            Moments::Buffers { first, second } => {
+                let shape = self.var.shape();
+                Ok((Tensor::from_slice(first, shape, &Device::Cpu)?, Tensor::from_slice(second, shape, &Device::Cpu)?))
+            }
+            Moments::Tensors { first, second } => Ok((first.clone(), second.clone())),
+        }
+    }
+
+    /// Replaces the moments with `first` and `second`, which must be shaped like the parameter.
+    fn set_moments(&mut self, first: &Tensor, second: &Tensor) -> Result<()> {
+        for moment in [first, second] {
+            if moment.dims() != self.var.dims() {
+                let problem =
+                    format!("the optimiser state is shaped {:?}, the parameter {:?}", moment.dims(), self.var.dims());
+                return Err(Error::ShapeMismatch(format!("{}: {problem}", self.name)));
+            }
+        }
+        match &mut self.moments {
+            Moments::Buffers { first: first_buffer, second: second_buffer } => {
+                *first_buffer = first.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                *second_buffer = second.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            }
+            Moments::Tensors { first: first_tensor, second: second_tensor } => {
+                *first_tensor = first.to_device(self.var.device())?.to_dtype(self.var.dtype())?;
+                *second_tensor = second.to_device(self.var.device())?.to_dtype(self.var.dtype())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an optimiser carries from one step to the next, to be saved in a checkpoint and restored exactly: the step
+/// count (Adam's bias correction), the learning rate, and each parameter's moments (Adam's first and second; SGD's
+/// velocity as `first`, `second` unused and zero).
+#[derive(Debug, Clone)]
+pub struct OptimizerState {
+    /// Updates taken so far.
+    pub steps: usize,
+    /// The learning rate the next update uses.
+    pub learning_rate: f64,
+    /// Per parameter name: (first moment, second moment), shaped like the parameter.
+    pub moments: Vec<(String, Tensor, Tensor)>,
 }
 
 /// An optimiser over every variable of a model, visited in name order so that updates are reproducible.
@@ -96,7 +143,7 @@ impl Optimizer {
             .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let slots = named.into_iter().map(|(_, var)| Slot::new(var, path)).collect::<Result<Vec<_>>>()?;
+        let slots = named.into_iter().map(|(name, var)| Slot::new(name, var, path)).collect::<Result<Vec<_>>>()?;
         Ok(Optimizer { config, learning_rate, slots, steps: 0 })
     }
 
@@ -108,6 +155,33 @@ impl Optimizer {
     /// Sets the learning rate (for schedules).
     pub fn set_learning_rate(&mut self, learning_rate: f64) {
         self.learning_rate = learning_rate;
+    }
+
+    /// The state to checkpoint.
+    pub fn state(&self) -> Result<OptimizerState> {
+        let moments = self
+            .slots
+            .iter()
+            .map(|slot| slot.moments().map(|(first, second)| (slot.name.clone(), first, second)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OptimizerState { steps: self.steps, learning_rate: self.learning_rate, moments })
+    }
+
+    /// Continues from a checkpointed `state`: it must hold the moments of exactly this optimiser's parameters.
+    pub fn restore(&mut self, state: &OptimizerState) -> Result<()> {
+        let names: Vec<&str> = state.moments.iter().map(|(name, _, _)| name.as_str()).collect();
+        let expected: Vec<&str> = self.slots.iter().map(|slot| slot.name.as_str()).collect();
+        if names != expected {
+            return Err(Error::ShapeMismatch(format!(
+                "the optimiser state is for the parameters {names:?}, the model has {expected:?}"
+            )));
+        }
+        for (slot, (_, first, second)) in self.slots.iter_mut().zip(&state.moments) {
+            slot.set_moments(first, second)?;
+        }
+        self.steps = state.steps;
+        self.learning_rate = state.learning_rate;
+        Ok(())
     }
 
     /// One update of every parameter that has a gradient in `grads`.

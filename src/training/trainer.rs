@@ -10,6 +10,7 @@ use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::checkpoint::{Checkpoint, CheckpointEvery, EpochTotals, StreamPositions, TrainingProgress};
 use super::config::{Objective, TrainConfig};
 use super::optimizer::Optimizer;
 use super::step::{shard_count, step_plan, train_step, Shard, StepContext, StepFigures, StepPlan, TrainStep};
@@ -42,7 +43,7 @@ pub struct StepRecord {
 }
 
 /// Figures at the end of an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     /// Epoch, from 1.
     pub epoch: usize,
@@ -70,7 +71,7 @@ pub trait TrainingObserver {
     fn on_start(&mut self, _plan: &StepPlan) -> Result<()> {
         Ok(())
     }
-    /// Called before the first step of an epoch.
+    /// Called before the first step of an epoch (or the first step after a resume in the middle of one).
     fn on_epoch_start(&mut self, _epoch: usize, _num_batches: usize) -> Result<()> {
         Ok(())
     }
@@ -82,6 +83,12 @@ pub trait TrainingObserver {
     fn on_epoch_end(&mut self, _record: &EpochRecord, _varmap: &VarMap) -> Result<()> {
         Ok(())
     }
+    /// Called at every checkpoint: the end of each epoch (after `on_epoch_end`), every
+    /// [`TrainConfig::checkpoint_every`], and when training stops early. `varmap` holds the weights at that point;
+    /// with `checkpoint`, they continue the run exactly ([`train_from`]).
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint, _varmap: &VarMap) -> Result<()> {
+        Ok(())
+    }
     /// Polled after every step: returning true stops training early (e.g. on Ctrl-C).
     fn should_stop(&self) -> bool {
         false
@@ -91,15 +98,15 @@ pub trait TrainingObserver {
 /// How training ended.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct TrainOutcome {
-    /// Epochs run to the end.
+    /// Epochs run to the end (across resumes).
     pub epochs_completed: usize,
-    /// Optimisation steps taken.
+    /// Optimisation steps taken (across resumes).
     pub steps: usize,
     /// True when an observer asked to stop before the last epoch ended.
     pub interrupted: bool,
     /// The last completed epoch's figures.
     pub last_epoch: Option<EpochRecord>,
-    /// Seconds spent in optimisation steps (evaluation excluded).
+    /// Seconds spent in optimisation steps (evaluation excluded), across resumes.
     pub train_seconds: f64,
     /// Training examples processed per second of `train_seconds`.
     pub examples_per_second: f64,
@@ -122,69 +129,74 @@ pub fn train(
     device: &Device,
     observers: &mut [&mut dyn TrainingObserver],
 ) -> Result<TrainOutcome> {
+    train_from(vae, varmap, splits, config, device, None, observers)
+}
+
+/// Trains as [`train`] does, continuing from `resume` when given: `varmap` must then hold the checkpoint's weights.
+/// Training to N epochs in one go and training to M < N, then resuming to N, give the same numbers bit for bit
+/// (same thread count). A run whose `config.epochs` (or `max_steps`) is already reached does nothing.
+pub fn train_from(
+    vae: &Vae,
+    varmap: &VarMap,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    resume: Option<&Checkpoint>,
+    observers: &mut [&mut dyn TrainingObserver],
+) -> Result<TrainOutcome> {
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
     let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
-    let started = Instant::now();
-    let mut examples_seen = 0usize;
-    let mut outcome = TrainOutcome { plan: Some(loop_state.plan.clone()), ..TrainOutcome::default() };
+    if let Some(checkpoint) = resume {
+        loop_state.restore(checkpoint)?;
+    }
     for observer in observers.iter_mut() {
         observer.on_start(&loop_state.plan)?;
     }
-    for epoch in 1..=config.epochs {
-        let epoch_started = Instant::now();
-        let (totals, end) = loop_state.run_epoch(vae, &splits.train, epoch, device, started, observers)?;
-        let train_estimate = totals.estimate;
-        let epoch_seconds = epoch_started.elapsed().as_secs_f64();
-        outcome.train_seconds += epoch_seconds;
-        outcome.steps = loop_state.step;
-        examples_seen += train_estimate.examples;
+    let clock = Clock { started: Instant::now(), before: loop_state.progress.wall_seconds };
+    let mut interrupted = false;
+    while loop_state.progress.epoch <= config.epochs && !loop_state.step_limit_reached() {
+        let end = loop_state.run_epoch(vae, varmap, &splits.train, device, clock, observers)?;
         if end == EpochEnd::Interrupted {
-            outcome.interrupted = true;
+            loop_state.checkpoint(varmap, clock, observers)?;
+            interrupted = true;
             break;
         }
-        let held_out = evaluate_negative_elbo(
-            vae,
-            &splits.test,
-            config.eval_batch_size,
-            config.binarization,
-            config.seed,
-            device,
-        )?;
-        let record = EpochRecord {
-            epoch,
-            step: loop_state.step,
-            train: train_estimate,
-            train_weighted_kl: totals.weighted_kl(),
-            train_loss: totals.loss_sum / totals.steps.max(1) as f64,
-            held_out,
-            learning_rate: loop_state.optimizer.learning_rate(),
-            wall_seconds: started.elapsed().as_secs_f64(),
-            examples_per_second: train_estimate.examples as f64 / epoch_seconds,
-        };
-        for observer in observers.iter_mut() {
-            observer.on_epoch_end(&record, varmap)?;
+        loop_state.end_epoch(vae, varmap, &splits.test, device, clock, observers)?;
+        if end == EpochEnd::Completed {
+            loop_state.next_epoch();
         }
-        outcome.epochs_completed = epoch;
-        outcome.last_epoch = Some(record);
-        if end == EpochEnd::StepLimit {
-            break;
-        }
+        loop_state.checkpoint(varmap, clock, observers)?;
     }
-    outcome.examples_per_second = examples_seen as f64 / outcome.train_seconds.max(f64::MIN_POSITIVE);
-    Ok(outcome)
+    Ok(loop_state.outcome(interrupted))
 }
 
-/// The state that lives across epochs: optimiser, random streams, step counter.
+/// Seconds of training across resumes: those before this process plus this process's.
+#[derive(Clone, Copy)]
+struct Clock {
+    started: Instant,
+    before: f64,
+}
+
+impl Clock {
+    fn seconds(&self) -> f64 {
+        self.before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// The state that lives across epochs: optimiser, random streams, where the run stands.
 struct LoopState<'a> {
     config: &'a TrainConfig,
     optimizer: Optimizer,
     shuffle_rng: ChaCha8Rng,
     binarize_rng: ChaCha8Rng,
     noise: NoiseSource,
-    step: usize,
+    /// Where the run stands (what a checkpoint stores besides the weights and the optimiser).
+    progress: TrainingProgress,
     dataset_size: usize,
+    /// When the last checkpoint was written, for [`CheckpointEvery::Minutes`].
+    last_checkpoint: Instant,
     /// How each step is computed.
     plan: StepPlan,
     /// The step itself.
@@ -200,44 +212,155 @@ impl<'a> LoopState<'a> {
             shuffle_rng: ChaCha8Rng::seed_from_u64(config.seed ^ SHUFFLE_STREAM),
             binarize_rng: ChaCha8Rng::seed_from_u64(config.seed ^ BINARIZE_STREAM),
             noise: NoiseSource::new(config.seed ^ NOISE_STREAM),
-            step: 0,
+            progress: TrainingProgress { epoch: 1, ..TrainingProgress::default() },
             dataset_size,
+            last_checkpoint: Instant::now(),
             train_step: train_step(plan.path),
             plan,
         })
     }
 
-    /// One pass over the training set (or up to the step limit); returns the epoch's totals and how it ended.
+    /// Continues from `checkpoint`: its optimiser state, stream positions and progress.
+    fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        if checkpoint.progress.epoch == 0 {
+            return Err(Error::invalid_setting("checkpoint", "its epoch must be at least 1"));
+        }
+        self.optimizer.restore(&checkpoint.optimizer)?;
+        let streams = checkpoint.progress.streams;
+        self.shuffle_rng.set_word_pos(streams.shuffle_at_epoch_start);
+        self.noise.set_position(streams.noise);
+        self.binarize_rng.set_word_pos(streams.binarize);
+        self.progress = checkpoint.progress.clone();
+        Ok(())
+    }
+
+    fn step_limit_reached(&self) -> bool {
+        self.config.max_steps.is_some_and(|limit| self.progress.step >= limit)
+    }
+
+    /// The rest of the epoch in progress (all of it, or from where a checkpoint left it), up to the step limit;
+    /// how it ended.
     fn run_epoch(
         &mut self,
         vae: &Vae,
+        varmap: &VarMap,
         train: &Dataset,
-        epoch: usize,
         device: &Device,
-        started: Instant,
+        clock: Clock,
         observers: &mut [&mut dyn TrainingObserver],
-    ) -> Result<(EpochTotals, EpochEnd)> {
+    ) -> Result<EpochEnd> {
+        // the order of the epoch is drawn again from the shuffling stream's position at the epoch's start
+        self.shuffle_rng.set_word_pos(self.progress.streams.shuffle_at_epoch_start);
         let mut batcher = Batcher::shuffled(train, self.config.batch_size, &mut self.shuffle_rng);
+        batcher.skip(self.progress.batches_done);
         for observer in observers.iter_mut() {
-            observer.on_epoch_start(epoch, batcher.num_batches())?;
+            observer.on_epoch_start(self.progress.epoch, batcher.num_batches())?;
         }
-        let mut totals = EpochTotals::default();
+        let mut step_started = Instant::now();
         while let Some((mut values, rows)) = batcher.next_batch() {
             self.config.binarization.apply(&mut values, &mut self.binarize_rng);
             let x = batch_tensor(values, rows, train.shape.dim(), device)?;
-            let record = self.step(vae, &x, epoch, started)?;
-            totals.add(&record, rows);
+            let record = self.step(vae, &x, clock)?;
+            self.progress.batches_done += 1;
+            self.progress.examples_seen += rows;
+            self.progress.totals.add(&record, rows);
+            let seconds = step_started.elapsed().as_secs_f64();
+            self.progress.totals.seconds += seconds;
+            self.progress.train_seconds += seconds;
             for observer in observers.iter_mut() {
                 observer.on_step(&record)?;
             }
             if observers.iter().any(|observer| observer.should_stop()) {
-                return Ok((totals, EpochEnd::Interrupted));
+                return Ok(EpochEnd::Interrupted);
             }
-            if self.config.max_steps.is_some_and(|limit| self.step >= limit) {
-                return Ok((totals, EpochEnd::StepLimit));
+            if self.step_limit_reached() {
+                return Ok(EpochEnd::StepLimit);
             }
+            if self.checkpoint_due() {
+                self.checkpoint(varmap, clock, observers)?;
+            }
+            step_started = Instant::now();
         }
-        Ok((totals, EpochEnd::Completed))
+        Ok(EpochEnd::Completed)
+    }
+
+    /// True when [`TrainConfig::checkpoint_every`] asks for a checkpoint now.
+    fn checkpoint_due(&self) -> bool {
+        match self.config.checkpoint_every {
+            Some(CheckpointEvery::Steps(steps)) => self.progress.step % steps == 0,
+            Some(CheckpointEvery::Minutes(minutes)) => self.last_checkpoint.elapsed().as_secs_f64() >= minutes * 60.0,
+            None => false,
+        }
+    }
+
+    /// Evaluates the model on the held-out set and reports the epoch (whole, or cut short by the step limit).
+    fn end_epoch(
+        &mut self,
+        vae: &Vae,
+        varmap: &VarMap,
+        held_out: &Dataset,
+        device: &Device,
+        clock: Clock,
+        observers: &mut [&mut dyn TrainingObserver],
+    ) -> Result<()> {
+        let config = self.config;
+        let held_out =
+            evaluate_negative_elbo(vae, held_out, config.eval_batch_size, config.binarization, config.seed, device)?;
+        let totals = self.progress.totals;
+        let record = EpochRecord {
+            epoch: self.progress.epoch,
+            step: self.progress.step,
+            train: totals.estimate,
+            train_weighted_kl: totals.weighted_kl(),
+            train_loss: totals.loss(),
+            held_out,
+            learning_rate: self.optimizer.learning_rate(),
+            wall_seconds: clock.seconds(),
+            examples_per_second: totals.estimate.examples as f64 / totals.seconds.max(f64::MIN_POSITIVE),
+        };
+        for observer in observers.iter_mut() {
+            observer.on_epoch_end(&record, varmap)?;
+        }
+        self.progress.last_epoch = Some(record);
+        Ok(())
+    }
+
+    /// Moves to the start of the next epoch.
+    fn next_epoch(&mut self) {
+        self.progress.epoch += 1;
+        self.progress.batches_done = 0;
+        self.progress.totals = EpochTotals::default();
+        self.progress.streams.shuffle_at_epoch_start = self.shuffle_rng.get_word_pos();
+    }
+
+    /// Hands the observers the state that continues the run from here.
+    fn checkpoint(&mut self, varmap: &VarMap, clock: Clock, observers: &mut [&mut dyn TrainingObserver]) -> Result<()> {
+        self.progress.streams = StreamPositions {
+            noise: self.noise.position(),
+            binarize: self.binarize_rng.get_word_pos(),
+            ..self.progress.streams
+        };
+        self.progress.wall_seconds = clock.seconds();
+        let checkpoint = Checkpoint { progress: self.progress.clone(), optimizer: self.optimizer.state()? };
+        for observer in observers.iter_mut() {
+            observer.on_checkpoint(&checkpoint, varmap)?;
+        }
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// How the run ended.
+    fn outcome(&self, interrupted: bool) -> TrainOutcome {
+        let progress = &self.progress;
+        TrainOutcome {
+            epochs_completed: progress.last_epoch.map_or(0, |record| record.epoch),
+            steps: progress.step,
+            interrupted,
+            last_epoch: progress.last_epoch,
+            train_seconds: progress.train_seconds,
+            examples_per_second: progress.examples_seen as f64 / progress.train_seconds.max(f64::MIN_POSITIVE),
+            plan: Some(self.plan.clone()),
+        }
     }
 
     /// One optimisation step on the batch `x`. The batch is split into the plan's shards (each of at least 32
@@ -245,22 +368,22 @@ impl<'a> LoopState<'a> {
     /// and the shards' gradients are summed inside the optimiser: the same gradient as the whole batch's. On 2 cores
     /// this beats splitting every kernel over both threads by about 1.4x (see BENCHMARKS.md): the threads meet twice
     /// per step instead of at every operation, and the elementwise work is split too.
-    fn step(&mut self, vae: &Vae, x: &Tensor, epoch: usize, started: Instant) -> Result<StepRecord> {
-        self.step += 1;
+    fn step(&mut self, vae: &Vae, x: &Tensor, clock: Clock) -> Result<StepRecord> {
+        self.progress.step += 1;
         let shards = self.shards(vae, x)?;
-        let context = StepContext { config: self.config, step: self.step, dataset_size: self.dataset_size };
+        let context = StepContext { config: self.config, step: self.progress.step, dataset_size: self.dataset_size };
         let (figures, grads) = self.train_step.run(vae, &shards, &context)?;
-        self.check_finite(epoch, &figures)?;
+        self.check_finite(&figures)?;
         self.optimizer.step_sharded(&grads)?;
         Ok(StepRecord {
-            epoch,
-            step: self.step,
+            epoch: self.progress.epoch,
+            step: self.progress.step,
             reconstruction: figures.reconstruction,
             kl: figures.kl,
             weighted_kl: figures.weighted_kl,
             loss: figures.loss,
             learning_rate: self.optimizer.learning_rate(),
-            wall_seconds: started.elapsed().as_secs_f64(),
+            wall_seconds: clock.seconds(),
         })
     }
 
@@ -285,10 +408,15 @@ impl<'a> LoopState<'a> {
             .collect()
     }
 
-    fn check_finite(&self, epoch: usize, figures: &StepFigures) -> Result<()> {
+    fn check_finite(&self, figures: &StepFigures) -> Result<()> {
         let terms = [("reconstruction", figures.reconstruction), ("KL", figures.kl), ("loss", figures.loss)];
         match terms.iter().find(|(_, value)| !value.is_finite()) {
-            Some(&(term, value)) => Err(Error::NonFinite { step: self.step, epoch, term: term.to_string(), value }),
+            Some(&(term, value)) => Err(Error::NonFinite {
+                step: self.progress.step,
+                epoch: self.progress.epoch,
+                term: term.to_string(),
+                value,
+            }),
             None => Ok(()),
         }
     }
@@ -303,28 +431,6 @@ enum EpochEnd {
     StepLimit,
     /// An observer asked to stop.
     Interrupted,
-}
-
-/// Sums over an epoch's steps.
-#[derive(Default)]
-struct EpochTotals {
-    estimate: ElboEstimate,
-    weighted_kl_sum: Option<f64>,
-    loss_sum: f64,
-    steps: usize,
-}
-
-impl EpochTotals {
-    fn add(&mut self, record: &StepRecord, rows: usize) {
-        self.estimate.accumulate(rows, record.reconstruction * rows as f64, record.kl * rows as f64);
-        self.weighted_kl_sum = record.weighted_kl.map(|w| self.weighted_kl_sum.unwrap_or(0.0) + w);
-        self.loss_sum += record.loss;
-        self.steps += 1;
-    }
-
-    fn weighted_kl(&self) -> Option<f64> {
-        self.weighted_kl_sum.map(|sum| sum / self.steps.max(1) as f64)
-    }
 }
 
 #[cfg(test)]
@@ -367,7 +473,7 @@ mod tests {
         for batch in 0..2 {
             let values: Vec<f32> = (0..96 * 30).map(|i| ((i * 37 + batch * 11) % 101) as f32 / 100.0).collect();
             let x = Tensor::from_vec(values, (96, 30), &Device::Cpu).unwrap();
-            record = Some(state.step(&vae, &x, 1, Instant::now()).unwrap());
+            record = Some(state.step(&vae, &x, Clock { started: Instant::now(), before: 0.0 }).unwrap());
         }
         let mut named: Vec<(String, Tensor)> =
             varmap.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect();

@@ -1,14 +1,17 @@
-//! `elbo train`: load data, train, and leave a run directory.
+//! `elbo train`: load data, train, and leave a run directory; or repeat a run from its `config.json`
+//! (`--config`), or continue one from its checkpoint (`--resume`).
+
+mod repeat;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
-use elbo::data::{self, DataSpec};
+use clap::{ArgMatches, Args, ValueEnum};
+use elbo::data::{self, DataSpec, Splits};
 use elbo::outputs::{Existing, RunConfig, RunDir};
-use elbo::run::train_run;
-use elbo::training::{OptimizerConfig, StepChoice, TrainConfig};
+use elbo::run::{resume_run, train_run, FinishedRun, ResumeChanges};
+use elbo::training::{CheckpointEvery, OptimizerConfig, StepChoice, TrainConfig};
 
 use super::data_args::{BinarizeMode, DataArgs};
 use super::model_args::ModelArgs;
@@ -68,11 +71,25 @@ pub struct TrainArgs {
     /// No progress bar; one line per epoch only.
     #[arg(long)]
     quiet: bool,
-    /// Replace the run already in --out: remove the files elbo wrote there (config, weights, metrics, summary,
-    /// diagnosis, probe and disentanglement scores, report, pictures, temporaries) first. Without it, a directory
-    /// that is not empty is refused.
+    /// Replace the run already in --out: remove the files elbo wrote there (config, weights, checkpoint, metrics,
+    /// summary, diagnosis, probe and disentanglement scores, report, pictures, temporaries) first. Without it, a
+    /// directory that is not empty is refused.
     #[arg(long)]
     overwrite: bool,
+    /// Besides the checkpoint at the end of every epoch, one every N steps (`500`) or minutes (`10m`).
+    #[arg(long, value_name = "N|Nm")]
+    checkpoint_every: Option<CheckpointEvery>,
+    /// Continue the run in this directory from its last checkpoint, exactly as if it had never stopped (same
+    /// threads, device and settings as its config.json). Takes only --epochs (the total, e.g. more than the run
+    /// had), --max-steps, --checkpoint-every and --quiet; metrics.csv is continued.
+    #[arg(long, value_name = "RUN")]
+    resume: Option<PathBuf>,
+    /// Repeat the run a config.json describes (e.g. RUN/config.json) in a new directory. Flags given with it change
+    /// its fields: --epochs, --max-steps, --batch-size, --lr, --seed, --beta, --free-bits, --latent-dim,
+    /// --activation, --binarize, --step, --threads, --device, --validation-fraction, --checkpoint-every; the other
+    /// settings are edited in the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Optimiser choices.
@@ -85,21 +102,21 @@ enum OptimizerKind {
 }
 
 /// Runs `elbo train`: the exit code is 0 for a completed run, 128 + the signal's number for one a signal stopped
-/// (130 for Ctrl-C, 143 for SIGTERM); a failure is an error.
-pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let threads = super::set_threads(args.threads)?;
-    let device = super::device(&args.device)?;
-    let spec = args.data.spec(args.seed);
-    let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;
-    let config = RunConfig {
-        elbo_version: env!("CARGO_PKG_VERSION").to_string(),
-        model: args.model.config(splits.train.shape)?,
-        training: train_config(&args, splits.train.len()),
-        data: spec,
-        validation_fraction: args.data.validation_fraction,
-        threads,
-        device: args.device.clone(),
+/// (130 for Ctrl-C, 143 for SIGTERM); a failure is an error. `matches` tells the flags given from the defaults.
+pub fn run(args: TrainArgs, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
+    let given = repeat::given_flags(matches);
+    if let Some(dir) = args.resume.clone() {
+        return resume(&args, &given, &dir);
+    }
+    let (config, splits) = match &args.config {
+        Some(file) => {
+            let config = repeat::config_with_flags(file, &args, &given)?;
+            let splits = load_data(&config)?;
+            (config, splits)
+        }
+        None => config_from_flags(&args)?,
     };
+    let device = super::device(&config.device)?;
     config.validate()?;
     config.model.likelihood.check_data(&splits.train)?;
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
@@ -107,13 +124,66 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let run = RunDir::create_with(&out, existing)?;
     print_plan(&config, &splits, &out);
     let mut progress = Progress::new(args.quiet, splits.test_is_validation)?;
-    let finished = train_run(&config, &splits, &run, &device, &mut progress).with_context(|| {
-        format!("training failed; {} keeps metrics.csv and the last completed epoch's model", out.display())
-    })?;
+    let finished = train_run(&config, &splits, &run, &device, &mut progress).with_context(|| failed(&out))?;
+    Ok(finish(&finished, &progress, &out))
+}
+
+/// `elbo train --resume RUN`: continues the run from its checkpoint with its own settings.
+fn resume(args: &TrainArgs, given: &[String], dir: &Path) -> anyhow::Result<ExitCode> {
+    repeat::check_resume_flags(given)?;
+    let run = RunDir::resume(dir)?;
+    let stored = run.load_config()?;
+    super::set_threads(stored.threads)?;
+    let device = super::device(&stored.device)?;
+    let was_given = |id: &str| given.iter().any(|flag| flag == id);
+    let changes = ResumeChanges {
+        epochs: was_given("epochs").then_some(args.epochs),
+        max_steps: was_given("max_steps").then_some(args.max_steps),
+        checkpoint_every: was_given("checkpoint_every").then_some(args.checkpoint_every),
+    };
+    let config = changes.apply(&stored);
+    let splits = load_data(&config)?;
+    print_plan(&config, &splits, dir);
+    println!("resuming from {}", run.checkpoint_path().display());
+    let mut progress = Progress::new(args.quiet, splits.test_is_validation)?;
+    let finished = resume_run(&run, &changes, &splits, &device, &mut progress).with_context(|| failed(dir))?;
+    Ok(finish(&finished, &progress, dir))
+}
+
+/// The context of a failed run's error.
+fn failed(out: &Path) -> String {
+    format!("training failed; {} keeps metrics.csv and the last checkpoint", out.display())
+}
+
+/// The configuration the flags describe, and its data.
+fn config_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, Splits)> {
+    let threads = super::set_threads(args.threads)?;
+    let spec = args.data.spec(args.seed);
+    let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;
+    let config = RunConfig {
+        elbo_version: env!("CARGO_PKG_VERSION").to_string(),
+        model: args.model.config(splits.train.shape)?,
+        training: train_config(args, splits.train.len()),
+        data: spec,
+        validation_fraction: args.data.validation_fraction,
+        threads,
+        device: args.device.clone(),
+    };
+    Ok((config, splits))
+}
+
+/// The data a configuration names.
+fn load_data(config: &RunConfig) -> anyhow::Result<Splits> {
+    data::load(&config.data, config.validation_fraction, config.training.seed).context("loading the data")
+}
+
+/// Prints the diagnosis and the outcome; the exit code: 0 for a completed run, the shell's code for a signal.
+fn finish(finished: &FinishedRun, progress: &Progress, out: &Path) -> ExitCode {
     print!("{}", finished.diagnosis);
     let exit = match progress.interrupted_by() {
         Some(signal) => {
-            println!("interrupted by signal {signal}: weights, metrics and summary of the steps so far are saved");
+            println!("interrupted by signal {signal}: weights, checkpoint, metrics and summary of the steps so far are saved");
+            println!("continue with: elbo train --resume {}", out.display());
             // the shell's convention for a process ended by a signal: 128 + its number (130 SIGINT, 143 SIGTERM)
             ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
         }
@@ -124,10 +194,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         finished.summary.epochs_completed, finished.summary.train_examples_per_second
     );
     println!(
-        "wrote {}/{{config.json, model.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, diagnosis.json, report.html}}",
+        "wrote {}/{{config.json, model.safetensors, checkpoint.safetensors, metrics.csv, summary.json, samples.png, reconstructions.png, diagnosis.json, report.html}}",
         out.display()
     );
-    Ok(exit)
+    exit
 }
 
 fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
@@ -146,6 +216,7 @@ fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
         binarization: args.binarize.to_binarization(args.threshold),
         max_steps: args.max_steps,
         step: args.step,
+        checkpoint_every: args.checkpoint_every,
         ..TrainConfig::default()
     }
 }
