@@ -287,7 +287,7 @@ impl<'a> LoopState<'a> {
     /// True when [`TrainConfig::checkpoint_every`] asks for a checkpoint now.
     fn checkpoint_due(&self) -> bool {
         match self.config.checkpoint_every {
-            Some(CheckpointEvery::Steps(steps)) => self.progress.step % steps == 0,
+            Some(CheckpointEvery::Steps(steps)) => self.progress.step.is_multiple_of(steps),
             Some(CheckpointEvery::Minutes(minutes)) => self.last_checkpoint.elapsed().as_secs_f64() >= minutes * 60.0,
             None => false,
         }
