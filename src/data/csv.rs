@@ -1,4 +1,5 @@
-//! Comma-separated numbers, one example per row, read by hand (no quoting, no other separators).
+//! Comma-separated numbers, one example per row, read with the `csv` crate (RFC 4180 quoting, a UTF-8 byte-order
+//! mark, `\n` or `\r\n` line ends; cells are trimmed).
 //!
 //! - The first non-blank row is a header, and skipped, when none of its cells is a number; a first row that mixes
 //!   numbers and other cells is data, and its cell that is not a number an error.
@@ -15,22 +16,43 @@ use crate::{Error, Result};
 
 /// Loads a CSV file of examples, with class labels taken from `label_column` (0-based) when given.
 pub fn load_csv(path: &Path, label_column: Option<usize>) -> Result<Dataset> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut lines = text.lines().enumerate().map(|(i, line)| (i + 1, line)).filter(|(_, l)| !l.trim().is_empty());
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true) // rows of the wrong width are reported by `Rows`, naming both widths
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
     let mut rows = Rows { path, label_column, first: None, values: Vec::new(), labels: Vec::new() };
-    if let Some((number, line)) = lines.next() {
-        if !is_header(line) {
-            rows.push(number, line)?;
+    let mut record = csv::StringRecord::new();
+    let mut first_row = true;
+    while reader.read_record(&mut record).map_err(|e| csv_error(path, e))? {
+        if record.iter().all(str::is_empty) {
+            continue; // a blank line
         }
+        let number = record.position().map_or(0, |position| position.line() as usize);
+        if std::mem::take(&mut first_row) && is_header(&record) {
+            continue;
+        }
+        rows.push(number, &record)?;
     }
-    lines.try_for_each(|(number, line)| rows.push(number, line))?;
     rows.into_dataset()
 }
 
-/// True when no cell of `line` is a number.
-fn is_header(line: &str) -> bool {
-    line.split(',').all(|cell| cell.trim().parse::<f32>().is_err())
+/// The crate's error as ours: an I/O error, or one naming the line that could not be read.
+fn csv_error(path: &Path, error: csv::Error) -> Error {
+    let line = error.position().map(|position| format!("line {}", position.line()));
+    match error.into_kind() {
+        csv::ErrorKind::Io(error) => Error::io(path, error),
+        csv::ErrorKind::Utf8 { err, .. } => {
+            Error::bad_input(path, line.unwrap_or_else(|| "text".into()), format!("is not UTF-8 text ({err})"))
+        }
+        other => Error::bad_input(path, line.unwrap_or_else(|| "csv".into()), format!("{other:?}")),
+    }
+}
+
+/// True when no cell of the row is a number.
+fn is_header(record: &csv::StringRecord) -> bool {
+    record.iter().all(|cell| cell.parse::<f32>().is_err())
 }
 
 /// The rows read so far.
@@ -45,10 +67,9 @@ struct Rows<'a> {
 
 impl Rows<'_> {
     /// Parses the data row on line `number`.
-    fn push(&mut self, number: usize, line: &str) -> Result<()> {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        self.check_columns(number, cells.len())?;
-        for (column, cell) in cells.into_iter().enumerate() {
+    fn push(&mut self, number: usize, record: &csv::StringRecord) -> Result<()> {
+        self.check_columns(number, record.len())?;
+        for (column, cell) in record.iter().enumerate() {
             if Some(column) == self.label_column {
                 self.labels.push(self.parse_label(number, column, cell)?);
             } else {
@@ -170,6 +191,17 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let message = error_of(&dir, "mixed.csv", "0.5,abc,0.5\n0.1,0.2,0.3\n", None);
         assert!(message.contains("mixed.csv") && message.contains("abc") && message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn quoted_cells_a_byte_order_mark_and_blank_lines_are_read() {
+        let dir = TempDir::new().unwrap();
+        let text = "\u{feff}\"width, cm\",\"label\"\n\n\"0.5\" , 2\r\n  \n\"1e-1\",0\n";
+        let data = load_csv(&write(&dir, "quoted.csv", text), Some(1)).unwrap();
+        assert_eq!(data.values, Values::F32(vec![0.5, 0.1]));
+        assert_eq!(data.labels, Some(vec![2, 0]));
+        let message = error_of(&dir, "lines.csv", "a,b\n\n1,2\n3,x\n", None);
+        assert!(message.contains("lines.csv: line 4, column 2"), "line numbers count blank lines: {message}");
     }
 
     #[test]

@@ -524,6 +524,8 @@ fn image_error(path: &Path, error: image::ImageError) -> Error {
 /// Reads the header of the image at `path`.
 fn probe(path: &Path) -> Result<Header> {
     let mut decoder = reader(path)?.into_decoder().map_err(|e| image_error(path, e))?;
+    // the size in the header bounds the buffers made for the folder: refuse what the decoder would refuse later
+    Limits::default().reserve(decoder.total_bytes()).map_err(|e| image_error(path, e))?;
     let (width, height) = decoder.dimensions();
     let turned = matches!(
         decoder.orientation().unwrap_or(Orientation::NoTransforms),
