@@ -12,6 +12,7 @@ use elbo::evaluation::BoundsConfig;
 use elbo::model::VaeConfig;
 use elbo::training::{StepChoice, TrainConfig};
 
+use super::compute_args::ComputeArgs;
 use super::model_args::ModelArgs;
 
 /// Flags of `elbo bench`.
@@ -58,12 +59,8 @@ pub struct BenchArgs {
     /// (an error where it does not cover the run). The choice and its reason are printed.
     #[arg(long, value_enum, default_value_t = StepChoice::Auto)]
     step: StepChoice,
-    /// Compute threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Device: cpu, cuda or cuda:N (cuda needs the `cuda` build feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -72,8 +69,7 @@ pub struct BenchArgs {
 /// Runs `elbo bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     check_args(&args)?;
-    let threads = super::set_threads(args.threads)?;
-    let device = super::device(&args.device)?;
+    let (threads, device) = args.compute.apply()?;
     let (train, held_out) = bench_data(&args)?;
     let model = args.model.config(train.shape)?;
     model.validate()?;
@@ -84,7 +80,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "model": model.describe(),
         "data": train.source,
         "threads": threads,
-        "device": args.device,
+        "device": args.compute.device.to_string(),
         "matrix_multiply": elbo::kernels::MATMUL_BACKEND,
         "cpu": cpu_model().unwrap_or_else(|| "unknown CPU".into()),
         "simd": elbo::kernels::simd_level().name(),

@@ -29,14 +29,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Compute threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
 }
 
 /// Runs `elbo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    super::set_threads(args.threads)?;
     let (loaded, device) = args.run.open()?;
     let mut dataset = args.input.dataset(&loaded)?;
     if let Some(limit) = args.max_examples {

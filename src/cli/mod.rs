@@ -2,6 +2,7 @@
 
 mod arithmetic;
 mod bench;
+mod compute_args;
 mod data_args;
 mod decode;
 mod diagnose;
@@ -98,18 +99,6 @@ pub fn run() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The compute device named on the command line.
-fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    match name {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        cuda if cuda.starts_with("cuda") => {
-            let ordinal = cuda.strip_prefix("cuda:").map_or(Ok(0), str::parse)?;
-            Ok(candle_core::Device::new_cuda(ordinal)?)
-        }
-        other => anyhow::bail!("unknown device `{other}`: expected `cpu`, `cuda` or `cuda:N`"),
     }
 }
 

@@ -36,8 +36,8 @@ pub struct ModelArgs {
     #[arg(long, value_delimiter = ',')]
     pub decoder_hidden: Option<Vec<usize>>,
     /// Hidden-layer activation.
-    #[arg(long, value_enum, default_value_t = ActivationKind::Relu)]
-    pub activation: ActivationKind,
+    #[arg(long, value_enum, default_value_t = Activation::default())]
+    pub activation: Activation,
 }
 
 /// Likelihood choices.
@@ -71,19 +71,6 @@ pub enum VarianceKind {
     PerDimension,
 }
 
-/// Activation choices.
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum ActivationKind {
-    /// max(x, 0).
-    Relu,
-    /// tanh.
-    Tanh,
-    /// x * sigmoid(x).
-    Silu,
-    /// log(1 + exp(x)).
-    Softplus,
-}
-
 impl ModelArgs {
     /// The architecture for inputs of `input_shape`; an error for convolution flags on an MLP.
     pub fn config(&self, input_shape: ExampleShape) -> anyhow::Result<VaeConfig> {
@@ -103,19 +90,9 @@ impl ModelArgs {
             conv,
             encoder_hidden: hidden,
             decoder_hidden,
-            activation: self.activation(),
+            activation: self.activation,
             likelihood: self.likelihood(),
         })
-    }
-
-    /// The hidden layers' activation (--activation).
-    pub fn activation(&self) -> Activation {
-        match self.activation {
-            ActivationKind::Relu => Activation::Relu,
-            ActivationKind::Tanh => Activation::Tanh,
-            ActivationKind::Silu => Activation::Silu,
-            ActivationKind::Softplus => Activation::Softplus,
-        }
     }
 
     fn likelihood(&self) -> LikelihoodConfig {

@@ -8,21 +8,22 @@ use clap::{Args, ValueEnum};
 use elbo::data::{DataSpec, Dataset, Splits};
 use elbo::latent::{Split, TrainedRun};
 
+use super::compute_args::ComputeArgs;
+
 /// The run to load.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The run directory of a trained model.
     #[arg(long)]
     pub run: PathBuf,
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 impl RunArgs {
-    /// The run with its model loaded, and the device.
+    /// The run with its model loaded, and the device (the thread count set).
     pub fn open(&self) -> anyhow::Result<(TrainedRun, Device)> {
-        let device = super::device(&self.device)?;
+        let (_, device) = self.compute.apply()?;
         let trained = TrainedRun::open(&self.run, &device)?;
         Ok((trained, device))
     }

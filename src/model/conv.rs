@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, VarBuilder};
 
-use super::mlp::Activation;
+use super::activation::Activation;
 use crate::data::ExampleShape;
 use crate::kernels::activation::OutputActivation;
 use crate::kernels::conv::{Conv2dOp, ConvGeometry, ConvLayer};

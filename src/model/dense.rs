@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
-use super::mlp::Activation;
+use super::activation::Activation;
 use crate::kernels::activation::OutputActivation;
 use crate::kernels::{add_to, contiguous_f32, gemm_parallelism, matmul, product, Destination, Operand};
 use crate::Result;

@@ -1,5 +1,6 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
 
+pub mod activation;
 pub mod conv;
 pub mod decoder;
 pub mod dense;
@@ -10,9 +11,9 @@ pub mod likelihood;
 pub mod mlp;
 pub mod vae;
 
+pub use activation::Activation;
 pub use conv::ConvConfig;
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
-pub use mlp::Activation;
 pub(crate) use vae::check_finite;
 pub use vae::{Vae, VaeConfig};

@@ -5,13 +5,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use super::activation::Activation;
 use super::conv::ConvConfig;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::gaussian::DiagonalGaussian;
 use super::init;
 use super::likelihood::{Likelihood, LikelihoodConfig};
-use super::mlp::Activation;
 use crate::data::ExampleShape;
 use crate::{Error, Result};
 

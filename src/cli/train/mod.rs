@@ -13,6 +13,7 @@ use elbo::outputs::{Existing, RunConfig, RunDir};
 use elbo::run::{resume_run, train_run, FinishedRun, ResumeChanges};
 use elbo::training::{CheckpointEvery, OptimizerConfig, StepChoice, TrainConfig};
 
+use super::compute_args::{parse_device, ComputeArgs};
 use super::data_args::{BinarizeMode, DataArgs};
 use super::model_args::ModelArgs;
 use super::objective_args::ObjectiveArgs;
@@ -59,12 +60,8 @@ pub struct TrainArgs {
     /// (an error where it does not cover the run). The choice and its reason are printed.
     #[arg(long, value_enum, default_value_t = StepChoice::Auto)]
     step: StepChoice,
-    /// Compute threads (0 = all cores). Results repeat bit for bit for the same seed and thread count.
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Device: cpu, cuda or cuda:N (cuda needs the `cuda` build feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Run directory (default: runs/<data name>-<n>, the first free n).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -116,7 +113,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         }
         None => config_from_flags(&args)?,
     };
-    let device = super::device(&config.device)?;
+    let device = parse_device(&config.device).map_err(anyhow::Error::msg)?.open()?;
     config.validate()?;
     config.model.likelihood.check_data(&splits.train)?;
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.data));
@@ -134,7 +131,7 @@ fn resume(args: &TrainArgs, given: &[String], dir: &Path) -> anyhow::Result<Exit
     let run = RunDir::resume(dir)?;
     let stored = run.load_config()?;
     super::set_threads(stored.threads)?;
-    let device = super::device(&stored.device)?;
+    let device = parse_device(&stored.device).map_err(anyhow::Error::msg)?.open()?;
     let was_given = |id: &str| given.iter().any(|flag| flag == id);
     let changes = ResumeChanges {
         epochs: was_given("epochs").then_some(args.epochs),
@@ -157,7 +154,7 @@ fn failed(out: &Path) -> String {
 
 /// The configuration the flags describe, and its data.
 fn config_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, Splits)> {
-    let threads = super::set_threads(args.threads)?;
+    let threads = super::set_threads(args.compute.threads)?;
     let spec = args.data.spec(args.seed);
     let splits = data::load(&spec, args.data.validation_fraction, args.seed).context("loading the data")?;
     let config = RunConfig {
@@ -167,7 +164,7 @@ fn config_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, Splits)> {
         data: spec,
         validation_fraction: args.data.validation_fraction,
         threads,
-        device: args.device.clone(),
+        device: args.compute.device.to_string(),
     };
     Ok((config, splits))
 }
