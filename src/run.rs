@@ -4,14 +4,14 @@
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 
-use crate::atomic::write_json;
 use crate::data::{binarized, Dataset, Splits};
 use crate::evaluation::disentanglement::{compute_metrics, MetricsConfig, MetricsReport, Representation};
 use crate::evaluation::sprite_codes::sprite_factor_space;
-use crate::evaluation::{diagnose, read_curves, Diagnosis};
+use crate::evaluation::{diagnose, Diagnosis};
 use crate::model::Vae;
+use crate::outputs::metrics::{curves_of, read_metrics};
 use crate::outputs::pictures::{save_reconstruction_grid, save_sample_grid};
-use crate::outputs::{load_checkpoint, EpochSummary, RunConfig, RunDir, RunLogger, RunSummary, BOUND_NOTE};
+use crate::outputs::{load_checkpoint, EpochSummary, RunConfig, RunDir, RunFile, RunLogger, RunSummary, BOUND_NOTE};
 use crate::report::write_report;
 use crate::training::{train_from, Checkpoint, CheckpointEvery, TrainOutcome, TrainingObserver, TrainingProgress};
 use crate::{Error, Result};
@@ -144,8 +144,8 @@ fn complete_run(
             }
             let summary = summary_of(&outcome, held_out_split);
             run.save_summary(&summary)?;
-            save_sample_grid(&vae, &run.file("samples.png"), GRID_IMAGES, 1.0, config.training.seed, device)?;
-            save_reconstruction_grid(&vae, &splits.test, &run.file("reconstructions.png"), GRID_IMAGES / 2, device)?;
+            save_sample_grid(&vae, &run.path(RunFile::Samples), GRID_IMAGES, 1.0, config.training.seed, device)?;
+            save_reconstruction_grid(&vae, &splits.test, &run.path(RunFile::Reconstructions), GRID_IMAGES / 2, device)?;
             let held_out = binarized(&splits.test, config.training.binarization, config.training.seed);
             let diagnosis = diagnose_run(&vae, run, &held_out, DIAGNOSIS_EXAMPLES, config.training.seed, device)?;
             write_report(run, &vae, splits, device)?;
@@ -189,14 +189,11 @@ pub fn diagnose_run(
     seed: u64,
     device: &Device,
 ) -> Result<Diagnosis> {
-    let curves = read_curves(&run.metrics_path())?.read();
+    let curves = curves_of(&read_metrics(&run.metrics_path())?).read();
     let diagnosis = diagnose(vae, dataset, max_examples, seed, device)?.with_curves(curves);
-    write_json(&run.file("diagnosis.json"), &diagnosis)?;
+    run.write(RunFile::Diagnosis, &diagnosis)?;
     Ok(diagnosis)
 }
-
-/// The file `elbo metrics` writes into the run directory.
-pub const DISENTANGLEMENT_FILE: &str = "disentanglement.json";
 
 /// Computes the disentanglement metrics of the sprites' `representation` (e.g.
 /// [`crate::evaluation::sprite_codes::SpriteCodes`] of a trained model)
@@ -207,6 +204,6 @@ pub fn disentanglement_run(
     config: &MetricsConfig,
 ) -> Result<MetricsReport> {
     let report = compute_metrics(&sprite_factor_space(), representation, config)?;
-    write_json(&run.file(DISENTANGLEMENT_FILE), &report)?;
+    run.write(RunFile::Disentanglement, &report)?;
     Ok(report)
 }

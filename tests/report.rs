@@ -59,7 +59,7 @@ fn training_writes_a_self_contained_report_with_every_section() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(&dir.path().join("run")).unwrap();
     let (finished, splits) = train(&run);
-    let html = std::fs::read_to_string(run.file("report.html")).expect("train_run writes report.html");
+    let html = std::fs::read_to_string(run.path(elbo::outputs::RunFile::Report)).expect("train_run writes report.html");
     assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
     assert_eq!(external_references(&html), Vec::<String>::new(), "the page must not reach outside itself");
     for id in ["figures", "curves", "latent", "pictures", "probe", "configuration"] {
@@ -73,19 +73,19 @@ fn training_writes_a_self_contained_report_with_every_section() {
     let held_out = format!("{:.3}", finished.summary.last_epoch.unwrap().held_out_negative_elbo);
     assert!(html.contains(&held_out), "the final held-out figure {held_out} is shown");
 
-    std::fs::remove_file(run.file("diagnosis.json")).unwrap();
+    std::fs::remove_file(run.path(elbo::outputs::RunFile::Diagnosis)).unwrap();
     write_report(&run, &finished.vae, &splits, &Device::Cpu).unwrap();
-    let html = std::fs::read_to_string(run.file("report.html")).unwrap();
+    let html = std::fs::read_to_string(run.path(elbo::outputs::RunFile::Report)).unwrap();
     assert!(html.contains("not available (this run has no diagnosis.json)"));
 
     let diagnosis = r#"{"per_dimension": [{"dimension": 0, "kl": 1.0, "activity": 0.5, "active": true},
         {"dimension": 1, "kl": 0.0, "activity": 0.0, "active": false}, {"dimension": 2, "kl": 0.2, "activity": 0.1, "active": true},
         {"dimension": 3, "kl": 0.0, "activity": 0.0, "active": false}], "active_units": 2, "mutual_information": 1.75,
         "verdict": "partial collapse", "reasons": ["2 of 4 dimensions inactive"], "extra": {"ignored": true}}"#;
-    std::fs::write(run.file("diagnosis.json"), diagnosis).unwrap();
+    std::fs::write(run.path(elbo::outputs::RunFile::Diagnosis), diagnosis).unwrap();
     add_weighted_kl(&run);
     write_report(&run, &finished.vae, &splits, &Device::Cpu).unwrap();
-    let html = std::fs::read_to_string(run.file("report.html")).unwrap();
+    let html = std::fs::read_to_string(run.path(elbo::outputs::RunFile::Report)).unwrap();
     for text in [
         "<td>partial collapse</td>",
         "1.7500",
@@ -125,11 +125,11 @@ fn a_missing_or_broken_run_file_is_reported_in_the_page_or_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(&dir.path().join("run")).unwrap();
     let (finished, splits) = train(&run);
-    std::fs::write(run.file("diagnosis.json"), "{not json").unwrap();
+    std::fs::write(run.path(elbo::outputs::RunFile::Diagnosis), "{not json").unwrap();
     std::fs::write(run.metrics_path(), "epoch,split\n").unwrap();
-    std::fs::remove_file(run.file("samples.png")).unwrap();
+    std::fs::remove_file(run.path(elbo::outputs::RunFile::Samples)).unwrap();
     write_report(&run, &finished.vae, &splits, &Device::Cpu).unwrap();
-    let html = std::fs::read_to_string(run.file("report.html")).unwrap();
+    let html = std::fs::read_to_string(run.path(elbo::outputs::RunFile::Report)).unwrap();
     assert!(html.contains("diagnosis.json: line 1 column 2"), "the broken diagnosis is named");
     assert!(html.contains("metrics.csv: header") && html.contains("`kind`"), "the broken metrics are named");
     assert!(html.contains("samples.png is missing"));

@@ -229,9 +229,9 @@ fn a_completed_run_leaves_a_readable_run_directory() {
         serde_json::from_str(&std::fs::read_to_string(run.summary_path()).unwrap()).unwrap();
     assert_eq!(summary["status"], "completed");
     assert!(summary["note"].as_str().unwrap().contains("lower bound"));
-    for picture in ["samples.png", "reconstructions.png"] {
-        let image = image::open(run.file(picture)).unwrap();
-        assert!(image.width() > 16 && image.height() > 4, "{picture}");
+    for picture in [elbo::outputs::RunFile::Samples, elbo::outputs::RunFile::Reconstructions] {
+        let image = image::open(run.path(picture)).unwrap();
+        assert!(image.width() > 16 && image.height() > 4, "{picture:?}");
     }
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -46,7 +46,7 @@ pub fn run(args: ArithmeticArgs) -> anyhow::Result<()> {
     let result =
         latent_arithmetic(&trained.vae, &dataset, &labels, (from, to), args.n, trained.eval_batch_size(), &device)?;
     let names = (label_name(&dataset, &choice, from), label_name(&dataset, &choice, to));
-    let out = args.out.unwrap_or_else(|| trained.run.file("arithmetic.png"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Arithmetic));
     save_png(&arithmetic_grid(&result, &dataset.shape, (&names.0, &names.1))?, &out)?;
     let norm = result.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
     println!(

@@ -34,7 +34,7 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&diagnosis)?);
     } else {
         print!("{diagnosis}");
-        println!("wrote {}", loaded.run.file("diagnosis.json").display());
+        println!("wrote {}", loaded.run.path(elbo::outputs::RunFile::Diagnosis).display());
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn run(args: InterpolateArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
     let path = interpolate(&trained.vae, &dataset, (args.from, args.to), args.steps, args.spherical, &device)?;
-    let out = args.out.unwrap_or_else(|| trained.run.file("interpolation.png"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Interpolation));
     save_png(&interpolation_grid(&path, &dataset.shape, args.spherical)?, &out)?;
     println!(
         "wrote {} (example {} on the left, example {} on the right, {} {} points decoded between their codes)",

@@ -56,7 +56,7 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
     print_report(&report);
     let splits = loaded.splits(None)?;
     let page = write_report(&loaded.run, &loaded.vae, &splits, &device)?;
-    println!("wrote {} and {}", loaded.run.file(elbo::run::DISENTANGLEMENT_FILE).display(), page.display());
+    println!("wrote {} and {}", loaded.run.path(elbo::outputs::RunFile::Disentanglement).display(), page.display());
     Ok(())
 }
 

@@ -59,7 +59,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     line("raw inputs", &report.raw);
     line("random projection", &report.random_projection);
     println!("{:<28} {:>5} {:>9} {:>8.2}%", "most common class (chance)", "-", "-", 100.0 * report.chance);
-    let out = args.out.unwrap_or_else(|| trained.run.file("probe.json"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Probe));
     write_json(&out, &report)?;
     println!("wrote {}", out.display());
     Ok(())

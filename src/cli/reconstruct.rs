@@ -27,7 +27,7 @@ pub struct ReconstructArgs {
 pub fn run(args: ReconstructArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
-    let out = args.out.unwrap_or_else(|| trained.run.file("reconstructions.png"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Reconstructions));
     save_reconstruction_grid(&trained.vae, &dataset, &out, args.n, &device)
         .with_context(|| format!("reconstructing {}", dataset.source))?;
     println!("wrote {} ({} inputs above their reconstructions from z = mu)", out.display(), args.n.min(dataset.len()));

@@ -29,7 +29,7 @@ pub struct SampleArgs {
 /// Runs `elbo sample`.
 pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let (trained, device) = args.run.open()?;
-    let out = args.out.unwrap_or_else(|| trained.run.file("samples.png"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Samples));
     save_sample_grid(&trained.vae, &out, args.n, args.temperature, args.seed, &device)?;
     println!("wrote {} ({} prior samples, temperature {})", out.display(), args.n, args.temperature);
     Ok(())

@@ -44,7 +44,7 @@ pub fn run(args: TraverseArgs) -> anyhow::Result<()> {
         steps: args.steps,
     };
     let traversal = traverse(&trained.vae, &dataset, &settings, trained.eval_batch_size(), &device)?;
-    let out = args.out.unwrap_or_else(|| trained.run.file("traversal.png"));
+    let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Traversal));
     save_png(&traversal_grid(&traversal, &dataset.shape)?, &out)?;
     println!("rows, highest KL first (mean KL per dimension over {}):", dataset.source);
     for row in &traversal.rows {

@@ -2,11 +2,6 @@
 //! warns of posterior collapse; a reconstruction that does not fall means the decoder is failing to use the
 //! latent; both shrinking is healthy.
 
-use std::collections::HashMap;
-use std::path::Path;
-
-use crate::{Error, Result};
-
 /// Below this mean KL (nats per example) the KL counts as near zero: over the first tenth of the steps (collapse
 /// risk) or at the end (the decoder fits x without z).
 pub const EARLY_KL_NEAR_ZERO: f64 = 0.1;
@@ -35,39 +30,6 @@ pub struct Curves {
     pub steps: Vec<(f64, f64)>,
     /// (reconstruction, raw KL) of each epoch's training means, in order.
     pub epochs: Vec<(f64, f64)>,
-}
-
-/// Reads the training rows of a `metrics.csv`, by column name.
-pub fn read_curves(path: &Path) -> Result<Curves> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines();
-    let header: HashMap<&str, usize> =
-        lines.next().unwrap_or_default().split(',').enumerate().map(|(i, n)| (n, i)).collect();
-    let column = |name: &str| {
-        header.get(name).copied().ok_or_else(|| Error::bad_input(path, "header", format!("no `{name}` column")))
-    };
-    let (kind, split, reconstruction, kl) =
-        (column("kind")?, column("split")?, column("reconstruction")?, column("kl")?);
-    let mut curves = Curves::default();
-    for (number, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        if cells.get(split) != Some(&"train") {
-            continue;
-        }
-        let value = |index: usize| -> Result<f64> {
-            let problem = || {
-                Error::bad_input(path, format!("line {}", number + 2), "expected a number for reconstruction and kl")
-            };
-            cells.get(index).and_then(|c| c.parse().ok()).ok_or_else(problem)
-        };
-        let pair = (value(reconstruction)?, value(kl)?);
-        match cells.get(kind) {
-            Some(&"step") => curves.steps.push(pair),
-            Some(&"epoch") => curves.epochs.push(pair),
-            _ => {}
-        }
-    }
-    Ok(curves)
 }
 
 impl Curves {
@@ -159,17 +121,5 @@ mod tests {
         let reading = curves(vec![(150.0, 10.0); 40], epochs);
         assert!(reading.both_shrinking && !reading.reconstruction_stuck && !reading.kl_near_zero_early);
         assert!(reading.notes.iter().any(|n| n.contains("100.000 -> 95.000") && n.contains("healthy")));
-    }
-
-    #[test]
-    fn metrics_are_read_by_column_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metrics.csv");
-        let text = "split,kind,kl,reconstruction\ntrain,step,0.5,10\ntest,epoch,9,9\ntrain,epoch,0.5,10\n";
-        std::fs::write(&path, text).unwrap();
-        let read = read_curves(&path).unwrap();
-        assert_eq!((read.steps, read.epochs), (vec![(10.0, 0.5)], vec![(10.0, 0.5)]));
-        std::fs::write(&path, "kind,split,kl\n").unwrap();
-        assert!(read_curves(&path).unwrap_err().to_string().contains("reconstruction"));
     }
 }

@@ -11,7 +11,7 @@ pub mod sprite_codes;
 pub mod statistics;
 
 pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};
-pub use curves::{read_curves, CurveReading, Curves};
+pub use curves::{CurveReading, Curves};
 pub use diagnosis::{diagnose, Diagnosis, LatentUse, Verdict};
 pub use elbo::{evaluate_negative_elbo, ElboEstimate};
 pub use posterior_stats::DimensionStats;

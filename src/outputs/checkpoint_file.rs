@@ -15,9 +15,6 @@ use crate::model::check_finite;
 use crate::training::{Checkpoint, OptimizerState, TrainingProgress};
 use crate::{Error, Result};
 
-/// The checkpoint's file name inside a run directory.
-pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-
 /// The format tag in the metadata; a later layout gets a new tag.
 const FORMAT: &str = "elbo-checkpoint/1";
 /// The metadata key of the JSON record.

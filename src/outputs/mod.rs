@@ -7,6 +7,6 @@ pub mod metrics;
 pub mod pictures;
 pub mod run_dir;
 
-pub use checkpoint_file::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
+pub use checkpoint_file::{load_checkpoint, save_checkpoint};
 pub use metrics::RunLogger;
-pub use run_dir::{EpochSummary, Existing, RunConfig, RunDir, RunSummary, BOUND_NOTE, DERIVED_FILES};
+pub use run_dir::{EpochSummary, Existing, RunConfig, RunDir, RunFile, RunSummary, BOUND_NOTE};

@@ -131,23 +131,78 @@ fn lock(root: &Path) -> Result<std::fs::File> {
 pub const BOUND_NOTE: &str = "negative ELBO = reconstruction + KL, in nats per example: an upper bound on -log p(x) \
      (the ELBO is a lower bound on log p(x)), not the likelihood itself";
 
-/// Every file elbo writes into a run directory (besides temporaries): what `--overwrite` removes.
-pub const DERIVED_FILES: [&str; 14] = [
-    "config.json",
-    "model.safetensors",
-    super::checkpoint_file::CHECKPOINT_FILE,
-    "metrics.csv",
-    "summary.json",
-    "diagnosis.json",
-    "samples.png",
-    "reconstructions.png",
-    "report.html",
-    "probe.json",
-    "disentanglement.json",
-    "traversal.png",
-    "interpolation.png",
-    "arithmetic.png",
-];
+/// Every file elbo writes into a run directory (besides temporaries and the lock): the one list of their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFile {
+    /// `config.json`: the run's settings ([`RunConfig`]).
+    Config,
+    /// `model.safetensors`: the weights, under the model's names.
+    Weights,
+    /// `checkpoint.safetensors`: weights, optimiser state and progress, to resume.
+    Checkpoint,
+    /// `metrics.csv`: a row per step and two per epoch.
+    Metrics,
+    /// `summary.json`: the final figures ([`RunSummary`]).
+    Summary,
+    /// `diagnosis.json`: is the latent used? ([`crate::evaluation::Diagnosis`]).
+    Diagnosis,
+    /// `samples.png`: decoded draws from the prior.
+    Samples,
+    /// `reconstructions.png`: held-out inputs above their reconstructions.
+    Reconstructions,
+    /// `report.html`: the run's report page.
+    Report,
+    /// `probe.json`: the linear probe's scores ([`crate::latent::probe::ProbeReport`]), written by `elbo probe`.
+    Probe,
+    /// `disentanglement.json`: the disentanglement metrics ([`crate::evaluation::disentanglement::MetricsReport`]), written by `elbo metrics`.
+    Disentanglement,
+    /// `traversal.png`, written by `elbo traverse`.
+    Traversal,
+    /// `interpolation.png`, written by `elbo interpolate`.
+    Interpolation,
+    /// `arithmetic.png`, written by `elbo arithmetic`.
+    Arithmetic,
+}
+
+impl RunFile {
+    /// Every file, in the order a run writes them.
+    pub const ALL: [RunFile; 14] = [
+        RunFile::Config,
+        RunFile::Weights,
+        RunFile::Checkpoint,
+        RunFile::Metrics,
+        RunFile::Summary,
+        RunFile::Diagnosis,
+        RunFile::Samples,
+        RunFile::Reconstructions,
+        RunFile::Report,
+        RunFile::Probe,
+        RunFile::Disentanglement,
+        RunFile::Traversal,
+        RunFile::Interpolation,
+        RunFile::Arithmetic,
+    ];
+
+    /// The file's name inside the run directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunFile::Config => "config.json",
+            RunFile::Weights => "model.safetensors",
+            RunFile::Checkpoint => "checkpoint.safetensors",
+            RunFile::Metrics => "metrics.csv",
+            RunFile::Summary => "summary.json",
+            RunFile::Diagnosis => "diagnosis.json",
+            RunFile::Samples => "samples.png",
+            RunFile::Reconstructions => "reconstructions.png",
+            RunFile::Report => "report.html",
+            RunFile::Probe => "probe.json",
+            RunFile::Disentanglement => "disentanglement.json",
+            RunFile::Traversal => "traversal.png",
+            RunFile::Interpolation => "interpolation.png",
+            RunFile::Arithmetic => "arithmetic.png",
+        }
+    }
+}
 
 /// True for the temporary name of an interrupted write: ours (`*.tmp-<pid>`) or safetensors' (`.tmp*`).
 fn is_temporary(name: &str) -> bool {
@@ -171,7 +226,7 @@ pub struct RunDir {
 pub enum Existing {
     /// Refuse a directory that holds any file (the lock file aside).
     Refuse,
-    /// Remove the files elbo derives ([`DERIVED_FILES`] and stray temporaries) first; other files stay.
+    /// Remove the files elbo derives (every [`RunFile`] and stray temporaries) first; other files stay.
     Overwrite,
 }
 
@@ -222,9 +277,9 @@ impl RunDir {
         Err(Error::bad_input(&self.root, "run directory", problem))
     }
 
-    /// Removes [`DERIVED_FILES`] and the temporaries of interrupted writes.
+    /// Removes every [`RunFile`] and the temporaries of interrupted writes.
     fn remove_derived_files(&self) -> Result<()> {
-        self.remove_files(|name| is_temporary(name) || DERIVED_FILES.contains(&name))
+        self.remove_files(|name| is_temporary(name) || RunFile::ALL.iter().any(|file| file.name() == name))
     }
 
     /// Removes the files whose names `doomed` picks.
@@ -270,34 +325,50 @@ impl RunDir {
         &self.root
     }
 
+    /// The path of `file` in this run.
+    pub fn path(&self, file: RunFile) -> PathBuf {
+        self.root.join(file.name())
+    }
+
     /// `config.json`.
     pub fn config_path(&self) -> PathBuf {
-        self.root.join("config.json")
+        self.path(RunFile::Config)
     }
 
     /// `model.safetensors`.
     pub fn weights_path(&self) -> PathBuf {
-        self.root.join("model.safetensors")
+        self.path(RunFile::Weights)
     }
 
     /// `checkpoint.safetensors`.
     pub fn checkpoint_path(&self) -> PathBuf {
-        self.root.join(super::checkpoint_file::CHECKPOINT_FILE)
+        self.path(RunFile::Checkpoint)
     }
 
     /// `metrics.csv`.
     pub fn metrics_path(&self) -> PathBuf {
-        self.root.join("metrics.csv")
+        self.path(RunFile::Metrics)
     }
 
     /// `summary.json`.
     pub fn summary_path(&self) -> PathBuf {
-        self.root.join("summary.json")
+        self.path(RunFile::Summary)
     }
 
-    /// A file named `name` inside the run.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// Reads `file` as JSON when the run has it: `None` when it does not, an error naming it when it cannot be read.
+    pub fn read_optional<T: serde::de::DeserializeOwned>(&self, file: RunFile) -> Option<Result<T>> {
+        let path = self.path(file);
+        path.is_file().then(|| read_json(&path))
+    }
+
+    /// Writes `value` as the JSON `file` (e.g. [`RunFile::Diagnosis`]), atomically.
+    pub fn write<T: serde::Serialize>(&self, file: RunFile, value: &T) -> Result<()> {
+        write_json(&self.path(file), value)
+    }
+
+    /// Reads `summary.json`.
+    pub fn load_summary(&self) -> Result<RunSummary> {
+        read_json(&self.summary_path())
     }
 
     /// Writes `config.json`.

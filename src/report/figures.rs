@@ -2,11 +2,9 @@
 //! `probe.json` when `elbo probe` has written one, and the configuration.
 
 use super::html::{escape, note, section, table};
-use crate::atomic::read_json;
 use crate::evaluation::disentanglement::MetricsReport;
 use crate::latent::probe::ProbeReport;
-use crate::outputs::{RunConfig, RunDir, RunSummary};
-use crate::run::DISENTANGLEMENT_FILE;
+use crate::outputs::{RunConfig, RunDir, RunFile, RunSummary};
 use crate::Result;
 
 /// The sentence that says what the ELBO is.
@@ -16,7 +14,7 @@ const BOUND: &str = "The ELBO = -(reconstruction + KL) is a lower bound on log p
 
 /// The final-figures section, from `summary.json`.
 pub fn summary_section(run: &RunDir) -> String {
-    let body = match read_json::<RunSummary>(&run.summary_path()) {
+    let body = match run.load_summary() {
         Ok(summary) => summary_html(&summary),
         Err(error) => note(&format!("Final figures not available: {error}")),
     };
@@ -63,22 +61,16 @@ pub fn probe_section(run: &RunDir) -> String {
         "Not measured yet: `elbo probe --run {}` fits a linear classifier on the codes and writes probe.json.",
         run.root().display()
     );
-    let body = from_json(&run.file("probe.json"), &missing, probe_html);
+    let body = from_json(run.read_optional(RunFile::Probe), &missing, probe_html);
     section("probe", "Representation quality: linear probe", &body)
 }
 
-/// `render` of the JSON file at `path`, or the note `missing` when there is no such file, or the reading error.
-fn from_json<T: serde::de::DeserializeOwned>(
-    path: &std::path::Path,
-    missing: &str,
-    render: fn(&T) -> String,
-) -> String {
-    if !path.is_file() {
-        return note(missing);
-    }
-    match read_json::<T>(path) {
-        Ok(report) => render(&report),
-        Err(error) => note(&format!("Not available: {error}")),
+/// `render` of a JSON file `read` from the run, or the note `missing` when there is no such file, or the error.
+fn from_json<T>(read: Option<Result<T>>, missing: &str, render: fn(&T) -> String) -> String {
+    match read {
+        None => note(missing),
+        Some(Ok(report)) => render(&report),
+        Some(Err(error)) => note(&format!("Not available: {error}")),
     }
 }
 
@@ -104,10 +96,11 @@ fn probe_html(report: &ProbeReport) -> String {
 pub fn disentanglement_section(run: &RunDir) -> String {
     let missing = format!(
         "Not measured: for a model of the sprites, `elbo metrics --run {}` computes the beta-VAE and FactorVAE scores, \
-         MIG and DCI and writes {DISENTANGLEMENT_FILE}.",
-        run.root().display()
+         MIG and DCI and writes {}.",
+        run.root().display(),
+        RunFile::Disentanglement.name()
     );
-    let body = from_json(&run.file(DISENTANGLEMENT_FILE), &missing, disentanglement_html);
+    let body = from_json(run.read_optional(RunFile::Disentanglement), &missing, disentanglement_html);
     section("disentanglement", "Disentanglement metrics", &body)
 }
 

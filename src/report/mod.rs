@@ -6,7 +6,6 @@ pub mod curves;
 pub mod figures;
 pub mod html;
 pub mod latent_use;
-pub mod metrics;
 pub mod pictures;
 pub mod plots;
 
@@ -14,22 +13,18 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
-use crate::atomic::{read_json, write_atomic};
+use crate::atomic::write_atomic;
 use crate::data::Splits;
 use crate::latent::encode_dataset;
 use crate::model::Vae;
-use crate::outputs::RunDir;
+use crate::outputs::metrics::read_metrics;
+use crate::outputs::{RunDir, RunFile};
 use crate::Result;
-
-use self::metrics::MetricsTable;
-
-/// The report's file name inside the run directory.
-pub const REPORT_FILE: &str = "report.html";
 
 /// Builds the report of `run` for the trained `vae` (latent usage and pictures from `splits.test`) and writes it to
 /// `report.html` in the run directory, atomically. Returns its path.
 pub fn write_report(run: &RunDir, vae: &Vae, splits: &Splits, device: &Device) -> Result<PathBuf> {
-    let path = run.file(REPORT_FILE);
+    let path = run.path(RunFile::Report);
     write_atomic(&path, report_html(run, vae, splits, device)?.as_bytes())?;
     Ok(path)
 }
@@ -41,11 +36,10 @@ pub fn report_html(run: &RunDir, vae: &Vae, splits: &Splits, device: &Device) ->
     let encodings = encode_dataset(vae, held_out, config.training.eval_batch_size, device)?;
     let kl = encodings.mean_kl_per_dimension()?;
     let data = format!("the {} held-out examples of {}", held_out.len(), held_out.source);
-    let diagnosis_path = run.file("diagnosis.json");
-    let diagnosis = diagnosis_path.is_file().then(|| read_json(&diagnosis_path));
+    let diagnosis = run.read_optional(RunFile::Diagnosis);
     let sections = [
         figures::summary_section(run),
-        curves::curves_section(MetricsTable::read(&run.metrics_path()))?,
+        curves::curves_section(read_metrics(&run.metrics_path()))?,
         latent_use::latent_section(&kl, &data, diagnosis)?,
         pictures::pictures_section(run, vae, held_out, &encodings, device)?,
         figures::probe_section(run),

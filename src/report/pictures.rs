@@ -14,7 +14,7 @@ use crate::latent::traverse::{order_by_kl, traverse_encodings, Dimensions, Trave
 use crate::latent::Encodings;
 use crate::model::Vae;
 use crate::outputs::grid::display_shape;
-use crate::outputs::RunDir;
+use crate::outputs::{RunDir, RunFile};
 use crate::{Error, Result};
 
 /// At most this many dimensions (the highest-KL ones) are traversed in the report.
@@ -31,10 +31,10 @@ pub fn pictures_section(
     let scale = display_scale(display_shape(&held_out.shape).height as u32);
     let mut body = String::new();
     let samples = "Samples: decoded draws z ~ N(0, I) from the prior.";
-    body.push_str(&saved_picture(&run.file("samples.png"), scale, samples)?);
+    body.push_str(&saved_picture(&run.path(RunFile::Samples), scale, samples)?);
     let reconstructions =
         "Reconstructions: held-out inputs (odd rows) above their reconstructions from z = mu (even rows).";
-    body.push_str(&saved_picture(&run.file("reconstructions.png"), scale, reconstructions)?);
+    body.push_str(&saved_picture(&run.path(RunFile::Reconstructions), scale, reconstructions)?);
     body.push_str(&traversal_html(vae, held_out, encodings, scale, device)?);
     body.push_str(&interpolation_html(vae, held_out, scale, device)?);
     Ok(section("pictures", "Samples, reconstructions, traversal, interpolation", &body))
