@@ -121,9 +121,18 @@ impl MetricsRow {
     }
 }
 
-/// Reads every row of a `metrics.csv`; an error names the line and the column that could not be read.
+/// The columns every `metrics.csv` has.
+const REQUIRED_COLUMNS: [&str; 6] = ["kind", "epoch", "step", "split", "reconstruction", "kl"];
+
+/// Reads every row of a `metrics.csv`; an error names the line and the column that could not be read, or the
+/// column the header lacks.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_path(path).map_err(|e| csv_error(path, e))?;
+    let header = reader.headers().map_err(|e| csv_error(path, e))?;
+    if let Some(missing) = REQUIRED_COLUMNS.iter().find(|column| !header.iter().any(|name| name == **column)) {
+        let problem = format!("no `{missing}` column; expected {}", REQUIRED_COLUMNS.join(", "));
+        return Err(Error::bad_input(path, "header", problem));
+    }
     reader.deserialize().map(|row| row.map_err(|e| csv_error(path, e))).collect()
 }
 

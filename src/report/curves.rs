@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn bad_files_name_the_line_and_column() {
         let message = rows("epoch,step\n1,2\n").unwrap_err().to_string();
-        assert!(message.contains("metrics.csv: line 2") && message.contains("kind"), "{message}");
+        assert!(message.contains("metrics.csv: header") && message.contains("`kind`"), "{message}");
         let message = rows("kind,epoch,step,split,reconstruction,kl\nstep,1,1,train,oops,1\n").unwrap_err().to_string();
         assert!(message.contains("line 2 field 5"), "{message}");
     }
