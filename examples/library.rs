@@ -16,7 +16,10 @@ fn main() -> elbo::Result<()> {
     let outcome =
         train(&vae, &varmap, &splits, &TrainConfig { epochs: 3, ..TrainConfig::default() }, &device, &mut [])?;
     if let Some(last) = outcome.last_epoch {
-        println!("held-out negative ELBO (an upper bound on -log p(x)): {:.2} nats", last.held_out.negative_elbo());
+        println!(
+            "held-out negative ELBO (an upper bound on -log p(x)): {:.2} nats",
+            last.held_out.unwrap().negative_elbo()
+        );
     }
 
     let (values, rows) = Batcher::sequential(&splits.test, 4).next_batch().expect("a held-out batch");

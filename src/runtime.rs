@@ -7,6 +7,8 @@
 //! its threads for the matrix multiplies and runs elementwise ops on the calling thread, unless the user set
 //! `CANDLE_NUM_THREADS` themselves.
 
+pub use crate::kernels::{simd_level, SimdLevel, MATMUL_BACKEND};
+
 /// Sets the threads used by matrix multiplies (0 keeps candle's default: all cores) and runs elementwise ops
 /// inline. Call before any tensor work: candle reads these settings once. Returns the matrix-multiply threads.
 pub fn configure_cpu_threads(threads: usize) -> usize {

@@ -63,9 +63,9 @@ fn first_and_last(config: &VaeConfig, splits: &Splits, training: &TrainConfig) -
     let (vae, varmap) = Vae::fresh(config, 3, DType::F32, &Device::Cpu).unwrap();
     let outcome =
         train(&vae, &varmap, splits, &TrainConfig { epochs: 1, ..training.clone() }, &Device::Cpu, &mut []).unwrap();
-    let first = outcome.last_epoch.unwrap().held_out.negative_elbo();
+    let first = outcome.last_epoch.unwrap().held_out.unwrap().negative_elbo();
     let outcome = train(&vae, &varmap, splits, training, &Device::Cpu, &mut []).unwrap();
-    (first, outcome.last_epoch.unwrap().held_out.negative_elbo())
+    (first, outcome.last_epoch.unwrap().held_out.unwrap().negative_elbo())
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn the_step_limit_ends_training_inside_an_epoch_and_still_evaluates() {
     let outcome = train(&vae, &varmap, &splits(1), &limited, &Device::Cpu, &mut []).unwrap();
     // 192 examples in batches of 32: 6 steps per epoch, so step 8 falls in epoch 2
     assert_eq!((outcome.steps, outcome.epochs_completed, outcome.interrupted), (8, 2, false));
-    assert!(outcome.last_epoch.unwrap().held_out.negative_elbo().is_finite());
+    assert!(outcome.last_epoch.unwrap().held_out.unwrap().negative_elbo().is_finite());
 }
 
 fn elbo(args: &[&str], dir: &Path) -> Output {

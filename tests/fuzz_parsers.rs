@@ -212,7 +212,7 @@ proptest! {
         };
         let bytes = mutate(serde_json::to_vec_pretty(&config).unwrap(), &changes);
         let read = read_with_bound(dir.path(), "config.json", &bytes, bound(bytes.len()), |path| {
-            elbo::atomic::read_json::<RunConfig>(path).and_then(|config| config.validate().map(|()| config))
+            elbo::outputs::read_json::<RunConfig>(path).and_then(|config| config.validate().map(|()| config))
         });
         if let Ok(config) = read {
             // a configuration that validates describes a model of bounded size

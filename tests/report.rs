@@ -70,7 +70,7 @@ fn training_writes_a_self_contained_report_with_every_section() {
     assert!(html.matches("data:image/png;base64,").count() >= 5, "samples, reconstructions, traversal, 2 paths");
     assert!(html.contains("<h3>Diagnosis</h3>") && html.contains("<td>verdict</td>"), "train_run's diagnosis is shown");
     assert!(!html.contains("Weighted KL"), "beta 1 without warm-up has no separate weighted KL");
-    let held_out = format!("{:.3}", finished.summary.last_epoch.unwrap().held_out_negative_elbo);
+    let held_out = format!("{:.3}", finished.summary.last_epoch.unwrap().held_out_negative_elbo.unwrap());
     assert!(html.contains(&held_out), "the final held-out figure {held_out} is shown");
 
     std::fs::remove_file(run.path(elbo::outputs::RunFile::Diagnosis)).unwrap();

@@ -118,12 +118,16 @@ fn training_lowers_the_held_out_negative_elbo_and_uses_the_latent() {
     let (_, log) = train_fresh(1, 15);
     let (first, last) = (log.epochs.first().unwrap(), log.epochs.last().unwrap());
     assert!(
-        last.held_out.negative_elbo() < first.held_out.negative_elbo() - 1.0,
+        last.held_out.unwrap().negative_elbo() < first.held_out.unwrap().negative_elbo() - 1.0,
         "held-out -ELBO went from {} to {}",
-        first.held_out.negative_elbo(),
-        last.held_out.negative_elbo()
+        first.held_out.unwrap().negative_elbo(),
+        last.held_out.unwrap().negative_elbo()
     );
-    assert!(last.held_out.kl > 0.1, "two distinct prototypes need information in z; KL {}", last.held_out.kl);
+    assert!(
+        last.held_out.unwrap().kl > 0.1,
+        "two distinct prototypes need information in z; KL {}",
+        last.held_out.unwrap().kl
+    );
     assert_eq!(log.steps.len(), 15 * 8);
     assert_eq!(log.steps.last().unwrap().step, 120);
 }
@@ -287,7 +291,10 @@ fn sgd_with_momentum_and_every_likelihood_train() {
             ..train_config(4)
         };
         train(&vae, &varmap, &splits(), &training, &Device::Cpu, &mut [&mut recorder]).unwrap();
-        let (first, last) = (recorder.epochs[0].held_out.negative_elbo(), recorder.epochs[3].held_out.negative_elbo());
+        let (first, last) = (
+            recorder.epochs[0].held_out.unwrap().negative_elbo(),
+            recorder.epochs[3].held_out.unwrap().negative_elbo(),
+        );
         assert!(last < first, "{likelihood:?}: held-out -ELBO {first} -> {last}");
     }
 }
@@ -323,9 +330,33 @@ fn the_iwae_objective_trains_and_has_no_separate_kl_term() {
     let config = TrainConfig { objective: elbo::training::Objective::Iwae { samples: 5 }, ..train_config(6) };
     train(&vae, &varmap, &splits(), &config, &Device::Cpu, &mut [&mut recorder]).unwrap();
     assert!(recorder.steps.iter().all(|s| s.weighted_kl.is_none()));
-    let (first, last) = (recorder.epochs[0].held_out.negative_elbo(), recorder.epochs[5].held_out.negative_elbo());
+    let (first, last) =
+        (recorder.epochs[0].held_out.unwrap().negative_elbo(), recorder.epochs[5].held_out.unwrap().negative_elbo());
     assert!(last < first - 1.0, "held-out -ELBO {first} -> {last}");
     let bad = TrainConfig { kl: elbo::objective::KlWeighting { beta: 4.0, ..Default::default() }, ..config };
     let error = train(&vae, &varmap, &splits(), &bad, &Device::Cpu, &mut []).unwrap_err();
     assert!(error.to_string().contains("IWAE objective takes no beta"), "{error}");
+}
+
+#[test]
+fn in_memory_arrays_train_without_a_held_out_split() {
+    let values: Vec<f32> = (0..256 * 12).map(|i| ((i * 31) % 17) as f32 / 16.0).collect();
+    let data = elbo::data::Dataset::from_f32(values, ExampleShape::flat(12)).unwrap();
+    assert_eq!(data.len(), 256);
+    assert!(elbo::data::Dataset::from_f32(vec![0.5; 13], ExampleShape::flat(12)).is_err(), "not whole examples");
+    assert!(elbo::data::Dataset::from_f32(vec![f32::NAN; 12], ExampleShape::flat(12)).is_err(), "not finite");
+    let config = VaeConfig {
+        input_shape: data.shape,
+        latent_dim: 2,
+        encoder_hidden: vec![8],
+        decoder_hidden: vec![8],
+        ..VaeConfig::default()
+    };
+    let (vae, varmap) = Vae::fresh(&config, 1, DType::F32, &Device::Cpu).unwrap();
+    let training = TrainConfig { epochs: 2, batch_size: 64, ..TrainConfig::default() };
+    let outcome =
+        train(&vae, &varmap, &elbo::data::Splits::train_only(data), &training, &Device::Cpu, &mut []).unwrap();
+    let last = outcome.last_epoch.unwrap();
+    assert_eq!((last.epoch, last.held_out), (2, None));
+    assert!(last.train.negative_elbo().is_finite());
 }

@@ -81,9 +81,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "data": train.source,
         "threads": threads,
         "device": args.compute.device.to_string(),
-        "matrix_multiply": elbo::kernels::MATMUL_BACKEND,
+        "matrix_multiply": elbo::runtime::MATMUL_BACKEND,
         "cpu": cpu_model().unwrap_or_else(|| "unknown CPU".into()),
-        "simd": elbo::kernels::simd_level().name(),
+        "simd": elbo::runtime::simd_level().name(),
         "bench": bench,
     });
     if !args.json {

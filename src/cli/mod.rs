@@ -72,7 +72,7 @@ pub fn run() -> ExitCode {
     // which flags were given (not defaulted): `train --config` and `--resume` need to know
     let train_matches = matches.subcommand_matches("train").cloned().unwrap_or_default();
     elbo::runtime::configure_cpu_threads(0); // elementwise ops inline for every command; some set the thread count
-    if let Err(error) = elbo::kernels::SimdLevel::requested() {
+    if let Err(error) = elbo::runtime::SimdLevel::requested() {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }

@@ -51,7 +51,7 @@ impl Progress {
 
 impl TrainingObserver for Progress {
     fn on_start(&mut self, plan: &StepPlan) -> Result<()> {
-        println!("step: {} ({}; SIMD {})", plan.reason, shards_text(plan.shards), elbo::kernels::simd_level());
+        println!("step: {} ({}; SIMD {})", plan.reason, shards_text(plan.shards), elbo::runtime::simd_level());
         Ok(())
     }
 
@@ -81,18 +81,12 @@ impl TrainingObserver for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        println!(
-            "epoch {:>3}  train: -ELBO {:.3} (rec {:.3} + KL {:.3})  {}: -ELBO {:.3} (rec {:.3} + KL {:.3})  {:.0} ex/s",
-            r.epoch,
-            r.train.negative_elbo(),
-            r.train.reconstruction,
-            r.train.kl,
-            self.held_out_split,
-            r.held_out.negative_elbo(),
-            r.held_out.reconstruction,
-            r.held_out.kl,
-            r.examples_per_second
-        );
+        let terms = |e: &elbo::evaluation::ElboEstimate| {
+            format!("-ELBO {:.3} (rec {:.3} + KL {:.3})", e.negative_elbo(), e.reconstruction, e.kl)
+        };
+        let held_out =
+            r.held_out.as_ref().map_or(String::new(), |e| format!("  {}: {}", self.held_out_split, terms(e)));
+        println!("epoch {:>3}  train: {}{held_out}  {:.0} ex/s", r.epoch, terms(&r.train), r.examples_per_second);
         Ok(())
     }
 

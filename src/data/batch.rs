@@ -85,7 +85,7 @@ impl<'a> Batcher<'a> {
     }
 
     /// Passes over the next `batches` batches without reading them (to continue an epoch from a checkpoint).
-    pub fn skip(&mut self, batches: usize) {
+    pub fn skip_batches(&mut self, batches: usize) {
         self.position = self.position.saturating_add(batches.saturating_mul(self.batch_size)).min(self.order.len());
     }
 
@@ -102,6 +102,15 @@ impl<'a> Batcher<'a> {
         }
         self.position = end;
         Some((values, rows))
+    }
+}
+
+impl Iterator for Batcher<'_> {
+    /// The row-major values of a batch and its number of examples.
+    type Item = (Vec<f32>, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch()
     }
 }
 

@@ -173,6 +173,36 @@ impl Dataset {
 }
 
 impl Dataset {
+    /// A dataset of in-memory f32 `values`, `shape.dim()` per example (e.g. `ExampleShape::flat(784)` or
+    /// `ExampleShape::image(3, 32, 32)`, channels first), used as they are; no labels. An error when the values are
+    /// not a whole number of examples, there are none, or one is not finite.
+    pub fn from_f32(values: Vec<f32>, shape: ExampleShape) -> Result<Dataset> {
+        if let Some(index) = values.iter().position(|value| !value.is_finite()) {
+            let problem = format!("value {index} is {}; values must be finite", values[index]);
+            return Err(Error::bad_input(IN_MEMORY, "values", problem));
+        }
+        Self::in_memory(Values::F32(values), shape)
+    }
+
+    /// A dataset of in-memory bytes (pixels), `shape.dim()` per example, scaled to [0, 1] when batched; no labels.
+    pub fn from_u8(values: Vec<u8>, shape: ExampleShape) -> Result<Dataset> {
+        Self::in_memory(Values::U8(values), shape)
+    }
+
+    fn in_memory(values: Values, shape: ExampleShape) -> Result<Dataset> {
+        let dim = shape.dim();
+        if dim == 0 || values.is_empty() || !values.len().is_multiple_of(dim) {
+            let problem = format!("{} values are not a positive whole number of examples of {dim}", values.len());
+            return Err(Error::bad_input(IN_MEMORY, "values", problem));
+        }
+        Ok(Dataset { source: IN_MEMORY.into(), values, shape, labels: None, class_names: None, factors: None })
+    }
+}
+
+/// The `source` of datasets made from arrays in memory.
+const IN_MEMORY: &str = "in-memory array";
+
+impl Dataset {
     /// Builds a dataset from an array read from `source`: `N x D` gives flat examples, `N x H x W` grey images and
     /// `N x H x W x C` images with channels last, which are reordered to the channels-first layout kept in memory
     /// (so mapped values cannot be channels-last). Errors when there are no examples, an example dimension is zero,

@@ -51,6 +51,15 @@ pub struct Splits {
     pub test_is_validation: bool,
 }
 
+impl Splits {
+    /// Training data with no held-out split: training then evaluates nothing after each epoch (the epochs'
+    /// held-out figures are `None`).
+    pub fn train_only(train: Dataset) -> Splits {
+        let test = Dataset { values: super::Values::F32(Vec::new()), labels: None, factors: None, ..train.clone() };
+        Splits { train, test, test_is_validation: true }
+    }
+}
+
 /// Loads the data `spec` names. Files and sprites hold out `validation_fraction` (in (0, 1)) of their examples,
 /// chosen by a shuffle seeded with `seed` for files; directories come with their own test set. Large raw IDX and
 /// NPY files are memory-mapped (see [`mapped::map_threshold`](super::mapped::map_threshold)).

@@ -86,11 +86,11 @@ impl std::fmt::Display for SimdLevel {
 }
 
 thread_local! {
-    /// A level forced on this thread by [`with_simd_level`].
+    /// A level forced on this thread by `with_simd_level`.
     static FORCED: Cell<Option<SimdLevel>> = const { Cell::new(None) };
 }
 
-/// The level the kernels run at: [`with_simd_level`]'s on this thread, else `ELBO_SIMD`'s, else the widest the CPU
+/// The level the kernels run at: `with_simd_level`'s on this thread, else `ELBO_SIMD`'s, else the widest the CPU
 /// has. (The command line refuses a bad `ELBO_SIMD` before any kernel runs; a library caller who set one gets the
 /// detected level.)
 #[inline]
@@ -104,6 +104,7 @@ pub fn simd_level() -> SimdLevel {
 /// Runs `work` with the kernels it calls on this thread at `level`, capped at what the CPU has (for the tests,
 /// which hold every level to the scalar one; kernels that spread over rayon's threads run there at the process's
 /// level).
+#[cfg(test)]
 pub fn with_simd_level<R>(level: SimdLevel, work: impl FnOnce() -> R) -> R {
     let before = FORCED.with(|forced| forced.replace(Some(level.min(SimdLevel::detected()))));
     let result = work();

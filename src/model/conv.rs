@@ -273,7 +273,7 @@ impl DeconvStack {
     }
 }
 
-/// activation(convolution layer(x)) on `[batch, C, H, W]` maps: one fused op from [`crate::kernels::conv`] for f32 on
+/// activation(convolution layer(x)) on `[batch, C, H, W]` maps: one fused op from `crate::kernels::conv` for f32 on
 /// the CPU, candle's ops elsewhere.
 pub fn convolve(layer: &Conv2d, x: &Tensor, activation: Option<Activation>) -> Result<Tensor> {
     let config = layer.config();

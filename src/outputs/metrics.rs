@@ -85,8 +85,8 @@ impl MetricsRow {
         }
     }
 
-    /// The two rows of one epoch: its training means and the held-out figures after it.
-    fn of_epoch(r: &EpochRecord, held_out_split: &str) -> [Self; 2] {
+    /// The rows of one epoch: its training means and the held-out figures after it (when there are).
+    fn of_epoch(r: &EpochRecord, held_out_split: &str) -> Vec<Self> {
         let row = |split: &str, estimate: &ElboEstimate| MetricsRow {
             kind: RowKind::Epoch,
             epoch: r.epoch,
@@ -107,7 +107,7 @@ impl MetricsRow {
             examples_per_second: Some(r.examples_per_second),
             ..row("train", &r.train)
         };
-        [train, row(held_out_split, &r.held_out)]
+        std::iter::once(train).chain(r.held_out.as_ref().map(|held_out| row(held_out_split, held_out))).collect()
     }
 
     /// True when the row was logged before the checkpoint `progress`: a step row up to its step, the epoch rows of

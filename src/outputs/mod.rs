@@ -1,5 +1,7 @@
 //! Outputs: the run directory, the metrics log and checkpoints, and image grids (with a tiny font for labels).
 
+pub use crate::atomic::{read_json, write_json};
+
 pub mod checkpoint_file;
 pub mod font;
 pub mod grid;

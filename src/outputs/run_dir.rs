@@ -77,12 +77,12 @@ pub struct EpochSummary {
     pub train_kl: f64,
     /// Mean training negative ELBO (reconstruction + KL), nats.
     pub train_negative_elbo: f64,
-    /// Held-out mean reconstruction term (one sample), nats.
-    pub held_out_reconstruction: f64,
+    /// Held-out mean reconstruction term (one sample), nats (`None` without held-out data).
+    pub held_out_reconstruction: Option<f64>,
     /// Held-out mean KL, nats.
-    pub held_out_kl: f64,
+    pub held_out_kl: Option<f64>,
     /// Held-out mean negative ELBO: an upper bound on -log p(x), not the likelihood itself.
-    pub held_out_negative_elbo: f64,
+    pub held_out_negative_elbo: Option<f64>,
 }
 
 impl From<&EpochRecord> for EpochSummary {
@@ -92,9 +92,9 @@ impl From<&EpochRecord> for EpochSummary {
             train_reconstruction: record.train.reconstruction,
             train_kl: record.train.kl,
             train_negative_elbo: record.train.negative_elbo(),
-            held_out_reconstruction: record.held_out.reconstruction,
-            held_out_kl: record.held_out.kl,
-            held_out_negative_elbo: record.held_out.negative_elbo(),
+            held_out_reconstruction: record.held_out.map(|held_out| held_out.reconstruction),
+            held_out_kl: record.held_out.map(|held_out| held_out.kl),
+            held_out_negative_elbo: record.held_out.map(|held_out| held_out.negative_elbo()),
         }
     }
 }

@@ -25,13 +25,15 @@ fn summary_html(summary: &RunSummary) -> String {
     let mut html = format!("<p><strong>{}</strong></p>\n", escape(BOUND));
     match &summary.last_epoch {
         Some(e) => {
-            let row = |name: String, rec: f64, kl: f64, total: f64| vec![name, fixed(rec), fixed(kl), fixed(total)];
+            let row = |name: String, rec: Option<f64>, kl: Option<f64>, total: Option<f64>| {
+                vec![name, optional(rec), optional(kl), optional(total)]
+            };
             let rows = [
                 row(
                     format!("train (mean over epoch {})", e.epoch),
-                    e.train_reconstruction,
-                    e.train_kl,
-                    e.train_negative_elbo,
+                    Some(e.train_reconstruction),
+                    Some(e.train_kl),
+                    Some(e.train_negative_elbo),
                 ),
                 row(
                     format!("{} (after epoch {})", summary.held_out_split, e.epoch),
@@ -204,8 +206,9 @@ pub fn config_section(run: &RunDir, config: &RunConfig) -> Result<String> {
     Ok(section("configuration", "Configuration", &body))
 }
 
-fn fixed(value: f64) -> String {
-    format!("{value:.3}")
+/// Three decimals, or a dash for a figure not measured.
+fn optional(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |value| format!("{value:.3}"))
 }
 
 fn percent(value: f64) -> String {

@@ -55,8 +55,9 @@ pub struct EpochRecord {
     pub train_weighted_kl: Option<f64>,
     /// Mean of the steps' losses over the epoch.
     pub train_loss: f64,
-    /// The held-out set's single-sample negative ELBO and terms after the epoch.
-    pub held_out: ElboEstimate,
+    /// The held-out set's single-sample negative ELBO and terms after the epoch (`None` when training has no
+    /// held-out data).
+    pub held_out: Option<ElboEstimate>,
     /// Learning rate at the end of the epoch.
     pub learning_rate: f64,
     /// Seconds since training started.
@@ -252,7 +253,7 @@ impl<'a> LoopState<'a> {
         // the order of the epoch is drawn again from the shuffling stream's position at the epoch's start
         self.shuffle_rng.set_word_pos(self.progress.streams.shuffle_at_epoch_start);
         let mut batcher = Batcher::shuffled(train, self.config.batch_size, &mut self.shuffle_rng);
-        batcher.skip(self.progress.batches_done);
+        batcher.skip_batches(self.progress.batches_done);
         for observer in observers.iter_mut() {
             observer.on_epoch_start(self.progress.epoch, batcher.num_batches())?;
         }
@@ -293,7 +294,7 @@ impl<'a> LoopState<'a> {
         }
     }
 
-    /// Evaluates the model on the held-out set and reports the epoch (whole, or cut short by the step limit).
+    /// Evaluates the model on the held-out set (when there is one) and reports the epoch (whole, or cut short by the step limit).
     fn end_epoch(
         &mut self,
         vae: &Vae,
@@ -304,8 +305,17 @@ impl<'a> LoopState<'a> {
         observers: &mut [&mut dyn TrainingObserver],
     ) -> Result<()> {
         let config = self.config;
-        let held_out =
-            evaluate_negative_elbo(vae, held_out, config.eval_batch_size, config.binarization, config.seed, device)?;
+        let held_out = match held_out.is_empty() {
+            true => None,
+            false => Some(evaluate_negative_elbo(
+                vae,
+                held_out,
+                config.eval_batch_size,
+                config.binarization,
+                config.seed,
+                device,
+            )?),
+        };
         let totals = self.progress.totals;
         let record = EpochRecord {
             epoch: self.progress.epoch,

@@ -116,7 +116,7 @@ fn set_seed(args: &TrainArgs, config: &mut RunConfig) {
 /// The configuration in `file` with the `given` flags' changes, run with this elbo and the threads set (its own
 /// unless --threads is given). A flag whose effect depends on other settings is an error naming the field to edit.
 pub fn config_with_flags(file: &Path, args: &TrainArgs, given: &[String]) -> anyhow::Result<RunConfig> {
-    let mut config: RunConfig = elbo::atomic::read_json(file)?;
+    let mut config: RunConfig = elbo::outputs::read_json(file)?;
     for id in given {
         match CHANGES.iter().find(|(name, _)| name == id).map(|(_, change)| change) {
             Some(Change::Set(set)) => set(args, &mut config),
@@ -168,7 +168,7 @@ mod tests {
         let file = dir.path().join("config.json");
         let (_, args) = parse(&["--lr", "0.01", "--latent-dim", "3", "--epochs", "2", "--sprite-count", "100"]);
         let (original, _) = super::super::config_from_flags(&args).unwrap();
-        elbo::atomic::write_json(&file, &original).unwrap();
+        elbo::outputs::write_json(&file, &original).unwrap();
 
         let (given, args) = parse(&["--config", file.to_str().unwrap(), "--seed", "9", "--epochs", "5"]);
         let repeated = config_with_flags(&file, &args, &given).unwrap();

@@ -1,5 +1,5 @@
 //! elbo's fused CPU training step, for MLP and convolutional VAEs: the seed's six steps on plain slices, with the
-//! fused kernels of [`crate::kernels`], and the backward pass written out instead of recorded in candle's graph. Candle's backward
+//! fused kernels of `crate::kernels`, and the backward pass written out instead of recorded in candle's graph. Candle's backward
 //! allocates a zero buffer and adds into it for every gradient; here each gradient is written once. Tests hold the
 //! figures and every gradient to those of [`super::graph`].
 //!

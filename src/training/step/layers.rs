@@ -4,7 +4,7 @@
 //!
 //! A layer y = act(layer(input) + b): dL/dpre = dL/dy * act'(y), then for a dense layer dL/dW = (dL/dpre)^T input,
 //! dL/db = sum_n dL/dpre, dL/dinput = dL/dpre W; for a convolution the same three products as im2col + GEMM
-//! ([`crate::kernels::conv`]).
+//! (`crate::kernels::conv`).
 
 use candle_core::{DType, Tensor};
 

@@ -2,7 +2,7 @@
 //! - `graph`: candle's graph records the forward pass and differentiates it. It runs every model, objective and
 //!   device, and is the oracle the other is tested against.
 //! - `fused`: elbo's own CPU step. The forward and the backward pass are written out on plain slices with the
-//!   fused kernels of [`crate::kernels`], each gradient written once; MLP and convolutional VAEs with any decoder
+//!   fused kernels of `crate::kernels`, each gradient written once; MLP and convolutional VAEs with any decoder
 //!   likelihood, the ELBO with every KL weighting, and the IWAE bound.
 //!
 //! [`step_plan`] picks one, once per run, and says why.
