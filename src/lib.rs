@@ -40,10 +40,12 @@ pub(crate) mod kernels;
 pub mod latent;
 pub mod model;
 pub mod objective;
+pub mod optimizer;
 pub mod outputs;
 pub mod report;
 pub mod run;
 pub mod runtime;
+pub mod stats;
 pub mod training;
 
 pub use error::{Error, Result};

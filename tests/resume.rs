@@ -144,7 +144,10 @@ fn a_conv_model_resumed_after_two_epochs_ends_as_if_never_stopped() {
 
 #[test]
 fn warm_up_and_dynamic_binarization_resume_where_they_were() {
-    let warm_up = KlWeighting { schedule: KlSchedule::Linear { steps: 10 }, ..KlWeighting::default() };
+    let warm_up = KlWeighting {
+        schedule: KlSchedule::Linear { over: elbo::objective::Span::Steps(10) },
+        ..KlWeighting::default()
+    };
     let training =
         TrainConfig { epochs: EPOCHS, kl: warm_up, binarization: Binarization::Dynamic, ..TrainConfig::default() };
     let config = run_config(mlp(), training);

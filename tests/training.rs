@@ -305,7 +305,10 @@ fn a_warm_up_shows_as_a_weighted_kl_beside_the_raw_kl() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::create(dir.path()).unwrap();
     let mut config = run_config(3);
-    config.training.kl = KlWeighting { schedule: KlSchedule::Linear { steps: 16 }, ..KlWeighting::default() };
+    config.training.kl = KlWeighting {
+        schedule: KlSchedule::Linear { over: elbo::objective::Span::Steps(16) },
+        ..KlWeighting::default()
+    };
     train_run(&config, &splits(), &run, &Device::Cpu, &mut Recorder::default()).unwrap();
     let metrics = std::fs::read_to_string(run.metrics_path()).unwrap();
     let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();

@@ -2,7 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use elbo::data::ExampleShape;
-use elbo::model::{Activation, ConvConfig, GaussianVariance, LikelihoodConfig, VaeConfig};
+use elbo::model::{Activation, GaussianVariance, LikelihoodConfig, VaeConfig};
 
 /// The architecture flags.
 #[derive(Args, Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 256)]
     pub levels: usize,
     /// Number of latent dimensions.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = VaeConfig::default().latent_dim)]
     pub latent_dim: usize,
     /// The network type: dense layers only, or convolutions (images) before and after them.
     #[arg(long, value_enum, default_value_t = ArchitectureKind::Mlp)]
@@ -72,27 +72,27 @@ pub enum VarianceKind {
 }
 
 impl ModelArgs {
-    /// The architecture for inputs of `input_shape`; an error for convolution flags on an MLP.
+    /// The architecture for inputs of `input_shape` (the library's defaults where a flag is not given); an error
+    /// for convolution flags on an MLP.
     pub fn config(&self, input_shape: ExampleShape) -> anyhow::Result<VaeConfig> {
         if self.conv_channels.is_some() && self.architecture != ArchitectureKind::Conv {
             anyhow::bail!("--conv-channels sets the layers of a convolutional model: add --architecture conv");
         }
-        let conv = (self.architecture == ArchitectureKind::Conv).then(|| {
-            let preset = ConvConfig::preset_for(input_shape.height.min(input_shape.width));
-            ConvConfig { channels: self.conv_channels.clone().unwrap_or(preset.channels), ..preset }
-        });
-        let default_hidden = if conv.is_some() { 256 } else { 400 };
-        let hidden = self.hidden.clone().unwrap_or_else(|| vec![default_hidden]);
-        let decoder_hidden = self.decoder_hidden.clone().unwrap_or_else(|| hidden.iter().rev().copied().collect());
-        Ok(VaeConfig {
-            input_shape,
-            latent_dim: self.latent_dim,
-            conv,
-            encoder_hidden: hidden,
-            decoder_hidden,
-            activation: self.activation,
-            likelihood: self.likelihood(),
-        })
+        let mut config = match self.architecture {
+            ArchitectureKind::Conv => VaeConfig::convolutional(input_shape, self.latent_dim, self.likelihood()),
+            ArchitectureKind::Mlp => VaeConfig::mlp(input_shape, self.latent_dim, self.likelihood()),
+        };
+        if let Some(widths) = &self.hidden {
+            config = config.with_hidden(widths.clone());
+        }
+        if let Some(widths) = &self.decoder_hidden {
+            config.decoder_hidden = widths.clone();
+        }
+        if let (Some(conv), Some(channels)) = (config.conv.as_mut(), &self.conv_channels) {
+            conv.channels = channels.clone();
+        }
+        config.activation = self.activation;
+        Ok(config)
     }
 
     fn likelihood(&self) -> LikelihoodConfig {

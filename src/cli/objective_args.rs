@@ -1,7 +1,7 @@
 //! Command-line flags for the training objective and the remedies for posterior collapse.
 
 use clap::{Args, ValueEnum};
-use elbo::objective::{Capacity, KlSchedule, KlWeighting};
+use elbo::objective::{Capacity, KlSchedule, KlWeighting, Span};
 use elbo::training::Objective;
 
 /// Objective flags.
@@ -77,21 +77,17 @@ impl ObjectiveArgs {
         }
     }
 
-    /// The KL weighting, with epoch counts turned into steps (`steps_per_epoch`, `epochs` of the run).
-    pub fn kl_weighting(&self, steps_per_epoch: usize, epochs: usize) -> KlWeighting {
-        let to_steps = |epochs: f64| ((epochs * steps_per_epoch as f64).round() as usize).max(1);
-        let total_steps = steps_per_epoch * epochs;
+    /// The KL weighting; epochs and cycles stay as given, the library turns them into steps.
+    pub fn kl_weighting(&self) -> KlWeighting {
         let schedule = match (self.warmup_epochs, self.warmup_steps, self.kl_cycles) {
-            (Some(epochs), _, _) => KlSchedule::Linear { steps: to_steps(epochs) },
-            (_, Some(steps), _) => KlSchedule::Linear { steps },
-            (_, _, Some(cycles)) => {
-                KlSchedule::Cyclical { period: total_steps.div_ceil(cycles), ratio: self.cycle_ratio }
-            }
+            (Some(epochs), _, _) => KlSchedule::Linear { over: Span::Epochs(epochs) },
+            (_, Some(steps), _) => KlSchedule::Linear { over: Span::Steps(steps) },
+            (_, _, Some(cycles)) => KlSchedule::Cyclical { period: Span::RunPart(cycles), ratio: self.cycle_ratio },
             _ => KlSchedule::Constant,
         };
         let capacity = self.capacity_max.map(|max_nats| Capacity {
             max_nats,
-            steps: self.capacity_epochs.map_or(total_steps.max(1), to_steps),
+            over: self.capacity_epochs.map_or(Span::RunPart(1), Span::Epochs),
             gamma: self.capacity_gamma,
         });
         KlWeighting { beta: self.beta, schedule, free_bits: self.free_bits, capacity }

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use elbo::latent::logistic::LogisticConfig;
 use elbo::latent::probe::{probe, ProbeConfig, ProbeScore};
 use elbo::latent::LabelChoice;
 use elbo::outputs::write_json;
+use elbo::stats::logistic::LogisticConfig;
 
 use super::run_args::{InputArgs, RunArgs};
 

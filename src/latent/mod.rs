@@ -8,7 +8,6 @@ pub mod decode;
 pub mod encode;
 pub mod interpolate;
 pub mod labels;
-pub mod logistic;
 pub mod pictures;
 pub mod probe;
 pub mod trained;

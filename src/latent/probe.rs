@@ -6,10 +6,10 @@ use candle_core::{DType, Device, Tensor};
 
 use super::encode::{encode_dataset, examples_tensor};
 use super::labels::{class_count, labels_of, LabelChoice};
-use super::logistic::{fraction_equal, LogisticConfig, LogisticRegression};
 use crate::data::{Dataset, Splits};
 use crate::model::Vae;
 use crate::objective::NoiseSource;
+use crate::stats::logistic::{fraction_equal, LogisticConfig, LogisticRegression};
 use crate::Result;
 
 /// How the probes are fitted.

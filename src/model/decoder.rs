@@ -4,11 +4,44 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::activation::Activation;
+use super::conv::ConvConfig;
 use super::conv::DeconvStack;
 use super::dense::Dense;
 use super::mlp::Mlp;
-use super::vae::VaeConfig;
+use crate::data::ExampleShape;
 use crate::Result;
+
+/// The decoder's architecture.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DecoderConfig {
+    /// Latent dimensions: the size of z.
+    pub latent_dim: usize,
+    /// Widths of the hidden dense layers.
+    pub hidden: Vec<usize>,
+    /// The transposed convolutions after the dense layers (mirroring these convolutions), if any.
+    pub conv: Option<ConvConfig>,
+    /// The shape of one example it decodes to.
+    pub output_shape: ExampleShape,
+    /// Parameters of the likelihood per data value (1 for Bernoulli logits, K for K categories, ...).
+    pub outputs_per_value: usize,
+    /// The hidden layers' activation.
+    pub activation: Activation,
+}
+
+impl Default for DecoderConfig {
+    /// The mirror of [`crate::model::encoder::EncoderConfig::default`], one output per value (Bernoulli logits).
+    fn default() -> Self {
+        DecoderConfig {
+            latent_dim: 20,
+            hidden: vec![400],
+            conv: None,
+            output_shape: ExampleShape::flat(784),
+            outputs_per_value: 1,
+            activation: Activation::Relu,
+        }
+    }
+}
 
 /// The decoder network. Weights: `decoder.hidden.{i}.*`, then `decoder.output.*` (MLP models), or
 /// `decoder.grid.*` (a dense layer to the first feature map), `decoder.deconv.{i}.*` and `decoder.output.*` (the
@@ -29,22 +62,21 @@ enum Head {
 }
 
 impl Decoder {
-    /// Builds the decoder of the architecture `config`, weights under `vb`; it gives `outputs_per_value`
-    /// parameters per data value.
-    pub fn new(config: &VaeConfig, outputs_per_value: usize, vb: VarBuilder) -> Result<Self> {
-        let body = Mlp::new(config.latent_dim, &config.decoder_hidden, config.activation, vb.clone())?;
+    /// Builds the decoder of the architecture `config`, weights under `vb`.
+    pub fn new(config: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (shape, outputs_per_value) = (config.output_shape, config.outputs_per_value);
+        let body = Mlp::new(config.latent_dim, &config.hidden, config.activation, vb.clone())?;
         let features = body.output_dim(config.latent_dim);
         let head = match &config.conv {
             Some(conv) => {
-                let stack =
-                    DeconvStack::new(conv, config.input_shape, outputs_per_value, config.activation, vb.clone())?;
+                let stack = DeconvStack::new(conv, shape, outputs_per_value, config.activation, vb.clone())?;
                 Head::Deconvolution(
                     Dense::new(features, stack.input_dim(), Some(config.activation), vb.pp("grid"))?,
                     stack,
                 )
             }
             None => {
-                let outputs = config.input_shape.dim() * outputs_per_value;
+                let outputs = shape.dim() * outputs_per_value;
                 Head::Dense(Dense::new(features, outputs, None, vb.pp("output"))?)
             }
         };

@@ -4,12 +4,42 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::activation::Activation;
+use super::conv::ConvConfig;
 use super::conv::ConvStack;
 use super::dense::Dense;
 use super::gaussian::DiagonalGaussian;
 use super::mlp::Mlp;
-use super::vae::VaeConfig;
+use crate::data::ExampleShape;
 use crate::Result;
+
+/// The encoder's architecture.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderConfig {
+    /// The shape of one input example.
+    pub input_shape: ExampleShape,
+    /// The strided convolutions before the dense layers, if any.
+    pub conv: Option<ConvConfig>,
+    /// Widths of the hidden dense layers.
+    pub hidden: Vec<usize>,
+    /// Latent dimensions: the size of mu and of log sigma^2.
+    pub latent_dim: usize,
+    /// The hidden layers' activation.
+    pub activation: Activation,
+}
+
+impl Default for EncoderConfig {
+    /// The classic MLP encoder: 784 inputs, one 400-unit ReLU layer, 20 latent dimensions.
+    fn default() -> Self {
+        EncoderConfig {
+            input_shape: ExampleShape::flat(784),
+            conv: None,
+            hidden: vec![400],
+            latent_dim: 20,
+            activation: Activation::Relu,
+        }
+    }
+}
 
 /// The encoder network. Weights: `encoder.conv.{i}.*` (convolutional models), `encoder.hidden.{i}.*`,
 /// `encoder.mu.*`, `encoder.log_var.*`.
@@ -23,7 +53,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds the encoder of the architecture `config`, weights under `vb`.
-    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let (convolutions, input_dim) = match &config.conv {
             Some(conv) => {
                 let (channels, height, width) = conv.feature_map(&config.input_shape)?;
@@ -32,7 +62,7 @@ impl Encoder {
             }
             None => (None, config.input_shape.dim()),
         };
-        let body = Mlp::new(input_dim, &config.encoder_hidden, config.activation, vb.clone())?;
+        let body = Mlp::new(input_dim, &config.hidden, config.activation, vb.clone())?;
         let features = body.output_dim(input_dim);
         let mu = Dense::new(features, config.latent_dim, None, vb.pp("mu"))?;
         let log_var = Dense::new(features, config.latent_dim, None, vb.pp("log_var"))?;

@@ -7,8 +7,8 @@ use candle_nn::{VarBuilder, VarMap};
 
 use super::activation::Activation;
 use super::conv::ConvConfig;
-use super::decoder::Decoder;
-use super::encoder::Encoder;
+use super::decoder::{Decoder, DecoderConfig};
+use super::encoder::{Encoder, EncoderConfig};
 use super::gaussian::DiagonalGaussian;
 use super::init;
 use super::likelihood::{Likelihood, LikelihoodConfig};
@@ -37,15 +37,16 @@ pub struct VaeConfig {
 }
 
 impl Default for VaeConfig {
-    /// The classic MLP VAE: 784-400-20, ReLU, Bernoulli decoder.
+    /// The classic MLP VAE: 784-400-20, ReLU, Bernoulli decoder (the encoder's and decoder's defaults).
     fn default() -> Self {
+        let (encoder, decoder) = (EncoderConfig::default(), DecoderConfig::default());
         VaeConfig {
-            input_shape: ExampleShape::flat(784),
-            latent_dim: 20,
-            conv: None,
-            encoder_hidden: vec![400],
-            decoder_hidden: vec![400],
-            activation: Activation::Relu,
+            input_shape: encoder.input_shape,
+            latent_dim: encoder.latent_dim,
+            conv: encoder.conv,
+            encoder_hidden: encoder.hidden,
+            decoder_hidden: decoder.hidden,
+            activation: encoder.activation,
             likelihood: LikelihoodConfig::Bernoulli,
         }
     }
@@ -126,6 +127,41 @@ impl VaeConfig {
         )
     }
 
+    /// The encoder's part of the architecture.
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            input_shape: self.input_shape,
+            conv: self.conv.clone(),
+            hidden: self.encoder_hidden.clone(),
+            latent_dim: self.latent_dim,
+            activation: self.activation,
+        }
+    }
+
+    /// The decoder's part of the architecture: it gives the likelihood's parameters for every data value.
+    pub fn decoder(&self) -> DecoderConfig {
+        DecoderConfig {
+            latent_dim: self.latent_dim,
+            hidden: self.decoder_hidden.clone(),
+            conv: self.conv.clone(),
+            output_shape: self.input_shape,
+            outputs_per_value: self.likelihood.outputs_per_dimension(),
+            activation: self.activation,
+        }
+    }
+
+    /// The MLP architecture for inputs of `input_shape`: one 400-unit ReLU layer each way (the classic VAE), with the
+    /// given latent size and likelihood.
+    pub fn mlp(input_shape: ExampleShape, latent_dim: usize, likelihood: LikelihoodConfig) -> Self {
+        VaeConfig { input_shape, latent_dim, likelihood, ..VaeConfig::default() }
+    }
+
+    /// The encoder's hidden widths `widths` (after any convolutions) and the decoder's as their mirror image.
+    pub fn with_hidden(self, widths: Vec<usize>) -> Self {
+        let decoder_hidden = widths.iter().rev().copied().collect();
+        VaeConfig { encoder_hidden: widths, decoder_hidden, ..self }
+    }
+
     /// The convolutional architecture for images of `input_shape`: the [`ConvConfig::preset_for`] its side, then
     /// one 256-unit dense layer each way (as in disentanglement_lib), with the given latent size and likelihood.
     pub fn convolutional(input_shape: ExampleShape, latent_dim: usize, likelihood: LikelihoodConfig) -> Self {
@@ -154,8 +190,8 @@ impl Vae {
     /// Builds the networks, reading or creating weights through `vb` under `encoder.*` and `decoder.*`.
     pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let encoder = Encoder::new(config, vb.pp("encoder"))?;
-        let decoder = Decoder::new(config, config.likelihood.outputs_per_dimension(), vb.pp("decoder"))?;
+        let encoder = Encoder::new(&config.encoder(), vb.pp("encoder"))?;
+        let decoder = Decoder::new(&config.decoder(), vb.pp("decoder"))?;
         let likelihood = Likelihood::new(&config.likelihood, config.input_shape.dim(), vb.pp("decoder"))?;
         Ok(Vae { config: config.clone(), encoder, decoder, likelihood })
     }

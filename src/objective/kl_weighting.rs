@@ -6,6 +6,53 @@ use candle_core::{Tensor, D};
 
 use crate::{Error, Result};
 
+/// A length of training, as a schedule gives it: in steps, in epochs, or as a part of the whole run. Epochs and
+/// parts are turned into steps when training starts ([`KlWeighting::resolved`]), from the steps per epoch.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Span {
+    /// This many optimisation steps (`period` is how configs once named a cycle's steps).
+    #[serde(alias = "period")]
+    Steps(usize),
+    /// This many epochs (fractions allowed): round(epochs * steps per epoch) steps, at least 1.
+    Epochs(f64),
+    /// One n-th of the whole run: ceil(steps per epoch * epochs / n) steps (1 is the whole run).
+    RunPart(usize),
+}
+
+impl Span {
+    /// The span in steps, for a run of `epochs` epochs of `steps_per_epoch` steps.
+    pub fn in_steps(self, steps_per_epoch: usize, epochs: usize) -> usize {
+        match self {
+            Span::Steps(steps) => steps,
+            Span::Epochs(count) => ((count * steps_per_epoch as f64).round() as usize).max(1),
+            Span::RunPart(parts) => (steps_per_epoch * epochs).div_ceil(parts.max(1)).max(1),
+        }
+    }
+
+    /// The steps of a span already resolved into steps; a span in epochs or parts of the run counts as 1 step
+    /// until [`KlWeighting::resolved`] has turned it into steps (training does so before its first step).
+    fn steps(self) -> usize {
+        match self {
+            Span::Steps(steps) => steps.max(1),
+            Span::Epochs(_) | Span::RunPart(_) => 1,
+        }
+    }
+
+    /// An error unless the span is at least one step long.
+    fn validate(self, name: &str) -> Result<()> {
+        let positive = match self {
+            Span::Steps(steps) => steps > 0,
+            Span::Epochs(epochs) => epochs > 0.0 && epochs.is_finite(),
+            Span::RunPart(parts) => parts > 0,
+        };
+        match positive {
+            true => Ok(()),
+            false => Err(Error::invalid_setting(name, format!("needs a positive length, got {self:?}"))),
+        }
+    }
+}
+
 /// The weight of the KL term over training, as a multiple of beta.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -13,16 +60,18 @@ pub enum KlSchedule {
     /// beta from the first step.
     #[default]
     Constant,
-    /// Linear warm-up: beta * min(1, step / steps).
+    /// Linear warm-up: beta * min(1, step / steps), over `over` (written `"steps": n` or `"epochs": e`).
     Linear {
-        /// Steps to reach beta.
-        steps: usize,
+        /// How long the weight takes to reach beta.
+        #[serde(flatten)]
+        over: Span,
     },
     /// Cyclical annealing (Fu et al. 2019): training is cut into cycles of `period` steps; in each, the weight
     /// rises linearly from 0 to beta over the first `ratio` of the cycle, then stays at beta.
     Cyclical {
-        /// Steps per cycle.
-        period: usize,
+        /// The length of a cycle (`"run_part": n` for n cycles over the run).
+        #[serde(flatten)]
+        period: Span,
         /// Fraction of each cycle spent rising, in (0, 1].
         ratio: f64,
     },
@@ -33,10 +82,11 @@ impl KlSchedule {
     pub fn factor(&self, step: usize) -> f64 {
         match *self {
             KlSchedule::Constant => 1.0,
-            KlSchedule::Linear { steps } => (step as f64 / steps.max(1) as f64).min(1.0),
+            KlSchedule::Linear { over } => (step as f64 / over.steps() as f64).min(1.0),
             KlSchedule::Cyclical { period, ratio } => {
-                let position = (step.saturating_sub(1) % period.max(1)) as f64 + 1.0;
-                (position / (ratio * period.max(1) as f64)).min(1.0)
+                let period = period.steps();
+                let position = (step.saturating_sub(1) % period) as f64 + 1.0;
+                (position / (ratio * period as f64)).min(1.0)
             }
         }
     }
@@ -44,26 +94,35 @@ impl KlSchedule {
     /// Checks the schedule's numbers.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            KlSchedule::Linear { steps: 0 } => Err(Error::invalid_setting("warm-up", "needs at least 1 step")),
-            KlSchedule::Cyclical { period, ratio } if period == 0 || !(ratio > 0.0 && ratio <= 1.0) => {
-                Err(Error::invalid_setting(
-                    "cyclical annealing",
-                    format!("needs period >= 1 and ratio in (0, 1], got {period} and {ratio}"),
-                ))
+            KlSchedule::Constant => Ok(()),
+            KlSchedule::Linear { over } => over.validate("warm-up"),
+            KlSchedule::Cyclical { ratio, .. } if !(ratio > 0.0 && ratio <= 1.0) => {
+                Err(Error::invalid_setting("cyclical annealing", format!("needs a ratio in (0, 1], got {ratio}")))
             }
-            _ => Ok(()),
+            KlSchedule::Cyclical { period, .. } => period.validate("cyclical annealing"),
+        }
+    }
+
+    /// The schedule with its spans in steps.
+    fn resolved(self, steps_per_epoch: usize, epochs: usize) -> Self {
+        let steps = |span: Span| Span::Steps(span.in_steps(steps_per_epoch, epochs));
+        match self {
+            KlSchedule::Constant => KlSchedule::Constant,
+            KlSchedule::Linear { over } => KlSchedule::Linear { over: steps(over) },
+            KlSchedule::Cyclical { period, ratio } => KlSchedule::Cyclical { period: steps(period), ratio },
         }
     }
 }
 
 /// The capacity objective of Burgess et al. (2018): gamma * |KL - C|, with C rising linearly from 0 to `max_nats`
-/// over `steps`, replacing beta * KL.
+/// over `over`, replacing beta * KL.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Capacity {
     /// The final capacity C_max in nats.
     pub max_nats: f64,
-    /// Steps over which C rises to C_max.
-    pub steps: usize,
+    /// How long C takes to rise to C_max (`"steps": n`, `"epochs": e` or `"run_part": 1` for the whole run).
+    #[serde(flatten)]
+    pub over: Span,
     /// The weight gamma of |KL - C|.
     pub gamma: f64,
 }
@@ -71,7 +130,7 @@ pub struct Capacity {
 impl Capacity {
     /// The capacity C at step `step`.
     pub fn at(&self, step: usize) -> f64 {
-        self.max_nats * (step as f64 / self.steps.max(1) as f64).min(1.0)
+        self.max_nats * (step as f64 / self.over.steps() as f64).min(1.0)
     }
 }
 
@@ -119,11 +178,22 @@ impl KlWeighting {
             }
         }
         if let Some(c) = self.capacity {
-            if !(c.max_nats >= 0.0 && c.gamma > 0.0 && c.steps > 0) {
-                return Err(Error::invalid_setting("capacity", "needs C_max >= 0, gamma > 0 and at least 1 step"));
+            if !(c.max_nats >= 0.0 && c.gamma > 0.0) {
+                return Err(Error::invalid_setting("capacity", "needs C_max >= 0 and gamma > 0"));
             }
+            c.over.validate("capacity")?;
         }
         self.schedule.validate()
+    }
+
+    /// The weighting with every span (warm-up, cycle, capacity) in steps, for a run of `epochs` epochs of
+    /// `steps_per_epoch` steps. Training resolves its weighting so before the first step.
+    pub fn resolved(&self, steps_per_epoch: usize, epochs: usize) -> KlWeighting {
+        let capacity = self.capacity.map(|capacity| Capacity {
+            over: Span::Steps(capacity.over.in_steps(steps_per_epoch, epochs)),
+            ..capacity
+        });
+        KlWeighting { schedule: self.schedule.resolved(steps_per_epoch, epochs), capacity, ..*self }
     }
 
     /// The factor w of the batch-mean KL in the loss at `step`, where the weighted KL is w * KL (beta and its
@@ -183,11 +253,34 @@ mod tests {
 
     #[test]
     fn schedules_rise_as_documented() {
-        let linear = KlSchedule::Linear { steps: 4 };
+        let linear = KlSchedule::Linear { over: Span::Steps(4) };
         assert_eq!([1, 2, 4, 9].map(|s| linear.factor(s)), [0.25, 0.5, 1.0, 1.0]);
-        let cyclical = KlSchedule::Cyclical { period: 4, ratio: 0.5 };
+        let cyclical = KlSchedule::Cyclical { period: Span::Steps(4), ratio: 0.5 };
         assert_eq!([1, 2, 3, 4, 5, 6].map(|s| cyclical.factor(s)), [0.5, 1.0, 1.0, 1.0, 0.5, 1.0]);
-        assert!(KlSchedule::Cyclical { period: 4, ratio: 0.0 }.validate().is_err());
+        assert!(KlSchedule::Cyclical { period: Span::Steps(4), ratio: 0.0 }.validate().is_err());
+    }
+
+    #[test]
+    fn spans_in_epochs_and_run_parts_resolve_into_steps_and_read_as_before() {
+        assert_eq!(Span::Epochs(2.5).in_steps(10, 4), 25);
+        assert_eq!(Span::Epochs(0.01).in_steps(10, 4), 1);
+        assert_eq!(Span::RunPart(3).in_steps(10, 4), 14, "40 steps in 3 cycles: ceil(40 / 3)");
+        assert_eq!(Span::RunPart(1).in_steps(10, 4), 40);
+        let weighting = KlWeighting {
+            schedule: KlSchedule::Linear { over: Span::Epochs(0.5) },
+            capacity: Some(Capacity { max_nats: 5.0, over: Span::RunPart(1), gamma: 2.0 }),
+            ..KlWeighting::default()
+        };
+        let resolved = weighting.resolved(10, 4);
+        assert_eq!(resolved.schedule, KlSchedule::Linear { over: Span::Steps(5) });
+        assert_eq!(resolved.capacity.unwrap().over, Span::Steps(40));
+        // the JSON of a schedule in steps is what configs have always held
+        let text = serde_json::to_string(&KlSchedule::Linear { over: Span::Steps(7) }).unwrap();
+        assert_eq!(text, r#"{"kind":"linear","steps":7}"#);
+        let read: KlSchedule = serde_json::from_str(r#"{"kind":"cyclical","period":6,"ratio":0.5}"#).unwrap();
+        assert_eq!(read, KlSchedule::Cyclical { period: Span::Steps(6), ratio: 0.5 });
+        let capacity: Capacity = serde_json::from_str(r#"{"max_nats":5.0,"steps":10,"gamma":2.0}"#).unwrap();
+        assert_eq!(capacity.over, Span::Steps(10));
     }
 
     fn kl_rows() -> Tensor {
@@ -201,7 +294,8 @@ mod tests {
 
     #[test]
     fn beta_and_warm_up_scale_the_batch_mean_kl() {
-        let weighting = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 10 }, ..KlWeighting::default() };
+        let weighting =
+            KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { over: Span::Steps(10) }, ..KlWeighting::default() };
         assert!((scalar(weighting.weighted_kl(&kl_rows(), 5).unwrap()) - 2.0 * 0.5 * 2.1).abs() < 1e-6);
     }
 
@@ -217,16 +311,16 @@ mod tests {
 
     #[test]
     fn capacity_penalises_distance_from_the_target() {
-        let capacity = Capacity { max_nats: 10.0, steps: 100, gamma: 3.0 };
+        let capacity = Capacity { max_nats: 10.0, over: Span::Steps(100), gamma: 3.0 };
         let weighting = KlWeighting { capacity: Some(capacity), ..KlWeighting::default() };
         assert!((scalar(weighting.weighted_kl(&kl_rows(), 50).unwrap()) - 3.0 * (5.0 - 2.1)).abs() < 1e-5);
     }
 
     #[test]
     fn the_weighted_kl_of_batch_means_matches_the_tensor_form_and_its_gradient() {
-        let capacity = Capacity { max_nats: 10.0, steps: 100, gamma: 3.0 };
+        let capacity = Capacity { max_nats: 10.0, over: Span::Steps(100), gamma: 3.0 };
         let weightings = [
-            KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 10 }, ..KlWeighting::default() },
+            KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { over: Span::Steps(10) }, ..KlWeighting::default() },
             KlWeighting { beta: 1.5, free_bits: Some(0.5), ..KlWeighting::default() },
             KlWeighting { capacity: Some(capacity), ..KlWeighting::default() },
             KlWeighting { free_bits: Some(0.5), capacity: Some(capacity), ..KlWeighting::default() },

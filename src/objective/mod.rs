@@ -9,6 +9,6 @@ pub mod tcvae;
 
 pub use elbo::{negative_elbo_terms, negative_elbo_terms_given, ElboTerms};
 pub use iwae::{log_importance_weights, log_mean_exp};
-pub use kl_weighting::{Capacity, KlSchedule, KlWeighting};
+pub use kl_weighting::{Capacity, KlSchedule, KlWeighting, Span};
 pub use noise::NoiseSource;
 pub use tcvae::{decompose_kl, KlDecomposition};

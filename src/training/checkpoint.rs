@@ -4,9 +4,9 @@
 
 use std::str::FromStr;
 
-use super::optimizer::OptimizerState;
 use super::trainer::{EpochRecord, StepRecord};
 use crate::evaluation::ElboEstimate;
+use crate::optimizer::OptimizerState;
 use crate::{Error, Result};
 
 /// Where a run stands. Stored as JSON in the checkpoint.

@@ -1,10 +1,10 @@
 //! The training settings: everything besides the data and the architecture that decides a run.
 
 use super::checkpoint::CheckpointEvery;
-use super::optimizer::OptimizerConfig;
 use super::step::StepChoice;
 use crate::data::Binarization;
 use crate::objective::KlWeighting;
+use crate::optimizer::OptimizerConfig;
 use crate::{Error, Result};
 
 /// The bound that training maximises.
@@ -105,7 +105,7 @@ impl TrainConfig {
         if self.batch_size == 0 || self.eval_batch_size == 0 {
             return Err(Error::invalid_setting("batch size", "must be at least 1"));
         }
-        super::optimizer::validate(&self.optimizer, self.learning_rate)?;
+        crate::optimizer::validate(&self.optimizer, self.learning_rate)?;
         self.kl.validate()?;
         if let Objective::Iwae { samples } = self.objective {
             if samples == 0 {

@@ -3,12 +3,11 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod optimizer;
 pub mod step;
 pub mod trainer;
 
+pub use crate::optimizer::{Optimizer, OptimizerConfig, OptimizerState, UpdatePath};
 pub use checkpoint::{Checkpoint, CheckpointEvery, TrainingProgress};
 pub use config::{Objective, TrainConfig};
-pub use optimizer::{Optimizer, OptimizerConfig, OptimizerState, UpdatePath};
 pub use step::{step_plan, StepChoice, StepPath, StepPlan};
 pub use trainer::{train, train_from, EpochRecord, StepRecord, TrainOutcome, TrainingObserver};

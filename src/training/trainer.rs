@@ -12,12 +12,12 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{Checkpoint, CheckpointEvery, EpochTotals, StreamPositions, TrainingProgress};
 use super::config::{Objective, TrainConfig};
-use super::optimizer::Optimizer;
 use super::step::{shard_count, step_plan, train_step, Shard, StepContext, StepFigures, StepPlan, TrainStep};
 use crate::data::{batch_tensor, Batcher, Dataset, Splits};
 use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
 use crate::objective::NoiseSource;
+use crate::optimizer::Optimizer;
 use crate::{Error, Result};
 
 /// Figures of one optimisation step (batch means, in nats).
@@ -187,8 +187,9 @@ impl Clock {
 }
 
 /// The state that lives across epochs: optimiser, random streams, where the run stands.
-struct LoopState<'a> {
-    config: &'a TrainConfig,
+struct LoopState {
+    /// The settings, with the KL weighting's spans in steps.
+    config: TrainConfig,
     optimizer: Optimizer,
     shuffle_rng: ChaCha8Rng,
     binarize_rng: ChaCha8Rng,
@@ -204,11 +205,13 @@ struct LoopState<'a> {
     train_step: &'static dyn TrainStep,
 }
 
-impl<'a> LoopState<'a> {
-    fn new(config: &'a TrainConfig, vae: &Vae, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
+impl LoopState {
+    fn new(config: &TrainConfig, vae: &Vae, varmap: &VarMap, dataset_size: usize, device: &Device) -> Result<Self> {
         let plan = step_plan(vae, config, device)?;
+        let steps_per_epoch = dataset_size.div_ceil(config.batch_size.max(1));
+        let kl = config.kl.resolved(steps_per_epoch, config.epochs);
         Ok(LoopState {
-            config,
+            config: TrainConfig { kl, ..config.clone() },
             optimizer: Optimizer::new(config.optimizer, config.learning_rate, varmap)?,
             shuffle_rng: ChaCha8Rng::seed_from_u64(config.seed ^ SHUFFLE_STREAM),
             binarize_rng: ChaCha8Rng::seed_from_u64(config.seed ^ BINARIZE_STREAM),
@@ -304,7 +307,7 @@ impl<'a> LoopState<'a> {
         clock: Clock,
         observers: &mut [&mut dyn TrainingObserver],
     ) -> Result<()> {
-        let config = self.config;
+        let config = &self.config;
         let held_out = match held_out.is_empty() {
             true => None,
             false => Some(evaluate_negative_elbo(
@@ -381,7 +384,7 @@ impl<'a> LoopState<'a> {
     fn step(&mut self, vae: &Vae, x: &Tensor, clock: Clock) -> Result<StepRecord> {
         self.progress.step += 1;
         let shards = self.shards(vae, x)?;
-        let context = StepContext { config: self.config, step: self.progress.step, dataset_size: self.dataset_size };
+        let context = StepContext { config: &self.config, step: self.progress.step, dataset_size: self.dataset_size };
         let (figures, grads) = self.train_step.run(vae, &shards, &context)?;
         self.check_finite(&figures)?;
         self.optimizer.step_sharded(&grads)?;
@@ -516,7 +519,11 @@ mod tests {
 
     #[test]
     fn a_batch_split_into_shards_takes_the_same_steps_as_the_whole_batch() {
-        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 5 }, ..KlWeighting::default() };
+        let warm_up = KlWeighting {
+            beta: 2.0,
+            schedule: KlSchedule::Linear { over: crate::objective::Span::Steps(5) },
+            ..KlWeighting::default()
+        };
         let configs = [
             TrainConfig::default(),
             TrainConfig { kl: warm_up, ..TrainConfig::default() },
@@ -537,7 +544,11 @@ mod tests {
 
     #[test]
     fn fused_steps_take_the_same_steps_as_candles_graph() {
-        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 5 }, ..KlWeighting::default() };
+        let warm_up = KlWeighting {
+            beta: 2.0,
+            schedule: KlSchedule::Linear { over: crate::objective::Span::Steps(5) },
+            ..KlWeighting::default()
+        };
         for config in [TrainConfig::default(), TrainConfig { kl: warm_up, ..TrainConfig::default() }] {
             let (vae, varmap) = model();
             assert_eq!(LoopState::new(&config, &vae, &varmap, 1000, &Device::Cpu).unwrap().plan.path, StepPath::Fused);
@@ -552,7 +563,11 @@ mod tests {
     fn losses_that_look_across_the_batch_are_not_split_on_the_graph() {
         let free_bits = KlWeighting { free_bits: Some(0.5), ..KlWeighting::default() };
         let capacity = KlWeighting {
-            capacity: Some(crate::objective::Capacity { max_nats: 5.0, steps: 10, gamma: 100.0 }),
+            capacity: Some(crate::objective::Capacity {
+                max_nats: 5.0,
+                over: crate::objective::Span::Steps(10),
+                gamma: 100.0,
+            }),
             ..KlWeighting::default()
         };
         for config in [

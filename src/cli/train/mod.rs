@@ -29,17 +29,17 @@ pub struct TrainArgs {
     #[command(flatten)]
     objective: ObjectiveArgs,
     /// Passes over the training data.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
     /// Stop after this many optimisation steps, if that comes before the last epoch ends (the last epoch is then
     /// partial, but evaluated and saved like the others).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Examples per step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch_size: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate, allow_negative_numbers = true)]
     lr: f64,
     /// Optimiser.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
     /// Seed for weights, shuffling, noise and binarization (and the built-in data).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Binarization of inputs.
     #[arg(long, value_enum, default_value_t = BinarizeMode::None)]
@@ -58,7 +58,7 @@ pub struct TrainArgs {
     threshold: f32,
     /// Training step: auto (elbo's fused CPU step where it covers the run, else candle's graph), graph or fused
     /// (an error where it does not cover the run). The choice and its reason are printed.
-    #[arg(long, value_enum, default_value_t = StepChoice::Auto)]
+    #[arg(long, value_enum, default_value_t = StepChoice::default())]
     step: StepChoice,
     #[command(flatten)]
     compute: ComputeArgs,
@@ -160,7 +160,7 @@ fn config_from_flags(args: &TrainArgs) -> anyhow::Result<(RunConfig, Splits)> {
     let config = RunConfig {
         elbo_version: env!("CARGO_PKG_VERSION").to_string(),
         model: args.model.config(splits.train.shape)?,
-        training: train_config(args, splits.train.len()),
+        training: train_config(args),
         data: spec,
         validation_fraction: args.data.validation_fraction,
         threads,
@@ -197,8 +197,7 @@ fn finish(finished: &FinishedRun, progress: &Progress, out: &Path) -> ExitCode {
     exit
 }
 
-fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
-    let steps_per_epoch = train_examples.div_ceil(args.batch_size.max(1));
+fn train_config(args: &TrainArgs) -> TrainConfig {
     TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -208,7 +207,7 @@ fn train_config(args: &TrainArgs, train_examples: usize) -> TrainConfig {
             OptimizerKind::Sgd => OptimizerConfig::Sgd { momentum: args.momentum },
         },
         objective: args.objective.objective(),
-        kl: args.objective.kl_weighting(steps_per_epoch, args.epochs),
+        kl: args.objective.kl_weighting(),
         seed: args.seed,
         binarization: args.binarize.to_binarization(args.threshold),
         max_steps: args.max_steps,

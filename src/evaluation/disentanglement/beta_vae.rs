@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sampling::{code_dim, codes_of, FactorSampler, ROWS_PER_CALL};
 use super::{require_at_least, FactorSpace, Representation};
-use crate::latent::logistic::{LogisticConfig, LogisticRegression};
+use crate::stats::logistic::{LogisticConfig, LogisticRegression};
 use crate::Result;
 
 /// The beta-VAE score's random stream (see [`FactorSampler::new`]).

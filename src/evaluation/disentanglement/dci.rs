@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sampling::{code_dim, sample_codes, CodeMatrix, FactorSampler};
 use super::{require_at_least, FactorSpace, Representation};
-use crate::latent::logistic::{fraction_equal, LogisticConfig, LogisticRegression};
+use crate::stats::logistic::{fraction_equal, LogisticConfig, LogisticRegression};
 use crate::Result;
 
 /// DCI's random stream (see [`FactorSampler::new`]).

@@ -11,9 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::information::{contingency, counts, discretize, entropy, mutual_information};
 use super::sampling::{code_dim, sample_codes, FactorSampler};
 use super::{require_at_least, FactorSpace, Representation};
+use crate::stats::information::{contingency, counts, discretize, entropy, mutual_information};
 use crate::{Error, Result};
 
 /// The MIG's random stream (see [`FactorSampler::new`]).

@@ -17,7 +17,6 @@
 pub mod beta_vae;
 pub mod dci;
 pub mod factor_vae;
-pub mod information;
 pub mod mig;
 pub mod sampling;
 

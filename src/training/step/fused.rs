@@ -581,10 +581,17 @@ mod tests {
 
     fn objectives() -> Vec<TrainConfig> {
         let kl = |kl| TrainConfig { kl, ..TrainConfig::default() };
-        let warm_up = KlWeighting { beta: 2.0, schedule: KlSchedule::Linear { steps: 9 }, ..KlWeighting::default() };
-        let cycles = KlWeighting { schedule: KlSchedule::Cyclical { period: 6, ratio: 0.5 }, ..KlWeighting::default() };
+        let warm_up = KlWeighting {
+            beta: 2.0,
+            schedule: KlSchedule::Linear { over: crate::objective::Span::Steps(9) },
+            ..KlWeighting::default()
+        };
+        let cycles = KlWeighting {
+            schedule: KlSchedule::Cyclical { period: crate::objective::Span::Steps(6), ratio: 0.5 },
+            ..KlWeighting::default()
+        };
         let free_bits = KlWeighting { beta: 1.5, free_bits: Some(0.05), ..KlWeighting::default() };
-        let capacity = Capacity { max_nats: 4.0, steps: 10, gamma: 30.0 };
+        let capacity = Capacity { max_nats: 4.0, over: crate::objective::Span::Steps(10), gamma: 30.0 };
         let both = KlWeighting { free_bits: Some(0.05), capacity: Some(capacity), ..KlWeighting::default() };
         vec![
             TrainConfig::default(),

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor, D};
 use candle_nn::{Init, VarMap};
 
-use crate::training::{Optimizer, OptimizerConfig};
+use crate::optimizer::{Optimizer, OptimizerConfig};
 use crate::{Error, Result};
 
 /// Below this standard deviation a feature counts as constant and is only centred, not scaled.

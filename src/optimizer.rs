@@ -1,4 +1,5 @@
-//! Optimisers for the training step: Adam and SGD with momentum, updating candle variables in place.
+//! Optimisers: Adam and SGD with momentum, updating candle variables in place; used by the training step and by the
+//! statistics (the logistic regression).
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
