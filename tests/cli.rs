@@ -401,21 +401,28 @@ fn a_run_directory_has_one_writer_and_is_not_reused_without_overwrite() {
     assert!(!dir.path().join("run/probe.json").exists(), "--overwrite removes the old model's scores");
     // a second writer while the first one trains is refused, naming the first one's process
     let args = ["train", "--sprite-count", "2000", "--sprite-size", "16", "--epochs", "500", "--hidden", "32"];
-    let mut first = Command::new(env!("CARGO_BIN_EXE_elbo"))
-        .args(args.iter().chain(&["--threads", "1", "--quiet", "--out", "busy"]))
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !dir.path().join("busy/config.json").exists() {
-        assert!(started.elapsed().as_secs() < 120, "the first training never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let command: Vec<&str> = args.iter().chain(&["--threads", "1", "--quiet", "--out", "busy"]).copied().collect();
+    let mut first = spawn_until(&command, dir.path(), "busy/config.json");
     let second = train_tiny_with(dir.path(), "busy", &["--overwrite"]);
     first.kill().unwrap();
     first.wait().unwrap();
     assert_fails_with(&second, &["busy", &format!("process {}", first.id()), "one writer"]);
+}
+
+/// Starts `elbo` with `args` in `dir` and waits until the file `waits_for` (relative to `dir`) appears.
+fn spawn_until(args: &[&str], dir: &Path, waits_for: &str) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_elbo"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join(waits_for).exists() {
+        assert!(started.elapsed().as_secs() < 120, "{waits_for} never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child
 }
 
 /// The step numbers of the step rows of a run's `metrics.csv`.
@@ -435,17 +442,8 @@ fn a_run_killed_mid_epoch_resumes_to_the_weights_of_one_never_stopped() {
     let command: Vec<&str> = args.iter().chain(&rest).copied().collect();
     let straight = elbo(&[command.as_slice(), &["--out", "straight"]].concat(), dir.path());
     assert!(straight.status.success(), "{}", text(&straight));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_elbo"))
-        .args(command.iter().chain(&["--out", "killed"]))
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !dir.path().join("killed/checkpoint.safetensors").exists() {
-        assert!(started.elapsed().as_secs() < 120, "training never wrote a checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let mut child =
+        spawn_until(&[command.as_slice(), &["--out", "killed"]].concat(), dir.path(), "killed/checkpoint.safetensors");
     child.kill().unwrap(); // SIGKILL: no handler runs, nothing is saved on the way out
     child.wait().unwrap();
     assert_fails_with(&elbo(&["train", "--resume", "killed", "--lr", "0.1"], dir.path()), &["--lr", "--resume"]);
