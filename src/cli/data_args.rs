@@ -38,12 +38,12 @@ pub struct DataArgs {
     #[arg(long, value_name = "N|HxW", value_parser = parse_image_size)]
     pub image_size: Option<ImageSize>,
     /// Image folders: channels per example; auto is rgb when any image is stored in colour, grey otherwise.
-    #[arg(long, value_enum, default_value_t = ChannelsArg::Auto)]
-    pub image_channels: ChannelsArg,
+    #[arg(long, value_enum, default_value_t = ImageChannels::default())]
+    pub image_channels: ImageChannels,
     /// Image folders, with --image-size: crop keeps the aspect ratio (resize, then cut the centre);
     /// stretch resizes the whole image to the size.
-    #[arg(long, value_enum, default_value_t = FitArg::Crop)]
-    pub image_fit: FitArg,
+    #[arg(long, value_enum, default_value_t = ImageFit::default())]
+    pub image_fit: ImageFit,
     /// Image folders: leave out files that cannot be decoded (listed in a warning) instead of failing.
     #[arg(long)]
     pub skip_unreadable: bool,
@@ -72,8 +72,8 @@ impl DataArgs {
     /// True when an image flag differs from its default.
     fn image_flags_given(&self) -> bool {
         self.image_size.is_some()
-            || !matches!(self.image_channels, ChannelsArg::Auto)
-            || !matches!(self.image_fit, FitArg::Crop)
+            || self.image_channels != ImageChannels::default()
+            || self.image_fit != ImageFit::default()
             || self.skip_unreadable
     }
 
@@ -83,15 +83,8 @@ impl DataArgs {
             path: path.to_path_buf(),
             height: self.image_size.map(|s| s.height),
             width: self.image_size.map(|s| s.width),
-            channels: match self.image_channels {
-                ChannelsArg::Auto => ImageChannels::Auto,
-                ChannelsArg::Grey => ImageChannels::Grey,
-                ChannelsArg::Rgb => ImageChannels::Rgb,
-            },
-            fit: match self.image_fit {
-                FitArg::Crop => ImageFit::Crop,
-                FitArg::Stretch => ImageFit::Stretch,
-            },
+            channels: self.image_channels,
+            fit: self.image_fit,
             skip_unreadable: self.skip_unreadable,
         }
     }
@@ -117,27 +110,6 @@ fn parse_image_size(text: &str) -> Result<ImageSize, String> {
         Some((height, width)) => Ok(ImageSize { height: side(height)?, width: side(width)? }),
         None => side(text).map(|n| ImageSize { height: n, width: n }),
     }
-}
-
-/// Channel choices for image folders on the command line.
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum ChannelsArg {
-    /// RGB when any image is stored in colour, grey otherwise.
-    Auto,
-    /// One channel (luma).
-    #[value(alias = "gray")]
-    Grey,
-    /// Three channels.
-    Rgb,
-}
-
-/// How image folders' images are brought to --image-size.
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum FitArg {
-    /// Keep the aspect ratio: resize the shorter side, cut the centre.
-    Crop,
-    /// Resize to exactly the size, ignoring the aspect ratio.
-    Stretch,
 }
 
 /// Binarization choices on the command line.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::Device;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use elbo::data::{DataSpec, Dataset, Splits};
 use elbo::latent::{Split, TrainedRun};
 
@@ -41,17 +41,8 @@ pub struct InputArgs {
     #[arg(long)]
     pub label_column: Option<usize>,
     /// Which split of the run's data or of a directory to use.
-    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
-    pub split: SplitArg,
-}
-
-/// Split choices.
-#[derive(ValueEnum, Debug, Clone, Copy)]
-pub enum SplitArg {
-    /// The training examples.
-    Train,
-    /// The held-out examples.
-    Test,
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
 }
 
 impl InputArgs {
@@ -62,10 +53,7 @@ impl InputArgs {
 
     /// The examples to use.
     pub fn dataset(&self, trained: &TrainedRun) -> anyhow::Result<Dataset> {
-        let split = match self.split {
-            SplitArg::Train => Split::Train,
-            SplitArg::Test => Split::Test,
-        };
+        let split = self.split;
         trained.dataset(self.spec().as_ref(), split).with_context(|| self.describe(trained.run.root()))
     }
 

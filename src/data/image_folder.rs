@@ -46,20 +46,21 @@ const FILTER: FilterType = FilterType::Triangle;
 const NAMES_IN_SOURCE: usize = 10;
 
 /// How many channels each example gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageChannels {
     /// RGB when any image is stored in colour (RGB or RGBA), grey when all are stored grey.
     #[default]
     Auto,
     /// One channel: the luma of colour images.
+    #[value(alias = "gray")]
     Grey,
     /// Three channels: grey images are repeated in each.
     Rgb,
 }
 
 /// How an image of another size is brought to the target size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFit {
     /// Keep the aspect ratio: cut the largest centred region of the target's aspect ratio, then resize it.

@@ -12,7 +12,7 @@ use crate::outputs::{RunConfig, RunDir};
 use crate::{Error, Result};
 
 /// Which part of split data to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     /// The training examples.
     Train,
