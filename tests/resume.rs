@@ -176,6 +176,9 @@ fn a_crash_between_checkpoints_resumes_from_the_last_one() {
             &format!("crash at step {step}"),
         );
     }
+    // by the clock: a checkpoint whenever the interval has passed (here: after every step)
+    let every_moment = TrainConfig { checkpoint_every: Some(CheckpointEvery::Minutes(1e-9)), ..every_three.clone() };
+    assert_resume_is_exact(&run_config(mlp(), every_moment), FirstLeg::StopAfter { step: 6, crash: true }, "minutes");
     let conv_config =
         run_config(conv(), TrainConfig { checkpoint_every: Some(CheckpointEvery::Steps(3)), ..every_three });
     assert_resume_is_exact(&conv_config, FirstLeg::StopAfter { step: 7, crash: true }, "conv, crash at step 7");
