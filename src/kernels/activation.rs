@@ -48,6 +48,13 @@ impl OutputActivation {
 
     /// grad * d activation / d pre-activation, from the output y.
     pub(crate) fn gradient(&self, output: &[f32], grad: &[f32]) -> Vec<f32> {
+        let mut gradient = grad.to_vec();
+        differentiate(*self, output, &mut gradient);
+        gradient
+    }
+
+    /// [`Self::gradient`] written over `grad`.
+    pub(crate) fn gradient_in_place(&self, output: &[f32], grad: &mut [f32]) {
         differentiate(*self, output, grad)
     }
 }
@@ -66,15 +73,15 @@ wide_fn! {
 }
 
 wide_fn! {
-    /// grad * d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus:
+    /// grad *= d activation / d pre-activation, from the output y: relu: y > 0; tanh: 1 - y^2; softplus:
     /// 1 - exp(-y). One loop per activation, so each vectorises.
-    fn differentiate(activation: OutputActivation, output: &[f32], grad: &[f32]) -> Vec<f32> {
-        let pairs = output.iter().zip(grad);
+    fn differentiate(activation: OutputActivation, output: &[f32], grad: &mut [f32]) {
+        let pairs = grad.iter_mut().zip(output);
         match activation {
-            OutputActivation::Identity => grad.to_vec(),
-            OutputActivation::Relu => pairs.map(|(&y, &g)| if y > 0.0 { g } else { 0.0 }).collect(),
-            OutputActivation::Tanh => pairs.map(|(&y, &g)| g * (1.0 - y * y)).collect(),
-            OutputActivation::Softplus => pairs.map(|(&y, &g)| g * (1.0 - fast_math::exp(-y))).collect(),
+            OutputActivation::Identity => {}
+            OutputActivation::Relu => pairs.for_each(|(g, &y)| *g = if y > 0.0 { *g } else { 0.0 }),
+            OutputActivation::Tanh => pairs.for_each(|(g, &y)| *g *= 1.0 - y * y),
+            OutputActivation::Softplus => pairs.for_each(|(g, &y)| *g *= 1.0 - fast_math::exp(-y)),
         }
     }
 }

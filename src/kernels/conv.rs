@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
+use super::recycle;
 use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, Destination, Operand};
 
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
@@ -192,7 +193,7 @@ wide_fn! {
 /// gather: out_b (`[m, positions]`) = W (`[m, patch]`) · im2col(image_b), for every image of the batch.
 fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions) = (geometry.patch_len(), geometry.positions());
-    let mut out = vec![0.0; images.len() / geometry.image_len() * m * positions];
+    let mut out = recycle::stale(images.len() / geometry.image_len() * m * positions);
     out.par_chunks_mut(m * positions).zip(images.par_chunks(geometry.image_len())).for_each_init(
         || vec![0.0; patch * positions],
         |cols, (out_b, image)| {
@@ -213,7 +214,7 @@ fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> 
 /// scatter: image_b = col2im(W^T · maps_b), W `[m, patch]`, maps_b `[m, positions]`, for every map of the batch.
 fn scatter(geometry: &ConvGeometry, maps: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions) = (geometry.patch_len(), geometry.positions());
-    let mut images = vec![0.0; maps.len() / (m * positions) * geometry.image_len()];
+    let mut images = recycle::zeroed(maps.len() / (m * positions) * geometry.image_len());
     images.par_chunks_mut(geometry.image_len()).zip(maps.par_chunks(m * positions)).for_each_init(
         || vec![0.0; patch * positions],
         |cols, (image, map)| {
@@ -281,7 +282,8 @@ fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec
 fn gather_keeping_columns(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     let batch = images.len() / image_len.max(1);
-    let (mut out, mut columns) = (vec![0.0; batch * m * positions], vec![0.0; batch * patch * positions]);
+    // both overwritten whole: every output by its product, every column by im2col
+    let (mut out, mut columns) = (recycle::stale(batch * m * positions), recycle::stale(batch * patch * positions));
     out.par_chunks_mut(m * positions)
         .zip(columns.par_chunks_mut(patch * positions))
         .zip(images.par_chunks(image_len))
@@ -306,7 +308,7 @@ fn transposed_gradients(
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     let map_len = m * positions;
     let batch = grad.len() / image_len.max(1);
-    let mut grad_maps = vec![0.0; if input_gradient_wanted { batch * map_len } else { 0 }];
+    let mut grad_maps = recycle::stale(if input_gradient_wanted { batch * map_len } else { 0 });
     let grad_weight = chunked_sum(batch, m * patch, &mut grad_maps, |range, sum, grad_maps| {
         let mut cols = vec![0.0; patch * positions];
         for (index, b) in range.enumerate() {

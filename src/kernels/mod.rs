@@ -9,6 +9,7 @@ pub mod fast_math;
 pub mod likelihood;
 pub mod matmul;
 pub mod optimizer;
+pub mod recycle;
 pub mod simd;
 
 use std::cell::Cell;

@@ -26,7 +26,7 @@ use candle_core::Tensor;
 use super::layers::{Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
-use crate::kernels::{add_to, cpu_f32, read_all};
+use crate::kernels::{add_to, cpu_f32, read_all, recycle};
 use crate::model::{Likelihood, Vae};
 use crate::training::config::Objective;
 use crate::{Error, Result};
@@ -214,6 +214,7 @@ impl<'a> Network<'a> {
                 _ => self.elbo_backward(shard, encoded, &kl_gradient.coefficients, c),
             })
         })?;
+        encoded.into_iter().for_each(|shard| recycle_outputs(shard.hidden));
         let figures = figures(&results, &kl_gradient, kl_mean, batch);
         Ok((figures, results.into_iter().map(|result| result.gradients).collect()))
     }
@@ -254,6 +255,7 @@ impl<'a> Network<'a> {
         let (grad_mu, grad_log_var) =
             latent_gradients(&encoded.mu, &encoded.log_var, shard.eps, &grad_z, coefficients, c);
         let encoder_gradients = self.encoder_backward(shard, encoded, &grad_mu, &grad_log_var);
+        recycle_outputs(decoded);
         ShardResult {
             reconstruction: likelihood.losses.iter().map(|&v| f64::from(v)).sum(),
             loss: 0.0,
@@ -291,6 +293,7 @@ impl<'a> Network<'a> {
         }
         let (grad_mu, grad_log_var) = iwae_latent_gradients(&log_var, shard.eps, &grad_z, (latent_dim, samples), c);
         let encoder_gradients = self.encoder_backward(shard, encoded, &grad_mu, &grad_log_var);
+        recycle_outputs(decoded);
         ShardResult {
             reconstruction: reconstruction.iter().map(|&v| f64::from(v)).sum(),
             loss: bounds.iter().map(|&bound| -f64::from(bound)).sum(),
@@ -370,6 +373,14 @@ fn forward_chain(layers: &[Layer], input: &[f32], rows: usize) -> Outputs {
         outputs.push(layer.forward(layer_input, rows));
     }
     outputs
+}
+
+/// Hands a chain's outputs and kept columns back to [`recycle`] once the backward pass is done with them.
+fn recycle_outputs(outputs: Outputs) {
+    for (output, kept) in outputs {
+        recycle::recycle(output);
+        kept.into_iter().for_each(recycle::recycle);
+    }
 }
 
 /// The last output of a chain, or its input when the chain is empty.

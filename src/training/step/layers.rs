@@ -210,10 +210,8 @@ impl Layer<'_> {
         input_gradient_wanted: bool,
     ) -> (Option<LayerGradients>, Option<Vec<f32>>) {
         // dL/dpre = dL/dy * act'(y)
-        let grad_pre = match self.activation {
-            OutputActivation::Identity => grad_output,
-            activation => activation.gradient(output, &grad_output),
-        };
+        let mut grad_pre = grad_output;
+        self.activation.gradient_in_place(output, &mut grad_pre);
         match self.kind {
             Kind::Dense => {
                 let gradients = parameter_gradients(&grad_pre, input, rows);
