@@ -1,5 +1,6 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
 
+pub mod autoencoder_kl;
 pub mod conv;
 pub mod decoder;
 pub mod dense;
@@ -10,6 +11,7 @@ pub mod likelihood;
 pub mod mlp;
 pub mod vae;
 
+pub use autoencoder_kl::{AutoencoderKl, AutoencoderKlConfig};
 pub use conv::ConvConfig;
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
