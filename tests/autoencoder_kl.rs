@@ -230,3 +230,59 @@ fn a_fresh_model_trains_gradients_reach_the_encoder_through_the_sample() {
         assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm^2 {norm}");
     }
 }
+
+/// Writes `count` RGB PNGs of `height` x `width` named `img{i}.png` into `dir`, in reverse order.
+fn write_images(dir: &Path, count: usize, (height, width): (u32, u32)) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..count)
+        .rev()
+        .map(|i| {
+            let image = image::RgbImage::from_fn(width, height, |x, y| {
+                image::Rgb([(x * 5 + i as u32 * 40) as u8, (y * 6) as u8, 90])
+            });
+            let path = dir.join(format!("img{i}.png"));
+            image.save(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn image_folders_encode_in_name_order_and_reconstruct_with_psnr_and_ssim() {
+    use elbo::latent::autoencoder_kl::*;
+    let dir = tempfile::tempdir().unwrap();
+    write_images(&dir.path().join("images"), 2, (16, 24));
+    let model = open("two_blocks_attention");
+    let files = image_files(&dir.path().join("images")).unwrap();
+    let options = KlImageOptions { size: None, tiling: true };
+    let choice = LatentChoice { sample_seed: None, scaled: true };
+    let array = encode_images(&model, &files, options, choice, &Device::Cpu).unwrap();
+    assert_eq!((array.shape, array.names.clone()), ([2, 3, 8, 12], vec!["img0.png".to_string(), "img1.png".into()]));
+    let (images, shape) = decode_latent_array(&model, &array.values, array.shape, (true, true), &Device::Cpu).unwrap();
+    assert_eq!((images.len(), shape.height, shape.width), (2 * 3 * 16 * 24, 16, 24));
+    let rows = reconstruct_images(&model, &files, options, &dir.path().join("out"), &Device::Cpu).unwrap();
+    assert!(rows.iter().all(|r| r.psnr.is_finite() && (-1.0..=1.0).contains(&r.ssim)), "{rows:?}");
+    let csv = std::fs::read_to_string(dir.path().join("out/metrics.csv")).unwrap();
+    assert!(csv.starts_with("name,psnr_db,ssim\nimg0.png,") && csv.contains("\nmean,"), "{csv}");
+    assert_eq!(image::open(dir.path().join("out/img1.png")).unwrap().width(), 48);
+    let odd = write_images(&dir.path().join("odd"), 1, (15, 24));
+    let message = encode_images(&model, &odd, options, choice, &Device::Cpu).unwrap_err().to_string();
+    assert!(message.contains("img0.png") && message.contains("multiples of 2"), "{message}");
+}
+
+#[test]
+fn the_commands_take_a_diffusers_directory_as_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_images(&dir.path().join("images"), 2, (16, 24));
+    let elbo = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_elbo")).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let run = fixture("two_blocks_attention");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    elbo(&["encode", "--run", run.to_str().unwrap(), "--data", &path("images"), "--out", &path("z.npy")]);
+    elbo(&["decode", "--run", run.to_str().unwrap(), "--latents", &path("z.npy"), "--out", &path("decoded")]);
+    elbo(&["reconstruct", "--run", run.to_str().unwrap(), "--data", &path("images"), "--out", &path("rec")]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("z.names.txt")).unwrap(), "img0.png\nimg1.png\n");
+    assert!(dir.path().join("decoded/1.png").is_file() && dir.path().join("rec/metrics.csv").is_file());
+}
