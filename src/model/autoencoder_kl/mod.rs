@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod conv_kernel;
 pub mod decoder;
 pub mod encoder;
 pub mod layers;

@@ -70,7 +70,7 @@ impl Tiles {
             for (column, left) in (0..width).step_by(stride).enumerate() {
                 let tile = x.narrow(2, top, self.input_tile.min(height - top))?;
                 let tile = tile.narrow(3, left, self.input_tile.min(width - left))?;
-                let mut out = network(&tile)?;
+                let mut out = network(&tile.contiguous()?)?.contiguous()?;
                 if let Some(upper) = above.get(column) {
                     out = blend(upper, &out, extent, 2)?;
                 }
@@ -87,10 +87,11 @@ impl Tiles {
     }
 }
 
-/// The first `limit` outputs of `tile` down and across (fewer where the tile is smaller).
+/// The first `limit` outputs of `tile` down and across (fewer where the tile is smaller), contiguous: candle 0.11's
+/// `cat` can index past a strided view's storage.
 fn crop(tile: &Tensor, limit: usize) -> Result<Tensor> {
     let (_, _, height, width) = tile.dims4()?;
-    Ok(tile.narrow(2, 0, limit.min(height))?.narrow(3, 0, limit.min(width))?)
+    Ok(tile.narrow(2, 0, limit.min(height))?.narrow(3, 0, limit.min(width))?.contiguous()?)
 }
 
 /// `b` with its first e entries along `axis` (2: down, 3: across) blended from the last e of `a`:
@@ -108,6 +109,9 @@ fn blend(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
     let head = b.narrow(axis, 0, extent)?;
     // a * (1 - w) + b * w
     let mixed = (tail.broadcast_mul(&weight.affine(-1.0, 1.0)?)? + head.broadcast_mul(&weight)?)?;
+    if extent == b.dim(axis)? {
+        return Ok(mixed); // candle 0.11's `cat` mis-indexes an empty part
+    }
     let rest = b.narrow(axis, extent, b.dim(axis)? - extent)?;
     Ok(Tensor::cat(&[&mixed, &rest], axis)?)
 }

@@ -1,0 +1,116 @@
+//! An inference kernel for stride-1 convolutions on the CPU: k x k accumulated matrix products over shifted views of
+//! the padded maps, with no im2col buffer.
+//!
+//! With the maps zero-padded to Hp x Wp and each channel flattened, the input of kernel tap (dy, dx) for every
+//! output position is one contiguous run of the flat channel starting at dy * Wp + dx, if each output row is computed
+//! Wp wide (its last Wp - Wo columns are junk and dropped). So
+//!   wide[o, y * Wp + x] = sum over taps of W_tap[o, c] · padded[c, y * Wp + x + dy * Wp + dx]
+//! is k^2 GEMMs accumulating into one buffer, reading the padded maps in place, and
+//!   out[o, y, x] = wide[o, y * Wp + x] + b[o]   for x < Wo.
+//! It makes no autograd graph, so [`super::layers::convolve`] uses it only when no gradient is wanted.
+
+use candle_core::{Storage, Tensor};
+
+use crate::kernels::{contiguous_f32, gemm_parallelism, matmul, Destination, Operand};
+use crate::Result;
+
+/// The geometry of one stride-1 convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel side k.
+    pub kernel: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+/// The convolution of contiguous f32 CPU `[batch, C, H, W]` maps `x` with weight `[O, C, k, k]` and bias `[O]`;
+/// `None` when the tensors are not contiguous f32 on the CPU or the kernel does not fit.
+pub fn convolve_stride_one(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Geometry,
+) -> Result<Option<Tensor>> {
+    let (batch, channels, height, width) = x.dims4()?;
+    let Geometry { out_channels, kernel, padding, .. } = geometry;
+    let (padded_h, padded_w) = (height + 2 * padding, width + 2 * padding);
+    let (Some(out_h), Some(out_w)) = ((padded_h + 1).checked_sub(kernel), (padded_w + 1).checked_sub(kernel)) else {
+        return Ok(None);
+    };
+    if channels != geometry.in_channels || out_h == 0 || out_w == 0 {
+        return Ok(None);
+    }
+    let (Some(input), Some(taps), Some(bias)) =
+        (f32_values(x)?, tap_major(weight, geometry)?, bias_values(bias, out_channels)?)
+    else {
+        return Ok(None);
+    };
+    let plane = padded_h * padded_w;
+    let wide_len = out_h * padded_w;
+    let mut out = Vec::with_capacity(batch * out_channels * out_h * out_w);
+    let mut wide = vec![0f32; out_channels * wide_len];
+    for example in input.chunks_exact(channels * height * width) {
+        let padded = pad(example, (channels, height, width), padding, kernel);
+        for (tap, tap_weight) in taps.chunks_exact(out_channels * channels).enumerate() {
+            let (dy, dx) = (tap / kernel, tap % kernel);
+            // wide (O x Ho*Wp) (+)= W_tap (O x C) · padded[:, dy * Wp + dx ..] (C x Ho*Wp, row stride Hp * Wp)
+            let rhs = Operand::rows(&padded[dy * padded_w + dx..], plane);
+            let lhs = Operand::rows(tap_weight, channels);
+            let destination = if tap == 0 { Destination::Overwrite } else { Destination::Accumulate };
+            let dims = (out_channels, channels, wide_len);
+            matmul(&mut wide, lhs, rhs, dims, destination, gemm_parallelism(out_channels * channels * wide_len));
+        }
+        for (o, row_block) in wide.chunks_exact(wide_len).enumerate() {
+            let b = bias.as_ref().map_or(0.0, |b| b[o]);
+            for row in row_block.chunks_exact(padded_w) {
+                // out = wide + b, junk columns dropped
+                out.extend(row[..out_w].iter().map(|v| v + b));
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(out, (batch, out_channels, out_h, out_w), x.device())?))
+}
+
+/// The values of a contiguous f32 CPU tensor, copied; `None` otherwise.
+fn f32_values(tensor: &Tensor) -> Result<Option<Vec<f32>>> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+    Ok(contiguous_f32(cpu, layout, "convolution").ok().map(<[f32]>::to_vec))
+}
+
+/// The bias values, `None` for no bias; an outer `None` when it cannot be read.
+fn bias_values(bias: Option<&Tensor>, out_channels: usize) -> Result<Option<Option<Vec<f32>>>> {
+    match bias {
+        None => Ok(Some(None)),
+        Some(bias) if bias.elem_count() == out_channels => Ok(f32_values(&bias.contiguous()?)?.map(Some)),
+        Some(_) => Ok(None),
+    }
+}
+
+/// The weight `[O, C, k, k]` reordered tap by tap: k^2 row-major O x C matrices, W_tap[o, c] = W[o, c, dy, dx].
+fn tap_major(weight: &Tensor, geometry: Geometry) -> Result<Option<Vec<f32>>> {
+    let Geometry { in_channels, out_channels, kernel, .. } = geometry;
+    if weight.dims() != [out_channels, in_channels, kernel, kernel] {
+        return Ok(None);
+    }
+    let weight = weight.reshape((out_channels * in_channels, kernel * kernel))?.t()?.contiguous()?;
+    f32_values(&weight)
+}
+
+/// One example's channels zero-padded by `padding` on every side, flat, with k - 1 zeros after the last channel so
+/// the last tap's run stays inside the buffer.
+fn pad(example: &[f32], (channels, height, width): (usize, usize, usize), padding: usize, kernel: usize) -> Vec<f32> {
+    let (padded_h, padded_w) = (height + 2 * padding, width + 2 * padding);
+    let mut padded = vec![0f32; channels * padded_h * padded_w + kernel];
+    for (c, channel) in example.chunks_exact(height * width).enumerate() {
+        for (y, row) in channel.chunks_exact(width).enumerate() {
+            let start = c * padded_h * padded_w + (y + padding) * padded_w + padding;
+            padded[start..start + width].copy_from_slice(row);
+        }
+    }
+    padded
+}
