@@ -7,7 +7,7 @@ The model is Stable Diffusion's VAE architecture (block_out_channels 128, 256, 5
 diffusers' save_pretrained to bench/.autoencoder_kl_sd (not committed). Timing does not depend on the values.
 
 Usage: cargo build --release --example autoencoder_kl_bench
-       python3 bench/autoencoder_kl_bench.py [--threads 2] [--rounds 3]
+       python3 bench/autoencoder_kl_bench.py [--threads 2] [--rounds N]
 """
 
 import argparse
@@ -21,7 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, ".autoencoder_kl_sd")
 ELBO = os.path.join(HERE, "..", "target", "release", "examples", "autoencoder_kl_bench")
-CASES = [(256, False, 3), (512, True, 1)]  # (side, tiled, timed repeats per run)
+CASES = [(256, False, 3, 3), (512, True, 1, 2)]  # (side, tiled, timed repeats per run, rounds)
 
 
 def make_model():
@@ -71,15 +71,15 @@ def run(command, threads):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="rounds per case (default: 3 at 256, 2 at 512 tiled)")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
         side, tiled, repeats = args.worker
         return torch_worker(int(side), tiled == "1", int(repeats), args.threads)
     make_model()
-    for side, tiled, repeats in CASES:
-        for round_ in range(args.rounds):
+    for side, tiled, repeats, rounds in CASES:
+        for round_ in range(args.rounds or rounds):
             elbo = [ELBO, MODEL, str(side), str(repeats)] + (["tiled"] if tiled else [])
             torch = [sys.executable, __file__, "--threads", str(args.threads), "--worker", str(side),
                      "1" if tiled else "0", str(repeats)]

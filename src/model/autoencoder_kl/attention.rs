@@ -2,10 +2,10 @@
 //! middle block around it.
 
 use candle_core::{Module, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::config::KlActivation;
-use super::layers::{group_norm, normalize};
+use super::norm::GroupNorm;
 use super::resnet::ResnetBlock;
 use crate::Result;
 
@@ -28,7 +28,7 @@ impl Attention {
     pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
         let linear = |name: &str| candle_nn::linear(channels, channels, vb.pp(name));
         Ok(Attention {
-            group_norm: group_norm(groups, channels, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(groups, channels, vb.pp("group_norm"))?,
             to_q: linear("to_q")?,
             to_k: linear("to_k")?,
             to_v: linear("to_v")?,
@@ -40,7 +40,7 @@ impl Attention {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (batch, channels, height, width) = x.dims4()?;
         // tokens: [batch, H * W, C]
-        let tokens = normalize(&self.group_norm, x)?.reshape((batch, channels, height * width))?.transpose(1, 2)?;
+        let tokens = self.group_norm.forward(x, None)?.reshape((batch, channels, height * width))?.transpose(1, 2)?;
         let tokens = tokens.contiguous()?;
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;

@@ -2,11 +2,12 @@
 //! ResNets each.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 
 use super::attention::MidBlock;
 use super::config::{AutoencoderKlConfig, KlActivation};
-use super::layers::{conv3x3, convolve, group_norm, normalize, Upsample};
+use super::layers::{conv3x3, convolve, Upsample};
+use super::norm::GroupNorm;
 use super::resnet::ResnetBlock;
 use crate::Result;
 
@@ -76,7 +77,7 @@ impl Decoder {
             conv_in: conv3x3(config.latent_channels, top, vb.pp("conv_in"))?,
             mid_block: MidBlock::new(top, groups, activation, config.mid_block_add_attention, vb.pp("mid_block"))?,
             up_blocks,
-            conv_norm_out: group_norm(groups, bottom, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, bottom, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(bottom, config.out_channels, vb.pp("conv_out"))?,
         })
     }
@@ -87,7 +88,7 @@ impl Decoder {
         let h = self.mid_block.forward(&h)?;
         let h = self.up_blocks.iter().try_fold(h, |h, block| block.forward(&h))?;
         // the output layers always use SiLU, whatever act_fn says
-        let h = normalize(&self.conv_norm_out, &h)?.silu()?;
+        let h = self.conv_norm_out.forward(&h, Some(KlActivation::Silu))?;
         convolve(&self.conv_out, &h)
     }
 }

@@ -1,11 +1,12 @@
 //! diffusers' `Encoder` (with `double_z`): images to the moments (mean and log-variance) of q(z|x).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 
 use super::attention::MidBlock;
 use super::config::{AutoencoderKlConfig, KlActivation};
-use super::layers::{conv3x3, convolve, group_norm, normalize, Downsample};
+use super::layers::{conv3x3, convolve, Downsample};
+use super::norm::GroupNorm;
 use super::resnet::ResnetBlock;
 use crate::Result;
 
@@ -80,7 +81,7 @@ impl Encoder {
             conv_in: conv3x3(config.in_channels, first, vb.pp("conv_in"))?,
             down_blocks,
             mid_block: MidBlock::new(last, groups, activation, config.mid_block_add_attention, vb.pp("mid_block"))?,
-            conv_norm_out: group_norm(groups, last, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, last, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(last, 2 * config.latent_channels, vb.pp("conv_out"))?,
         })
     }
@@ -91,7 +92,7 @@ impl Encoder {
         let h = self.down_blocks.iter().try_fold(h, |h, block| block.forward(&h))?;
         let h = self.mid_block.forward(&h)?;
         // the output layers always use SiLU, whatever act_fn says
-        let h = normalize(&self.conv_norm_out, &h)?.silu()?;
+        let h = self.conv_norm_out.forward(&h, Some(KlActivation::Silu))?;
         convolve(&self.conv_out, &h)
     }
 }

@@ -1,18 +1,11 @@
-//! The small layers every part of the KL autoencoder uses: its GroupNorm, its convolutions and the 2x up- and
+//! The small layers every part of the KL autoencoder uses: its convolutions and the 2x up- and
 //! downsampling, each in one place so a faster kernel changes one function.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use super::config::NORM_EPS;
 use super::conv_kernel::{convolve_stride_one, Geometry};
 use crate::Result;
-
-/// A GroupNorm over `channels` channels in `groups` groups with diffusers' epsilon, weights `weight` and `bias`:
-/// y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c.
-pub fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    Ok(candle_nn::group_norm(groups, channels, NORM_EPS, vb)?)
-}
 
 /// A `kernel` x `kernel` convolution with bias from `in_channels` to `out_channels`.
 pub fn conv(
@@ -93,11 +86,6 @@ fn unfold(x: &Tensor, kernel: usize, padding: usize, (out_h, out_w): (usize, usi
         }
     }
     Ok(Tensor::stack(&shifts, 2)?.reshape((batch, channels * kernel * kernel, out_h * out_w))?)
-}
-
-/// The GroupNorm `norm` applied to `[batch, C, H, W]` maps.
-pub fn normalize(norm: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    Ok(norm.forward(x)?)
 }
 
 /// diffusers' `Downsample2D` with a convolution: zero-pad one row at the bottom and one column at the right, then a

@@ -3,7 +3,8 @@
 //! so its `diffusion_pytorch_model.safetensors` loads as it is.
 //!
 //! - [`config`]: `config.json`, field for field.
-//! - [`resnet`], [`attention`], [`layers`]: the ResNet block, the middle block's attention and the small layers.
+//! - [`resnet`], [`attention`], [`norm`], [`layers`], [`conv_kernel`]: the ResNet block, the middle block's
+//!   attention, GroupNorm, the small layers and the CPU inference kernels.
 //! - [`encoder`], [`decoder`]: the two halves.
 //! - [`tiling`]: tiled encoding and decoding of large images, as diffusers' `enable_tiling`.
 //! - [`load`]: a diffusers directory, in f32, f16 or bf16.
@@ -18,6 +19,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod layers;
 pub mod load;
+pub mod norm;
 pub mod resnet;
 pub mod tiling;
 
