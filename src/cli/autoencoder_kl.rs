@@ -11,7 +11,7 @@ use elbo::latent::autoencoder_kl::{
     write_latents, KlImageOptions, LatentChoice,
 };
 use elbo::latent::decode::write_decoded;
-use elbo::model::autoencoder_kl::{is_autoencoder_kl_dir, load};
+use elbo::model::autoencoder_kl::{is_diffusers_dir, load};
 use elbo::model::AutoencoderKl;
 
 use super::run_args::RunArgs;
@@ -48,9 +48,10 @@ fn parse_size(text: &str) -> anyhow::Result<(usize, usize)> {
     }
 }
 
-/// The diffusers model named by `run`, when `--run` is a diffusers `AutoencoderKL` directory.
+/// The diffusers model named by `run`, when `--run` is a diffusers directory (an error unless it is an
+/// `AutoencoderKL`).
 pub fn open(run: &RunArgs) -> anyhow::Result<Option<(AutoencoderKl, candle_core::Device)>> {
-    if !is_autoencoder_kl_dir(&run.run) {
+    if !is_diffusers_dir(&run.run) {
         return Ok(None);
     }
     let device = super::device(&run.device)?;

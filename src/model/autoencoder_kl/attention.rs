@@ -9,11 +9,15 @@ use super::norm::GroupNorm;
 use super::resnet::ResnetBlock;
 use crate::Result;
 
+/// Queries per block of the attention: the score matrix held at once is QUERY_CHUNK x (H * W), so an image run
+/// whole (without tiling) needs memory linear in its number of positions, not quadratic.
+pub const QUERY_CHUNK: usize = 4096;
+
 /// Self-attention over the H x W positions with one head of all C channels:
 /// out = x + W_o softmax(Q K^T / sqrt(C)) V + b_o, with Q, K, V linear maps of GroupNorm(x).
 ///
 /// Weights `group_norm`, `to_q`, `to_k`, `to_v` and `to_out.0`; files written before diffusers 0.14 name the last
-/// four `query`, `key`, `value` and `proj_attn`, which the loader ([`super::load`]) maps to these names.
+/// four `query`, `key`, `value` and `proj_attn`, which the loader ([`mod@super::load`]) maps to these names.
 #[derive(Debug, Clone)]
 pub struct Attention {
     group_norm: GroupNorm,
@@ -45,14 +49,28 @@ impl Attention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        // weights = softmax(Q K^T / sqrt(C)) over the keys
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (channels as f64).sqrt()))?;
-        let weights = softmax_over_keys(&scores)?;
-        let attended = self.to_out.forward(&weights.matmul(&v)?)?;
+        let attended = self.to_out.forward(&attend(&q, &k, &v, QUERY_CHUNK)?)?;
         let maps = attended.transpose(1, 2)?.reshape((batch, channels, height, width))?;
         // out = x + attention
         Ok((x + maps)?)
     }
+}
+
+/// softmax(Q K^T / sqrt(C)) V for `[batch, tokens, C]` queries, keys and values, `chunk` queries at a time.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
+    let (_, tokens, channels) = q.dims3()?;
+    let key_t = k.t()?;
+    let mut parts = Vec::with_capacity(tokens.div_ceil(chunk.max(1)));
+    for start in (0..tokens).step_by(chunk.max(1)) {
+        let queries = q.narrow(1, start, chunk.min(tokens - start))?;
+        // weights = softmax(Q K^T / sqrt(C)) over the keys
+        let scores = (queries.matmul(&key_t)? * (1.0 / (channels as f64).sqrt()))?;
+        parts.push(softmax_over_keys(&scores)?.matmul(v)?);
+    }
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    Ok(Tensor::cat(&parts, 1)?)
 }
 
 /// softmax over the last axis: candle's fused kernel when no gradient is wanted, its differentiable composition
@@ -96,5 +114,20 @@ impl MidBlock {
             None => h,
         };
         self.second.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn attention_in_query_chunks_equals_attention_at_once() {
+        let qkv: Vec<Tensor> = (0..3).map(|_| Tensor::randn(0f32, 1.0, (2, 10, 4), &Device::Cpu).unwrap()).collect();
+        let whole = attend(&qkv[0], &qkv[1], &qkv[2], 64).unwrap();
+        let chunked = attend(&qkv[0], &qkv[1], &qkv[2], 3).unwrap();
+        let error = (whole - chunked).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(error < 1e-6, "{error}");
     }
 }

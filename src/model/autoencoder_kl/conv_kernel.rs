@@ -4,9 +4,16 @@
 //! With the maps zero-padded to Hp x Wp and each channel flattened, the input of kernel tap (dy, dx) for every
 //! output position is one contiguous run of the flat channel starting at dy * Wp + dx, if each output row is computed
 //! Wp wide (its last Wp - Wo columns are junk and dropped). So
-//!   wide[o, y * Wp + x] = sum over taps of W_tap[o, c] · padded[c, y * Wp + x + dy * Wp + dx]
+//!
+//! ```text
+//! wide[o, y * Wp + x] = sum over taps of W_tap[o, c] · padded[c, y * Wp + x + dy * Wp + dx]
+//! ```
+//!
 //! is k^2 GEMMs accumulating into one buffer, reading the padded maps in place, and
-//!   out[o, y, x] = wide[o, y * Wp + x] + b[o]   for x < Wo.
+//!
+//! ```text
+//! out[o, y, x] = wide[o, y * Wp + x] + b[o]   for x < Wo
+//! ```
 //! It makes no autograd graph, so [`super::layers::convolve`] uses it only when no gradient is wanted.
 
 use candle_core::{Storage, Tensor};

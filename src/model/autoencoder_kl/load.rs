@@ -33,6 +33,12 @@ pub fn is_autoencoder_kl_dir(dir: &Path) -> bool {
     value.get("_class_name").and_then(|name| name.as_str()) == Some(CLASS_NAME)
 }
 
+/// True when `dir` holds a diffusers model: a `config.json` with a `_class_name` (of any class).
+pub fn is_diffusers_dir(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else { return false };
+    serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|value| value.get("_class_name").is_some())
+}
+
 /// The weights file of the diffusers directory `dir`: the full-precision name when present, else the fp16 variant.
 pub fn weights_file(dir: &Path) -> Result<PathBuf> {
     WEIGHT_FILES.iter().map(|name| dir.join(name)).find(|path| path.is_file()).ok_or_else(|| {

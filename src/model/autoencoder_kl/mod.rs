@@ -7,7 +7,7 @@
 //!   attention, GroupNorm, the small layers and the CPU inference kernels.
 //! - [`encoder`], [`decoder`]: the two halves.
 //! - [`tiling`]: tiled encoding and decoding of large images, as diffusers' `enable_tiling`.
-//! - [`load`]: a diffusers directory, in f32, f16 or bf16.
+//! - [`mod@load`]: a diffusers directory, in f32, f16 or bf16.
 //!
 //! Everything is built from candle ops through a `VarBuilder`, so the model is differentiable: with a `VarMap` it
 //! trains like elbo's other models. The posterior is elbo's [`DiagonalGaussian`] over `[batch, C, h, w]` tensors.
@@ -27,7 +27,7 @@ use candle_core::{Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
 pub use config::{AutoencoderKlConfig, SampleSize};
-pub use load::{is_autoencoder_kl_dir, load};
+pub use load::{is_autoencoder_kl_dir, is_diffusers_dir, load};
 pub use tiling::Tiles;
 
 use self::decoder::Decoder;
