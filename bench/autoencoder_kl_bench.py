@@ -72,6 +72,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, help="rounds per case (default: 3 at 256, 2 at 512 tiled)")
+    parser.add_argument("--sides", default="256,512", help="which cases to run: 256 (whole), 512 (tiled)")
     parser.add_argument("--worker", nargs=3)
     args = parser.parse_args()
     if args.worker:
@@ -79,6 +80,8 @@ def main():
         return torch_worker(int(side), tiled == "1", int(repeats), args.threads)
     make_model()
     for side, tiled, repeats, rounds in CASES:
+        if str(side) not in args.sides.split(","):
+            continue
         for round_ in range(args.rounds or rounds):
             elbo = [ELBO, MODEL, str(side), str(repeats)] + (["tiled"] if tiled else [])
             torch = [sys.executable, __file__, "--threads", str(args.threads), "--worker", str(side),
