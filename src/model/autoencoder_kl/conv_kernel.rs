@@ -1,24 +1,25 @@
-//! An inference kernel for stride-1 convolutions on the CPU: k x k accumulated matrix products over shifted views of
-//! the padded maps, with no im2col buffer.
+//! An inference kernel for stride-1 convolutions on the CPU: im2col one block of output rows at a time into a
+//! reused buffer, and one GEMM per block.
 //!
-//! With the maps zero-padded to Hp x Wp and each channel flattened, the input of kernel tap (dy, dx) for every
-//! output position is one contiguous run of the flat channel starting at dy * Wp + dx, if each output row is computed
-//! Wp wide (its last Wp - Wo columns are junk and dropped). So
-//!
-//! ```text
-//! wide[o, y * Wp + x] = sum over taps of W_tap[o, c] · padded[c, y * Wp + x + dy * Wp + dx]
-//! ```
-//!
-//! is k^2 GEMMs accumulating into one buffer, reading the padded maps in place, and
+//! With the maps zero-padded, the patch row c * k^2 + dy * k + dx of output position (y, x) is padded[c, y + dy,
+//! x + dx], so each row of a block's patch matrix is a run of whole padded rows copied as they are. Then
 //!
 //! ```text
-//! out[o, y, x] = wide[o, y * Wp + x] + b[o]   for x < Wo
+//! out[:, block] = W (O x C k^2) · patches (C k^2 x positions of the block) + b
 //! ```
-//! It makes no autograd graph, so [`super::layers::convolve`] uses it only when no gradient is wanted.
+//!
+//! A block holds about [`BLOCK_VALUES`] patch values, so the buffer stays small and is reused (no fresh pages), and
+//! each output value is written once by a GEMM with the full C k^2 inner dimension. (Accumulating k^2 GEMMs over
+//! shifted views of the padded maps instead needs no patches, but rewrites the output k^2 times; at 128 channels and
+//! 256 x 256 that was memory-bound and slower.) It makes no autograd graph, so [`super::layers::convolve`] uses it
+//! only when no gradient is wanted.
 
 use candle_core::{Storage, Tensor};
 
 use crate::kernels::{contiguous_f32, gemm_parallelism, matmul, Destination, Operand};
+
+/// Patch values per block: 2^21 (8 MiB).
+pub const BLOCK_VALUES: usize = 1 << 21;
 use crate::Result;
 
 /// The geometry of one stride-1 convolution.
@@ -51,7 +52,7 @@ pub fn convolve_stride_one(
     if channels != geometry.in_channels || out_h == 0 || out_w == 0 {
         return Ok(None);
     }
-    let (Some(taps), Some(bias)) = (tap_major(weight, geometry)?, bias_values(bias, out_channels)?) else {
+    let (Some(taps), Some(bias)) = (weight_matrix(weight, geometry)?, bias_values(bias, out_channels)?) else {
         return Ok(None);
     };
     let sides = Sides { channels, height, width, out_h, out_w };
@@ -72,23 +73,24 @@ struct Sides {
     out_w: usize,
 }
 
-/// The padded maps and the wide output of the last convolution on this thread, kept so that the next one reuses
-/// their memory instead of faulting in fresh pages (a fifth of the time otherwise). They hold at most the largest
-/// layer's maps.
+/// The padded maps, one block's patches and its product, kept per thread so that the next convolution reuses their
+/// memory instead of faulting in fresh pages. They hold at most the largest layer's padded maps and one block.
 #[derive(Default)]
 struct Scratch {
     padded: Vec<f32>,
-    wide: Vec<f32>,
+    patches: Vec<f32>,
+    product: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// The convolution of every example of `input` (tap-major weights `taps`), as the module documentation describes.
+/// The convolution of every example of `input` with the `[O, C k^2]` weight matrix, as the module documentation
+/// describes.
 fn run(
     input: &[f32],
-    taps: &[f32],
+    weight: &[f32],
     bias: Option<&[f32]>,
     geometry: Geometry,
     sides: Sides,
@@ -96,33 +98,56 @@ fn run(
 ) -> Vec<f32> {
     let Sides { channels, height, width, out_h, out_w } = sides;
     let Geometry { out_channels, kernel, padding, .. } = geometry;
-    let padded_w = width + 2 * padding;
-    let plane = (height + 2 * padding) * padded_w;
-    let wide_len = out_h * padded_w;
-    let batch = input.len() / (channels * height * width);
-    let mut out = Vec::with_capacity(batch * out_channels * out_h * out_w);
-    scratch.wide.resize(out_channels * wide_len, 0.0);
-    for example in input.chunks_exact(channels * height * width) {
+    let patch_len = channels * kernel * kernel;
+    let rows_per_block = (BLOCK_VALUES / (patch_len * out_w)).clamp(1, out_h);
+    let out_plane = out_h * out_w;
+    let mut out = vec![0f32; input.len() / (channels * height * width) * out_channels * out_plane];
+    for (example, out_example) in
+        input.chunks_exact(channels * height * width).zip(out.chunks_exact_mut(out_channels * out_plane))
+    {
         pad(example, (channels, height, width), padding, kernel, &mut scratch.padded);
-        for (tap, tap_weight) in taps.chunks_exact(out_channels * channels).enumerate() {
-            let (dy, dx) = (tap / kernel, tap % kernel);
-            // wide (O x Ho*Wp) (+)= W_tap (O x C) · padded[:, dy * Wp + dx ..] (C x Ho*Wp, row stride Hp * Wp)
-            let rhs = Operand::rows(&scratch.padded[dy * padded_w + dx..], plane);
-            let lhs = Operand::rows(tap_weight, channels);
-            let destination = if tap == 0 { Destination::Overwrite } else { Destination::Accumulate };
-            let dims = (out_channels, channels, wide_len);
-            let parallelism = gemm_parallelism(out_channels * channels * wide_len);
-            matmul(&mut scratch.wide, lhs, rhs, dims, destination, parallelism);
-        }
-        for (o, row_block) in scratch.wide.chunks_exact(wide_len).enumerate() {
-            let b = bias.map_or(0.0, |b| b[o]);
-            for row in row_block.chunks_exact(padded_w) {
-                // out = wide + b, junk columns dropped
-                out.extend(row[..out_w].iter().map(|v| v + b));
+        for first_row in (0..out_h).step_by(rows_per_block) {
+            let rows = rows_per_block.min(out_h - first_row);
+            let positions = rows * out_w;
+            unfold_rows(&scratch.padded, (geometry, sides), (first_row, rows), &mut scratch.patches);
+            scratch.product.resize(out_channels * positions, 0.0);
+            // product (O x positions) = W (O x C k^2) · patches (C k^2 x positions)
+            let dims = (out_channels, patch_len, positions);
+            let (lhs, rhs) = (Operand::rows(weight, patch_len), Operand::rows(&scratch.patches, positions));
+            let parallelism = gemm_parallelism(out_channels * patch_len * positions);
+            matmul(&mut scratch.product, lhs, rhs, dims, Destination::Overwrite, parallelism);
+            for (o, values) in scratch.product.chunks_exact(positions).enumerate() {
+                let b = bias.map_or(0.0, |b| b[o]);
+                let start = o * out_plane + first_row * out_w;
+                // out = W · patches + b
+                out_example[start..start + positions].iter_mut().zip(values).for_each(|(y, v)| *y = v + b);
             }
         }
     }
     out
+}
+
+/// The patches of output rows `first_row .. first_row + rows` into `patches` (C k^2 rows of rows * Wo values).
+fn unfold_rows(
+    padded: &[f32],
+    (geometry, sides): (Geometry, Sides),
+    (first_row, rows): (usize, usize),
+    patches: &mut Vec<f32>,
+) {
+    let Geometry { kernel, padding, .. } = geometry;
+    let Sides { channels, height, width, out_w, .. } = sides;
+    let padded_w = width + 2 * padding;
+    let plane = (height + 2 * padding) * padded_w;
+    let positions = rows * out_w;
+    patches.resize(channels * kernel * kernel * positions, 0.0);
+    for (row_index, patch_row) in patches.chunks_exact_mut(positions).enumerate() {
+        let (c, tap) = (row_index / (kernel * kernel), row_index % (kernel * kernel));
+        let (dy, dx) = (tap / kernel, tap % kernel);
+        for (r, run) in patch_row.chunks_exact_mut(out_w).enumerate() {
+            let start = c * plane + (first_row + r + dy) * padded_w + dx;
+            run.copy_from_slice(&padded[start..start + out_w]);
+        }
+    }
 }
 
 /// `read` applied to the values of a contiguous f32 CPU tensor; `None` for anything else.
@@ -146,18 +171,16 @@ fn bias_values(bias: Option<&Tensor>, out_channels: usize) -> Result<Option<Opti
     }
 }
 
-/// The weight `[O, C, k, k]` reordered tap by tap: k^2 row-major O x C matrices, W_tap[o, c] = W[o, c, dy, dx].
-fn tap_major(weight: &Tensor, geometry: Geometry) -> Result<Option<Vec<f32>>> {
+/// The weight `[O, C, k, k]` as its row-major `[O, C k^2]` matrix.
+fn weight_matrix(weight: &Tensor, geometry: Geometry) -> Result<Option<Vec<f32>>> {
     let Geometry { in_channels, out_channels, kernel, .. } = geometry;
     if weight.dims() != [out_channels, in_channels, kernel, kernel] {
         return Ok(None);
     }
-    let weight = weight.reshape((out_channels * in_channels, kernel * kernel))?.t()?.contiguous()?;
-    f32_values(&weight)
+    f32_values(&weight.contiguous()?)
 }
 
-/// One example's channels zero-padded by `padding` on every side into `padded`, flat, with k zeros after the last
-/// channel so the last tap's run stays inside the buffer.
+/// One example's channels zero-padded by `padding` on every side into `padded`, flat (k spare zeros at the end).
 fn pad(
     example: &[f32],
     (channels, height, width): (usize, usize, usize),
