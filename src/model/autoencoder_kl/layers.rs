@@ -30,11 +30,11 @@ pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Resul
 
 /// The convolution `layer` applied to `[batch, C, H, W]` maps.
 ///
-/// Stride-1 convolutions on the CPU: without gradients, [`convolve_stride_one`]'s k^2 accumulated GEMMs over the
-/// padded maps; with gradients, one matrix product over unfolded patches, out = W · im2col(x) + b, with im2col built
-/// from k x k shifted views of the padded maps, all candle ops, so it stays differentiable. candle 0.11's own CPU
-/// convolution unfolds element by element on one thread, which took about two thirds of the decoder's time. Other
-/// convolutions (the stride-2 downsamplers) use candle's.
+/// Stride-1 convolutions on the CPU: without gradients, [`convolve_stride_one`] (im2col of blocks of output rows
+/// into a reused buffer, one GEMM per block); with gradients, one matrix product over unfolded patches,
+/// out = W · im2col(x) + b, with im2col built from k x k shifted views of the padded maps, all candle ops, so it
+/// stays differentiable. candle 0.11's own CPU convolution unfolds element by element on one thread, which took about
+/// two thirds of the decoder's time. Other convolutions (the stride-2 downsamplers) use candle's.
 pub fn convolve(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let config = layer.config();
     let (out_channels, in_channels, kernel, kernel_w) = layer.weight().dims4()?;

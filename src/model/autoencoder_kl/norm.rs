@@ -2,9 +2,9 @@
 //! follows it.
 //!
 //! y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c, with the mean and (biased) variance over each group of
-//! C / G channels and all positions. Without gradients, on contiguous f32 CPU maps, one pass computes each group's
-//! statistics (in f64) and one writes (groups spread over rayon's threads) the normalized, scaled, shifted and activated values; with gradients, candle
-//! ops compose the same formula so it is differentiable.
+//! C / G channels and all positions. Without gradients, on contiguous f32 CPU maps, two passes compute each group's
+//! mean and variance (in f64) and one writes the normalized, scaled, shifted and activated values, the groups spread
+//! over rayon's threads; with gradients, candle ops compose the same formula so it is differentiable.
 
 use candle_core::{Storage, Tensor};
 use candle_nn::{Init, VarBuilder};
