@@ -13,16 +13,22 @@ use super::run_args::RunArgs;
 pub struct DecodeArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Codes to decode: an N x latent_dim .npy file of floats (such as `elbo encode` writes).
+    /// Codes to decode: an N x latent_dim .npy file of floats (such as `elbo encode` writes); for a diffusers
+    /// AutoencoderKL, N x C x h x w latents.
     #[arg(long)]
     latents: PathBuf,
     /// A .png name for one image grid, or a directory for decoded.npy and one PNG per image.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    kl: super::autoencoder_kl::KlArgs,
 }
 
 /// Runs `elbo decode`.
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
+    if let Some(model) = super::autoencoder_kl::open(&args.run)? {
+        return super::autoencoder_kl::decode(model, &args.latents, &args.out, &args.kl);
+    }
     let (trained, device) = args.run.open()?;
     let model = trained.vae.config();
     let latents = read_latents(&args.latents, model.latent_dim)?;

@@ -29,10 +29,16 @@ pub struct EncodeArgs {
     /// Seed of the samples' eps.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    kl: super::autoencoder_kl::KlArgs,
 }
 
 /// Runs `elbo encode`.
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
+    if let Some(model) = super::autoencoder_kl::open(&args.run)? {
+        let sample = (args.sample.then_some(args.seed), args.log_var);
+        return super::autoencoder_kl::encode(model, args.input.data.as_deref(), &args.out, &args.kl, sample);
+    }
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
     let encodings = encode_dataset(&trained.vae, &dataset, trained.eval_batch_size(), &device)?;

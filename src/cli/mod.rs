@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module and calls the library.
 
 mod arithmetic;
+mod autoencoder_kl;
 mod bench;
 mod compute_args;
 mod data_args;

@@ -18,13 +18,19 @@ pub struct ReconstructArgs {
     /// Number of examples shown.
     #[arg(long, default_value_t = 32)]
     n: usize,
-    /// Output PNG (default: RUN/reconstructions.png).
+    /// Output PNG (default: RUN/reconstructions.png); for a diffusers AutoencoderKL, a folder (required).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    kl: super::autoencoder_kl::KlArgs,
 }
 
 /// Runs `elbo reconstruct`.
 pub fn run(args: ReconstructArgs) -> anyhow::Result<()> {
+    if let Some(model) = super::autoencoder_kl::open(&args.run)? {
+        let data = args.input.data.as_deref();
+        return super::autoencoder_kl::reconstruct(model, data, args.out.as_deref(), args.n, &args.kl);
+    }
     let (trained, device) = args.run.open()?;
     let dataset = args.input.dataset(&trained)?;
     let out = args.out.unwrap_or_else(|| trained.run.path(elbo::outputs::RunFile::Reconstructions));

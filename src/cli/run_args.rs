@@ -13,7 +13,8 @@ use super::compute_args::ComputeArgs;
 /// The run to load.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The run directory of a trained model.
+    /// The run directory of a trained model, or a diffusers AutoencoderKL directory (config.json and
+    /// diffusion_pytorch_model.safetensors, such as a Stable Diffusion checkpoint's `vae/` folder).
     #[arg(long)]
     pub run: PathBuf,
     #[command(flatten)]

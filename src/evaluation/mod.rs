@@ -5,6 +5,7 @@ pub mod curves;
 pub mod diagnosis;
 pub mod disentanglement;
 pub mod elbo;
+pub mod image_quality;
 pub mod mutual_information;
 pub mod posterior_stats;
 pub mod sprite_codes;

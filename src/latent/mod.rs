@@ -3,6 +3,7 @@
 //! measure the representation with a linear probe.
 
 pub mod arithmetic;
+pub mod autoencoder_kl;
 pub mod codes;
 pub mod decode;
 pub mod encode;

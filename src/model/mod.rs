@@ -1,6 +1,8 @@
-//! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them.
+//! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them; and diffusers'
+//! KL autoencoder with its spatial latent (`autoencoder_kl`).
 
 pub mod activation;
+pub mod autoencoder_kl;
 pub mod conv;
 pub mod decoder;
 pub mod dense;
@@ -12,6 +14,7 @@ pub mod mlp;
 pub mod vae;
 
 pub use activation::Activation;
+pub use autoencoder_kl::{AutoencoderKl, AutoencoderKlConfig};
 pub use conv::ConvConfig;
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
