@@ -4,8 +4,10 @@
 //! other devices and dtypes take candle's own ops.
 
 pub mod activation;
+pub mod block_conv;
 pub mod conv;
 pub mod fast_math;
+pub mod group_norm;
 pub mod likelihood;
 pub mod matmul;
 pub mod optimizer;

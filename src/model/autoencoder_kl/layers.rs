@@ -4,7 +4,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
-use super::conv_kernel::{convolve_stride_one, Geometry};
+use crate::kernels::block_conv::{convolve_stride_one, Geometry};
 use crate::Result;
 
 /// A `kernel` x `kernel` convolution with bias from `in_channels` to `out_channels`.
@@ -30,7 +30,7 @@ pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Resul
 
 /// The convolution `layer` applied to `[batch, C, H, W]` maps.
 ///
-/// Stride-1 convolutions on the CPU: without gradients, [`convolve_stride_one`] (im2col of blocks of output rows
+/// Stride-1 convolutions on the CPU: without gradients, `kernels::block_conv::convolve_stride_one` (im2col of blocks of output rows
 /// into a reused buffer, one GEMM per block); with gradients, one matrix product over unfolded patches,
 /// out = W · im2col(x) + b, with im2col built from k x k shifted views of the padded maps, all candle ops, so it
 /// stays differentiable. candle 0.11's own CPU convolution unfolds element by element on one thread, which took about

@@ -3,7 +3,7 @@
 //! so its `diffusion_pytorch_model.safetensors` loads as it is.
 //!
 //! - [`config`]: `config.json`, field for field.
-//! - [`resnet`], [`attention`], [`norm`], [`layers`], [`conv_kernel`]: the ResNet block, the middle block's
+//! - [`resnet`], [`attention`], [`norm`], [`layers`]: the ResNet block, the middle block's
 //!   attention, GroupNorm, the small layers and the CPU inference kernels.
 //! - [`encoder`], [`decoder`]: the two halves.
 //! - [`tiling`]: tiled encoding and decoding of large images, as diffusers' `enable_tiling`.
@@ -14,7 +14,6 @@
 
 pub mod attention;
 pub mod config;
-pub mod conv_kernel;
 pub mod decoder;
 pub mod encoder;
 pub mod layers;

@@ -12,7 +12,7 @@ use candle_nn::{Init, VarBuilder};
 use super::config::{KlActivation, NORM_EPS};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_f32, worth_parallel};
+use crate::kernels::{contiguous_f32, group_norm, worth_parallel};
 use crate::Result;
 
 /// A GroupNorm over `channels` channels in `groups` groups, with affine weight and bias.
@@ -79,7 +79,7 @@ impl GroupNorm {
         let groups = self.groups;
         let one = |(index, group): (usize, &mut [f32])| {
             let first_channel = (index % groups) * (channels / groups);
-            normalize_group(group, plane, &weight[first_channel..], &bias[first_channel..], silu);
+            group_norm::normalize_group(group, plane, &weight[first_channel..], &bias[first_channel..], NORM_EPS, silu);
         };
         if worth_parallel(out.len()) {
             out.par_chunks_exact_mut(group_len).enumerate().for_each(one);
@@ -87,29 +87,6 @@ impl GroupNorm {
             out.chunks_exact_mut(group_len).enumerate().for_each(one);
         }
         Ok(Some(Tensor::from_vec(out, (batch, channels, height, width), x.device())?))
-    }
-}
-
-/// One group in place: its channels' `plane` values each normalized with the group's statistics, then scaled by
-/// the channel's weight and shifted by its bias: y = (x - mean) * rstd * w + b, then silu(y) when asked.
-fn normalize_group(group: &mut [f32], plane: usize, weight: &[f32], bias: &[f32], silu: bool) {
-    let n = group.len() as f64;
-    let mean = group.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    // var = mean (x - mean)^2, rstd = 1 / sqrt(var + eps)
-    let variance = group.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
-    let rstd = 1.0 / (variance + NORM_EPS).sqrt();
-    for (channel, values) in group.chunks_exact_mut(plane).enumerate() {
-        let scale = (rstd * f64::from(weight[channel])) as f32;
-        let shift = f64::from(bias[channel]) as f32 - (mean as f32) * scale;
-        if silu {
-            // silu(y) = y / (1 + e^-y)
-            values.iter_mut().for_each(|v| {
-                let y = *v * scale + shift;
-                *v = y / (1.0 + (-y).exp());
-            });
-        } else {
-            values.iter_mut().for_each(|v| *v = *v * scale + shift);
-        }
     }
 }
 

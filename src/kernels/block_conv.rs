@@ -11,12 +11,12 @@
 //! A block holds about [`BLOCK_VALUES`] patch values, so the buffer stays small and is reused (no fresh pages), and
 //! each output value is written once by a GEMM with the full C k^2 inner dimension. (Accumulating k^2 GEMMs over
 //! shifted views of the padded maps instead needs no patches, but rewrites the output k^2 times; at 128 channels and
-//! 256 x 256 that was memory-bound and slower.) It makes no autograd graph, so [`super::layers::convolve`] uses it
+//! 256 x 256 that was memory-bound and slower.) It makes no autograd graph, so `model::autoencoder_kl::layers::convolve` uses it
 //! only when no gradient is wanted.
 
 use candle_core::{Storage, Tensor};
 
-use crate::kernels::{contiguous_f32, gemm_parallelism, matmul, Destination, Operand};
+use super::{contiguous_f32, gemm_parallelism, matmul, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
 pub const BLOCK_VALUES: usize = 1 << 21;
