@@ -8,7 +8,7 @@ use super::attention::MidBlock;
 use super::config::{AutoencoderKlConfig, KlActivation};
 use super::layers::{conv3x3, convolve, Upsample};
 use super::norm::GroupNorm;
-use super::resnet::ResnetBlock;
+use super::resnet::{resnet_stack, through, ResnetBlock};
 use crate::Result;
 
 /// diffusers' `UpDecoderBlock2D`: ResNet blocks, then (except in the last block) an upsampler.
@@ -28,19 +28,14 @@ impl UpBlock {
         (groups, activation): (usize, KlActivation),
         vb: VarBuilder,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|j| {
-                let from = if j == 0 { in_channels } else { out_channels };
-                ResnetBlock::new(from, out_channels, groups, activation, vb.pp("resnets").pp(j))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack((in_channels, out_channels), layers, (groups, activation), &vb)?;
         let upsampler = upsample.then(|| Upsample::new(out_channels, vb.pp("upsamplers.0")));
         Ok(UpBlock { resnets, upsampler: upsampler.transpose()? })
     }
 
     /// The block applied to `[batch, C_in, h, w]` maps.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.resnets.iter().try_fold(x.clone(), |h, resnet| resnet.forward(&h))?;
+        let h = through(&self.resnets, x)?;
         match &self.upsampler {
             Some(upsampler) => upsampler.forward(&h),
             None => Ok(h),

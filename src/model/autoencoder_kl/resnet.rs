@@ -55,3 +55,24 @@ impl ResnetBlock {
         Ok((skip + h)?)
     }
 }
+
+/// `layers` ResNets from `in_channels` to `out_channels` (the first one changes the channels), weights
+/// `resnets.{j}` under `vb`: the body of a down or up block.
+pub fn resnet_stack(
+    (in_channels, out_channels): (usize, usize),
+    layers: usize,
+    (groups, activation): (usize, KlActivation),
+    vb: &VarBuilder,
+) -> Result<Vec<ResnetBlock>> {
+    (0..layers)
+        .map(|j| {
+            let from = if j == 0 { in_channels } else { out_channels };
+            ResnetBlock::new(from, out_channels, groups, activation, vb.pp("resnets").pp(j))
+        })
+        .collect()
+}
+
+/// `x` through the ResNets in turn.
+pub fn through(resnets: &[ResnetBlock], x: &Tensor) -> Result<Tensor> {
+    resnets.iter().try_fold(x.clone(), |h, resnet| resnet.forward(&h))
+}
