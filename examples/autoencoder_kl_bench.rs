@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     elbo::runtime::configure_cpu_threads(0);
+    elbo::runtime::keep_freed_memory(); // as `elbo encode/decode/reconstruct` do for an AutoencoderKL
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, side, repeats, rest @ ..] = args.as_slice() else {
         anyhow::bail!("usage: autoencoder_kl_bench DIR SIDE REPEATS [tiled]");

@@ -55,6 +55,7 @@ pub fn open(run: &RunArgs) -> anyhow::Result<Option<(AutoencoderKl, candle_core:
         return Ok(None);
     }
     let (_, device) = run.compute.apply()?;
+    elbo::runtime::keep_freed_memory();
     let model = load(&run.run, DType::F32, &device).with_context(|| format!("loading {}", run.run.display()))?;
     Ok(Some((model, device)))
 }
