@@ -21,7 +21,7 @@
 //! let settings = TrainConfig { epochs: 2, batch_size: 64, ..TrainConfig::default() };
 //! train(&vae, &varmap, &Splits::train_only(data.clone()), &settings, &Device::Cpu, &mut [])?;
 //!
-//! let (batch, rows) = Batcher::sequential(&data, 8).next().expect("a batch");
+//! let (batch, rows) = Batcher::sequential(&data, 8).next().unwrap_or_default(); // the first 8 examples
 //! let x = batch_tensor(batch, rows, 16, &Device::Cpu)?;
 //! let posterior = vae.encode(&x)?; // q(z|x): mu and log sigma^2
 //! let decoded = vae.decode_mean(&posterior.mu)?; // back to data space, 8 x 16
