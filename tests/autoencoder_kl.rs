@@ -284,5 +284,10 @@ fn the_commands_take_a_diffusers_directory_as_run() {
     elbo(&["decode", "--run", run.to_str().unwrap(), "--latents", &path("z.npy"), "--out", &path("decoded")]);
     elbo(&["reconstruct", "--run", run.to_str().unwrap(), "--data", &path("images"), "--out", &path("rec")]);
     assert_eq!(std::fs::read_to_string(dir.path().join("z.names.txt")).unwrap(), "img0.png\nimg1.png\n");
-    assert!(dir.path().join("decoded/1.png").is_file() && dir.path().join("rec/metrics.csv").is_file());
+    assert!(dir.path().join("rec/metrics.csv").is_file());
+    // decoded images take the names the encoder wrote beside the latents, and indices without them
+    assert!(dir.path().join("decoded/img0.png").is_file() && dir.path().join("decoded/img1.png").is_file());
+    std::fs::remove_file(dir.path().join("z.names.txt")).unwrap();
+    elbo(&["decode", "--run", run.to_str().unwrap(), "--latents", &path("z.npy"), "--out", &path("by_index")]);
+    assert!(dir.path().join("by_index/0.png").is_file() && dir.path().join("by_index/1.png").is_file());
 }

@@ -100,7 +100,10 @@ pub fn decode(
     let (values, shape) = read_latent_array(latents, model.config().latent_channels)?;
     let options = kl.options()?;
     let (images, image_shape) = decode_latent_array(&model, &values, shape, (!kl.unscaled, options.tiling), &device)?;
-    let written = write_decoded(out, &images, &image_shape)?;
+    // the image names `elbo encode` wrote beside the latents, when they are there
+    let names = std::fs::read_to_string(latents.with_extension("names.txt")).ok();
+    let names: Option<Vec<String>> = names.map(|text| text.lines().map(str::to_string).collect());
+    let written = write_decoded(out, &images, &image_shape, names.as_deref())?;
     println!(
         "decoded {} latents of {} x {} x {} into {} x {} images",
         shape[0], shape[1], shape[2], shape[3], image_shape.height, image_shape.width

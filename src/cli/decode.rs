@@ -33,7 +33,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let model = trained.vae.config();
     let latents = read_latents(&args.latents, model.latent_dim)?;
     let decoded = decode_latents(&trained.vae, &latents, trained.eval_batch_size(), &device)?;
-    let written = write_decoded(&args.out, &decoded, &model.input_shape)?;
+    let written = write_decoded(&args.out, &decoded, &model.input_shape, None)?;
     let byte =
         Compression { input_values: model.input_shape.dim(), input_value_bytes: 1, latent_values: model.latent_dim };
     let float = Compression { input_value_bytes: 4, ..byte };

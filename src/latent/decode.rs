@@ -32,8 +32,14 @@ pub fn decode_latents(vae: &Vae, latents: &[f32], batch_size: usize, device: &De
 
 /// Writes decoded examples of `shape` to `out`: a name ending in `.png` gets one image grid; anything else is a
 /// directory that gets `decoded.npy` (`N x D` for flat data, `N x H x W` or `N x H x W x C` for images, the layout
-/// `elbo` reads back as data) and, for images, one PNG per example. Returns the files written.
-pub fn write_decoded(out: &Path, values: &[f32], shape: &ExampleShape) -> Result<Vec<PathBuf>> {
+/// `elbo` reads back as data) and, for images, one PNG per example: `NAME.png` after `names` (one per example, e.g.
+/// the image names `elbo encode` wrote beside the latents), else by index. Returns the files written.
+pub fn write_decoded(
+    out: &Path,
+    values: &[f32],
+    shape: &ExampleShape,
+    names: Option<&[String]>,
+) -> Result<Vec<PathBuf>> {
     let is_png = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if is_png {
         save_png(&image_grid(values, &display_shape(shape), GRID_COLUMNS)?, out)?;
@@ -45,14 +51,35 @@ pub fn write_decoded(out: &Path, values: &[f32], shape: &ExampleShape) -> Result
     write_npy_f32(&array, &array_dims(count, shape), &channels_last(values, shape))?;
     let mut written = vec![array];
     if shape.is_image() {
-        let width = count.saturating_sub(1).to_string().len();
-        for (index, example) in values.chunks(shape.dim()).enumerate() {
-            let path = out.join(format!("{index:0width$}.png"));
+        let stems = png_stems(names, count);
+        for (stem, example) in stems.iter().zip(values.chunks(shape.dim())) {
+            let path = out.join(format!("{stem}.png"));
             save_png(&example_image(example, shape), &path)?;
             written.push(path);
         }
     }
     Ok(written)
+}
+
+/// The file stems of `count` decoded images: the stems of `names` when there is one per image and they are plain
+/// file names, distinct (anything with a directory in it, or repeated, could overwrite another file); else the
+/// indices, zero-padded to one width.
+fn png_stems(names: Option<&[String]>, count: usize) -> Vec<String> {
+    let stem = |name: &String| {
+        let path = Path::new(name.as_str());
+        let plain = path.file_name().is_some_and(|file| file == name.as_str());
+        plain.then(|| path.file_stem()).flatten().map(|stem| stem.to_string_lossy().into_owned())
+    };
+    let stems: Option<Vec<String>> =
+        names.filter(|names| names.len() == count).and_then(|n| n.iter().map(stem).collect());
+    let distinct = |stems: &Vec<String>| stems.iter().collect::<std::collections::HashSet<_>>().len() == stems.len();
+    match stems.filter(distinct) {
+        Some(stems) => stems,
+        None => {
+            let width = count.saturating_sub(1).to_string().len();
+            (0..count).map(|index| format!("{index:0width$}")).collect()
+        }
+    }
 }
 
 /// The NPY dimensions of `count` examples of `shape`.
@@ -110,6 +137,16 @@ impl Compression {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_images_take_plain_distinct_names_or_else_indices() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(png_stems(Some(&names(&["cat.jpg", "dog.png"])), 2), ["cat", "dog"]);
+        for unsafe_or_wrong in [names(&["../cat.jpg", "dog.png"]), names(&["a.png", "a.jpg"]), names(&["one.png"])] {
+            assert_eq!(png_stems(Some(&unsafe_or_wrong), 2), ["0", "1"], "{unsafe_or_wrong:?}");
+        }
+        assert_eq!(png_stems(None, 11)[3], "03");
+    }
     use crate::data::npy::{load_examples, read_npy};
 
     #[test]
@@ -117,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shape = ExampleShape::image(3, 2, 2);
         let values: Vec<f32> = (0..24).map(|v| v as f32 / 24.0).collect();
-        let written = write_decoded(&dir.path().join("out"), &values, &shape).unwrap();
+        let written = write_decoded(&dir.path().join("out"), &values, &shape, None).unwrap();
         assert_eq!(written.len(), 3);
         assert_eq!(read_npy(&written[0]).unwrap().shape, vec![2, 2, 2, 3]);
         let back = load_examples(&written[0]).unwrap();
