@@ -163,4 +163,61 @@ mod tests {
     fn mismatched_sizes_are_an_error() {
         assert!(psnr(&[0.0; 3], &[0.0; 4], ImageSize { channels: 1, height: 1, width: 3 }).is_err());
     }
+
+    /// SSIM by the paper's definition, one window position at a time: the Gaussian-weighted means, variances and
+    /// covariance over the 11 x 11 window (weights exp(-(dx^2 + dy^2) / (2 sigma^2)), normalised), then
+    /// ((2 mu_a mu_b + C1)(2 cov + C2)) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2)), averaged over the positions
+    /// where the window fits and over channels.
+    fn ssim_by_definition(a: &[f32], b: &[f32], size: ImageSize) -> f64 {
+        let (side, half) = (SSIM_WINDOW, SSIM_WINDOW / 2);
+        let offsets = || (0..side).flat_map(move |dy| (0..side).map(move |dx| (dy, dx)));
+        let weight = |dy: usize, dx: usize| {
+            let (y, x) = (dy as f64 - half as f64, dx as f64 - half as f64);
+            (-(x * x + y * y) / (2.0 * SSIM_SIGMA * SSIM_SIGMA)).exp()
+        };
+        let total: f64 = offsets().map(|(dy, dx)| weight(dy, dx)).sum();
+        let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
+        let plane = size.height * size.width;
+        let mut channel_means = Vec::new();
+        for channel in 0..size.channels {
+            let at = |image: &[f32], y: usize, x: usize| f64::from(image[channel * plane + y * size.width + x]);
+            let mut values = Vec::new();
+            for (top, left) in (0..=size.height - side).flat_map(|y| (0..=size.width - side).map(move |x| (y, x))) {
+                let moment = |f: &dyn Fn(f64, f64) -> f64| -> f64 {
+                    let sum: f64 = offsets()
+                        .map(|(dy, dx)| weight(dy, dx) * f(at(a, top + dy, left + dx), at(b, top + dy, left + dx)))
+                        .sum();
+                    sum / total
+                };
+                let (mean_a, mean_b) = (moment(&|x, _| x), moment(&|_, y| y));
+                let var_a = moment(&|x, _| x * x) - mean_a * mean_a;
+                let var_b = moment(&|_, y| y * y) - mean_b * mean_b;
+                let cov = moment(&|x, y| x * y) - mean_a * mean_b;
+                values.push(
+                    ((2.0 * mean_a * mean_b + c1) * (2.0 * cov + c2))
+                        / ((mean_a * mean_a + mean_b * mean_b + c1) * (var_a + var_b + c2)),
+                );
+            }
+            channel_means.push(values.iter().sum::<f64>() / values.len() as f64);
+        }
+        channel_means.iter().sum::<f64>() / channel_means.len() as f64
+    }
+
+    #[test]
+    fn ssim_matches_the_definition_computed_window_by_window() {
+        let size = ImageSize { channels: 3, height: 19, width: 14 };
+        let smooth: Vec<f32> = (0..size.len())
+            .map(|i| 0.5 + 0.4 * ((i % 14) as f32 * 0.3).sin() * ((i / 14) as f32 * 0.2).cos())
+            .collect();
+        let noisy: Vec<f32> = smooth
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v + ((i * 7919) % 101) as f32 / 500.0 - 0.1).clamp(0.0, 1.0))
+            .collect();
+        for (a, b) in [(&smooth, &noisy), (&noisy, &smooth), (&smooth, &smooth.iter().map(|v| v * 0.7).collect())] {
+            let (fast, reference) = (ssim(a, b, size).unwrap(), ssim_by_definition(a, b, size));
+            assert!((fast - reference).abs() < 1e-9, "SSIM {fast} against the definition's {reference}");
+            assert!(fast < 1.0 && fast > 0.0);
+        }
+    }
 }
