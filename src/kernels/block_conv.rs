@@ -14,9 +14,9 @@
 //! 256 x 256 that was memory-bound and slower.) It makes no autograd graph, so `model::autoencoder_kl::layers::convolve` uses it
 //! only when no gradient is wanted.
 
-use candle_core::{Storage, Tensor};
+use candle_core::Tensor;
 
-use super::{contiguous_f32, gemm_parallelism, matmul, Destination, Operand};
+use super::{gemm_parallelism, matmul, with_f32, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
 pub const BLOCK_VALUES: usize = 1 << 21;
@@ -58,7 +58,7 @@ pub fn convolve_stride_one(
     let sides = Sides { channels, height, width, out_h, out_w };
     let out = with_f32(x, |input| {
         SCRATCH.with_borrow_mut(|scratch| run(input, &taps, bias.as_deref(), geometry, sides, scratch))
-    })?;
+    });
     let Some(out) = out else { return Ok(None) };
     Ok(Some(Tensor::from_vec(out, (batch, out_channels, out_h, out_w), x.device())?))
 }
@@ -150,16 +150,9 @@ fn unfold_rows(
     }
 }
 
-/// `read` applied to the values of a contiguous f32 CPU tensor; `None` for anything else.
-fn with_f32<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
-    let (storage, layout) = tensor.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
-    Ok(contiguous_f32(cpu, layout, "convolution").ok().map(read))
-}
-
 /// The values of a contiguous f32 CPU tensor, copied; `None` otherwise.
 fn f32_values(tensor: &Tensor) -> Result<Option<Vec<f32>>> {
-    with_f32(tensor, <[f32]>::to_vec)
+    Ok(with_f32(tensor, <[f32]>::to_vec))
 }
 
 /// The bias values, `None` for no bias; an outer `None` when it cannot be read.

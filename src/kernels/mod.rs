@@ -31,6 +31,14 @@ pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str
     }
 }
 
+/// `read` applied to the values of a contiguous f32 CPU tensor; `None` for other devices, dtypes or layouts (the
+/// caller then takes candle's own ops).
+pub(crate) fn with_f32<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { return None };
+    contiguous_f32(cpu, layout, "f32 kernel").ok().map(read)
+}
+
 /// The mutable values of a contiguous f32 tensor; an error for other dtypes or layouts.
 pub fn contiguous_f32_mut<'a>(
     storage: &'a mut CpuStorage,

@@ -6,13 +6,13 @@
 //! mean and variance (in f64) and one writes the normalized, scaled, shifted and activated values, the groups spread
 //! over rayon's threads; with gradients, candle ops compose the same formula so it is differentiable.
 
-use candle_core::{Storage, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::config::{KlActivation, NORM_EPS};
 use rayon::prelude::*;
 
-use crate::kernels::{contiguous_f32, group_norm, worth_parallel};
+use crate::kernels::{group_norm, with_f32, worth_parallel};
 use crate::Result;
 
 /// A GroupNorm over `channels` channels in `groups` groups, with affine weight and bias.
@@ -66,7 +66,7 @@ impl GroupNorm {
         let (batch, channels, height, width) = x.dims4()?;
         let x = x.contiguous()?;
         let (Some(values), Some(weight), Some(bias)) =
-            (with_f32(&x, <[f32]>::to_vec)?, f32_vec(&self.weight)?, f32_vec(&self.bias)?)
+            (with_f32(&x, <[f32]>::to_vec), f32_vec(&self.weight)?, f32_vec(&self.bias)?)
         else {
             return Ok(None);
         };
@@ -90,16 +90,9 @@ impl GroupNorm {
     }
 }
 
-/// `read` applied to the values of a contiguous f32 CPU tensor; `None` for anything else.
-fn with_f32<R>(tensor: &Tensor, read: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
-    let (storage, layout) = tensor.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
-    Ok(contiguous_f32(cpu, layout, "group norm").ok().map(read))
-}
-
 /// The values of a small f32 CPU tensor, copied.
 fn f32_vec(tensor: &Tensor) -> Result<Option<Vec<f32>>> {
-    with_f32(&tensor.contiguous()?, <[f32]>::to_vec)
+    Ok(with_f32(&tensor.contiguous()?, <[f32]>::to_vec))
 }
 
 #[cfg(test)]
