@@ -48,7 +48,8 @@ pub fn train_run(
     run.save_config(config)?;
     let (vae, varmap) = Vae::fresh(&config.model, config.training.seed, DType::F32, device)?;
     let logger = RunLogger::new(run, splits.test_is_validation)?;
-    complete_run(config, splits, run, device, (vae, varmap), logger, None, observer)
+    let session = Session { config, splits, run, device };
+    complete_run(&session, (vae, varmap), (logger, None), observer)
 }
 
 /// What a resumed run may change: everything else must stay as `config.json` has it.
@@ -92,7 +93,8 @@ pub fn resume_run(
     check_work_left(&config, &checkpoint.progress)?;
     let logger = RunLogger::resume(run, splits.test_is_validation, &checkpoint.progress)?;
     run.save_config(&config)?;
-    complete_run(&config, splits, run, device, (vae, varmap), logger, Some(&checkpoint), observer)
+    let session = Session { config: &config, splits, run, device };
+    complete_run(&session, (vae, varmap), (logger, Some(&checkpoint)), observer)
 }
 
 /// The configuration's own checks and the data's fit to the likelihood, before anything is written.
@@ -122,18 +124,23 @@ fn check_work_left(config: &RunConfig, progress: &TrainingProgress) -> Result<()
     }
 }
 
+/// What a run trains on and where: its settings, data, directory and device.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    config: &'a RunConfig,
+    splits: &'a Splits,
+    run: &'a RunDir,
+    device: &'a Device,
+}
+
 /// Trains (from the start, or from `resume`), then writes the summary, image grids, diagnosis and report.
-#[allow(clippy::too_many_arguments)]
 fn complete_run(
-    config: &RunConfig,
-    splits: &Splits,
-    run: &RunDir,
-    device: &Device,
+    session: &Session,
     (vae, varmap): (Vae, VarMap),
-    mut logger: RunLogger,
-    resume: Option<&Checkpoint>,
+    (mut logger, resume): (RunLogger, Option<&Checkpoint>),
     observer: &mut dyn TrainingObserver,
 ) -> Result<FinishedRun> {
+    let Session { config, splits, run, device } = *session;
     let held_out_split = if splits.test_is_validation { "validation" } else { "test" };
     let result = train_from(&vae, &varmap, splits, &config.training, device, resume, &mut [&mut logger, observer]);
     match result {
