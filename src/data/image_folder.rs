@@ -59,6 +59,18 @@ pub enum ImageChannels {
     Rgb,
 }
 
+impl ImageChannels {
+    /// The number of channels this setting gives images of which any (`any_colour`) or none is stored in colour.
+    pub(crate) fn count(self, any_colour: bool) -> usize {
+        match self {
+            ImageChannels::Grey => 1,
+            ImageChannels::Rgb => 3,
+            ImageChannels::Auto if any_colour => 3,
+            ImageChannels::Auto => 1,
+        }
+    }
+}
+
 /// How an image of another size is brought to the target size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -186,12 +198,7 @@ pub fn load(config: &ImageFolderConfig) -> Result<ImageFolder> {
     for part in layout.parts {
         parts.push(probe_part(part, config.skip_unreadable, &mut skipped)?);
     }
-    let channels = match config.channels {
-        ImageChannels::Grey => 1,
-        ImageChannels::Rgb => 3,
-        ImageChannels::Auto if parts.iter().flat_map(|p| &p.headers).any(|h| h.color) => 3,
-        ImageChannels::Auto => 1,
-    };
+    let channels = config.channels.count(parts.iter().flat_map(|p| &p.headers).any(|h| h.color));
     let (height, width) = match target {
         Some(size) => size,
         None => common_size(&parts)?,
@@ -343,15 +350,20 @@ fn images_under(dir: &Path, depth: usize) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The image files under `dir`, at any depth, in path order (hidden entries left out); none is not an error here.
+pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    images_under(dir, 0)
+}
+
 /// What an image's header says.
 #[derive(Debug, Clone, Copy)]
-struct Header {
+pub(crate) struct Header {
     /// Height after the EXIF orientation is applied.
-    height: u32,
+    pub(crate) height: u32,
     /// Width after the EXIF orientation is applied.
-    width: u32,
+    pub(crate) width: u32,
     /// Whether the image is stored in colour.
-    color: bool,
+    pub(crate) color: bool,
 }
 
 /// A split whose headers have been read: unreadable files are gone (or the load failed).
@@ -522,8 +534,8 @@ fn image_error(path: &Path, error: image::ImageError) -> Error {
     }
 }
 
-/// Reads the header of the image at `path`.
-fn probe(path: &Path) -> Result<Header> {
+/// Reads the header of the image at `path`; an image larger than the image crate's default limits is an error.
+pub(crate) fn probe(path: &Path) -> Result<Header> {
     let mut decoder = reader(path)?.into_decoder().map_err(|e| image_error(path, e))?;
     // the size in the header bounds the buffers made for the folder: refuse what the decoder would refuse later
     Limits::default().reserve(decoder.total_bytes()).map_err(|e| image_error(path, e))?;
@@ -536,18 +548,34 @@ fn probe(path: &Path) -> Result<Header> {
     Ok(Header { height, width, color: decoder.color_type().has_color() })
 }
 
-/// Decodes the image at `path`, converts it to `settings` and writes it channels-first into `slot`.
-fn decode_into(path: &Path, settings: Settings, slot: &mut [u8]) -> Result<()> {
+/// Decodes the image at `path` (refused before any buffer is made when it exceeds the image crate's default limits),
+/// turns it upright by its EXIF orientation and converts it to 8-bit grey (`channels` 1) or RGB (otherwise).
+pub(crate) fn decode(path: &Path, channels: usize) -> Result<DynamicImage> {
     let mut decoder = reader(path)?.into_decoder().map_err(|e| image_error(path, e))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     Limits::default().reserve(decoder.total_bytes()).map_err(|e| image_error(path, e))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e))?;
     image.apply_orientation(orientation);
-    let image = match settings.channels {
+    Ok(match channels {
         1 => DynamicImage::ImageLuma8(image.to_luma8()),
         _ => DynamicImage::ImageRgb8(image.to_rgb8()),
-    };
-    let image = fit(image, settings.height, settings.width, settings.fit);
+    })
+}
+
+/// Writes interleaved `pixels` of `channels` values each into `slot` channels first (one plane per channel);
+/// `slot` has as many values as `pixels`.
+pub(crate) fn write_channels_first(pixels: &[u8], channels: usize, slot: &mut [u8]) {
+    let plane = slot.len() / channels.max(1);
+    for (i, pixel) in pixels.chunks_exact(channels.max(1)).enumerate() {
+        for (c, &value) in pixel.iter().enumerate() {
+            slot[c * plane + i] = value;
+        }
+    }
+}
+
+/// Decodes the image at `path`, converts it to `settings` and writes it channels-first into `slot`.
+fn decode_into(path: &Path, settings: Settings, slot: &mut [u8]) -> Result<()> {
+    let image = fit(decode(path, settings.channels)?, settings.height, settings.width, settings.fit);
     let pixels = image.as_bytes();
     if (image.height(), image.width()) != (settings.height, settings.width) || pixels.len() != slot.len() {
         let problem = format!(
@@ -559,13 +587,7 @@ fn decode_into(path: &Path, settings: Settings, slot: &mut [u8]) -> Result<()> {
         );
         return Err(Error::bad_input(path, "image", problem));
     }
-    let channels = settings.channels;
-    let plane = slot.len() / channels;
-    for (i, pixel) in pixels.chunks_exact(channels).enumerate() {
-        for (c, &value) in pixel.iter().enumerate() {
-            slot[c * plane + i] = value;
-        }
-    }
+    write_channels_first(pixels, settings.channels, slot);
     Ok(())
 }
 

@@ -1,7 +1,8 @@
-//! Data: loading examples from files (IDX, NPY, CSV) or the built-in sprites generator, keeping them
-//! compactly in memory, and turning them into training batches.
+//! Data: loading examples from files (IDX, NPY, CSV, image folders) or the built-in sprites generator, keeping them
+//! compactly in memory, and turning them into training batches (random crops of photos for autoencoders).
 
 pub mod batch;
+pub mod crops;
 pub mod csv;
 pub mod idx;
 pub mod image_folder;
@@ -12,6 +13,7 @@ pub mod sprites;
 pub mod synthetic;
 
 pub use batch::{batch_tensor, binarized, Batcher, Binarization};
+pub use crops::{fixed_crops, load_photos, Crop, CropConfig, Photo, Photos, RandomCrops};
 pub use mapped::MappedValues;
 pub use source::{load, load_file, DataSpec, Splits};
 
