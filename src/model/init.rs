@@ -19,12 +19,18 @@ pub fn initialize(varmap: &VarMap, seed: u64) -> Result<()> {
     for (name, var) in vars.iter() {
         let Some(fan_in) = fan_in(name, var, &vars) else { continue };
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ name_hash(name));
+        let mut rng = parameter_rng(seed, name);
         let values: Vec<f64> = (0..var.elem_count()).map(|_| rng.random_range(-bound..bound)).collect();
         let tensor = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
         var.set(&tensor)?;
     }
     Ok(())
+}
+
+/// The random stream of the parameter `name` under the run seed `seed`: its own, so that drawing one parameter never
+/// shifts another's values.
+pub(crate) fn parameter_rng(seed: u64, name: &str) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ name_hash(name))
 }
 
 /// The fan-in of a layer's weight (`[out, in]` or `[out, in, k, k]`) or of its bias (read from the sibling weight).

@@ -1,11 +1,13 @@
 //! Model: the Gaussian encoder, the decoder with its likelihood, and the VAE that joins them; and diffusers'
-//! KL autoencoder with its spatial latent (`autoencoder_kl`).
+//! KL autoencoder with its spatial latent (`autoencoder_kl`) and the PatchGAN discriminator it trains against
+//! (`discriminator`).
 
 pub mod activation;
 pub mod autoencoder_kl;
 pub mod conv;
 pub mod decoder;
 pub mod dense;
+pub mod discriminator;
 pub mod encoder;
 pub mod gaussian;
 pub mod init;
@@ -16,6 +18,7 @@ pub mod vae;
 pub use activation::Activation;
 pub use autoencoder_kl::{AutoencoderKl, AutoencoderKlConfig};
 pub use conv::ConvConfig;
+pub use discriminator::{DiscriminatorConfig, PatchDiscriminator};
 pub use gaussian::{standard_normal_log_prob, DiagonalGaussian};
 pub use likelihood::{GaussianVariance, Likelihood, LikelihoodConfig};
 pub(crate) use vae::check_finite;
