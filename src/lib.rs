@@ -32,6 +32,7 @@
 //! ```
 
 pub(crate) mod atomic;
+pub mod autoencoder_run;
 pub mod benchmark;
 pub mod data;
 pub mod error;

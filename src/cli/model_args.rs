@@ -49,6 +49,8 @@ pub enum LikelihoodKind {
     Gaussian,
     /// Softmax over K levels per dimension.
     Categorical,
+    /// autoencoder-kl only (its default): latent diffusion's L1 under one learned scale, a Laplace likelihood.
+    Laplace,
 }
 
 /// Architecture choices.
@@ -58,6 +60,9 @@ pub enum ArchitectureKind {
     Mlp,
     /// Strided convolutions, dense layers, transposed convolutions (images only).
     Conv,
+    /// Latent diffusion's KL autoencoder (diffusers' AutoencoderKL) with a spatial latent, trained on random crops
+    /// of a folder of photos (--data DIR); saved in diffusers' layout too.
+    AutoencoderKl,
 }
 
 /// Gaussian variance choices.
@@ -79,8 +84,9 @@ impl ModelArgs {
             anyhow::bail!("--conv-channels sets the layers of a convolutional model: add --architecture conv");
         }
         let mut config = match self.architecture {
-            ArchitectureKind::Conv => VaeConfig::convolutional(input_shape, self.latent_dim, self.likelihood()),
-            ArchitectureKind::Mlp => VaeConfig::mlp(input_shape, self.latent_dim, self.likelihood()),
+            ArchitectureKind::Conv => VaeConfig::convolutional(input_shape, self.latent_dim, self.likelihood()?),
+            ArchitectureKind::Mlp => VaeConfig::mlp(input_shape, self.latent_dim, self.likelihood()?),
+            ArchitectureKind::AutoencoderKl => anyhow::bail!("the KL autoencoder is not a flat-latent VAE"),
         };
         if let Some(widths) = &self.hidden {
             config = config.with_hidden(widths.clone());
@@ -95,8 +101,13 @@ impl ModelArgs {
         Ok(config)
     }
 
-    fn likelihood(&self) -> LikelihoodConfig {
-        match self.likelihood {
+    fn likelihood(&self) -> anyhow::Result<LikelihoodConfig> {
+        Ok(match self.likelihood {
+            LikelihoodKind::Laplace => {
+                anyhow::bail!(
+                    "--likelihood laplace is latent diffusion's term: use it with --architecture autoencoder-kl"
+                )
+            }
             LikelihoodKind::Bernoulli => LikelihoodConfig::Bernoulli,
             LikelihoodKind::Categorical => LikelihoodConfig::Categorical { levels: self.levels },
             LikelihoodKind::Gaussian => LikelihoodConfig::Gaussian {
@@ -106,6 +117,6 @@ impl ModelArgs {
                     VarianceKind::PerDimension => GaussianVariance::LearnedPerDimension,
                 },
             },
-        }
+        })
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use candle_nn::VarMap;
+use elbo::training::autoencoder::{AutoencoderObserver, AutoencoderStepRecord, EvalRecord};
 use elbo::training::{EpochRecord, StepPlan, StepRecord, TrainingObserver};
 use elbo::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +88,53 @@ impl TrainingObserver for Progress {
         let held_out =
             r.held_out.as_ref().map_or(String::new(), |e| format!("  {}: {}", self.held_out_split, terms(e)));
         println!("epoch {:>3}  train: {}{held_out}  {:.0} ex/s", r.epoch, terms(&r.train), r.examples_per_second);
+        Ok(())
+    }
+
+    fn should_stop(&self) -> bool {
+        self.interrupted_by().is_some()
+    }
+}
+
+impl Progress {
+    /// Starts a bar over the `total` steps of a KL autoencoder's run, `done` of them already taken.
+    pub fn start_steps(&mut self, total: usize, done: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(total as u64);
+        let template = "step [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}";
+        bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        bar.set_position(done as u64);
+        self.bar = Some(bar);
+    }
+
+    /// Prints `line` above the bar (or plainly without one).
+    fn print_line(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+}
+
+impl AutoencoderObserver for Progress {
+    fn on_step(&mut self, record: &AutoencoderStepRecord) -> Result<()> {
+        if let Some(bar) = &self.bar {
+            bar.set_position(record.step as u64);
+            let figures = &record.figures;
+            let adversarial = figures.discriminator_loss.map_or(String::new(), |d| format!(" d {d:.3}"));
+            bar.set_message(format!("rec {:.1} kl {:.1}{adversarial}", figures.reconstruction, figures.kl));
+        }
+        Ok(())
+    }
+
+    fn on_eval(&mut self, record: &EvalRecord) -> Result<()> {
+        let report = &record.report;
+        self.print_line(format!(
+            "step {:>6}  held-out: PSNR {:.2} dB  SSIM {:.4}  rate {:.4} bits/pixel  ({:.2} crops/s)",
+            record.step, report.psnr, report.ssim, report.bits_per_pixel, record.images_per_second
+        ));
         Ok(())
     }
 

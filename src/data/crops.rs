@@ -23,7 +23,7 @@ use super::{Dataset, ExampleShape, Values};
 use crate::{Error, Result};
 
 /// The side of a crop, in pixels, unless configured otherwise (the crop size of latent diffusion's autoencoders).
-pub const DEFAULT_CROP_SIZE: usize = 256;
+pub const DEFAULT_CROP_SIZE: usize = 64;
 /// How many crops an epoch takes from each photo, unless `crops_per_epoch` is set.
 pub const CROPS_PER_PHOTO: usize = 64;
 

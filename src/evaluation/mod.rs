@@ -1,6 +1,7 @@
 //! Evaluation: figures of a trained model on held-out data, labelled for what they are (bounds, not likelihoods).
 
 pub mod bounds;
+pub mod compression;
 pub mod curves;
 pub mod diagnosis;
 pub mod disentanglement;
@@ -12,6 +13,7 @@ pub mod sprite_codes;
 pub mod statistics;
 
 pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};
+pub use compression::{evaluate_compression, CompressionReport};
 pub use curves::{CurveReading, Curves};
 pub use diagnosis::{diagnose, Diagnosis, LatentUse, Verdict};
 pub use elbo::{evaluate_negative_elbo, ElboEstimate};

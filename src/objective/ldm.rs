@@ -126,95 +126,6 @@ pub fn gradient_norm(loss: &Tensor, wrt: &Var) -> Result<f64> {
     }
 }
 
-/// The settings of latent diffusion's autoencoder loss (its `lossconfig.params`; the defaults are those of its
-/// `autoencoder_kl_*` configurations, with the discriminator off).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LdmLossConfig {
-    /// The KL's weight (`kl_weight`, 1e-6).
-    pub kl_weight: f64,
-    /// The step from which the adversarial terms count (`disc_start`); `None` trains without a discriminator.
-    pub discriminator_start: Option<usize>,
-    /// Multiplies the adaptive weight of the generator loss (`disc_weight`, 0.5).
-    pub discriminator_weight: f64,
-    /// The discriminator's loss (`disc_loss`, hinge).
-    pub discriminator_loss: DiscriminatorLoss,
-    /// Multiplies both adversarial terms once they start (`disc_factor`, 1).
-    pub discriminator_factor: f64,
-    /// The initial log-scale of the Laplace reconstruction (`logvar_init`, 0).
-    pub log_scale_init: f64,
-}
-
-impl Default for LdmLossConfig {
-    /// KL weight 1e-6, no discriminator (weight 0.5, hinge loss, factor 1 when one is started), log-scale 0.
-    fn default() -> Self {
-        LdmLossConfig {
-            kl_weight: 1e-6,
-            discriminator_start: None,
-            discriminator_weight: 0.5,
-            discriminator_loss: DiscriminatorLoss::Hinge,
-            discriminator_factor: 1.0,
-            log_scale_init: 0.0,
-        }
-    }
-}
-
-impl LdmLossConfig {
-    /// Checks that every weight is a finite non-negative number and the initial log-scale is finite.
-    pub fn validate(&self) -> Result<()> {
-        let weights = [
-            ("kl_weight", self.kl_weight),
-            ("discriminator_weight", self.discriminator_weight),
-            ("discriminator_factor", self.discriminator_factor),
-        ];
-        for (name, value) in weights {
-            if !value.is_finite() || value < 0.0 {
-                return Err(Error::invalid_setting(name, format!("{value}: must be a finite number >= 0")));
-            }
-        }
-        if !self.log_scale_init.is_finite() {
-            let problem = format!("{}: must be a finite number", self.log_scale_init);
-            return Err(Error::invalid_setting("log_scale_init", problem));
-        }
-        Ok(())
-    }
-
-    /// The factor of both adversarial terms at `step` (counted as [`adopt_weight`]'s): `discriminator_factor` from
-    /// `discriminator_start` on, 0 before it or without a discriminator.
-    pub fn discriminator_factor_at(&self, step: usize) -> f64 {
-        match self.discriminator_start {
-            Some(start) => self.discriminator_factor * adopt_weight(step, start),
-            None => 0.0,
-        }
-    }
-}
-
-/// The figures of one training step worth logging (latent diffusion's `train/*` logs); a figure not computed at a
-/// step (the adversarial ones before the discriminator starts) is 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LdmFigures {
-    /// The Laplace reconstruction term, [`laplace_reconstruction`] (`nll_loss`).
-    pub reconstruction: f64,
-    /// The mean absolute error, [`mean_absolute_error`] (`rec_loss`).
-    pub l1: f64,
-    /// The KL summed per example, averaged over the batch (`kl_loss`).
-    pub kl: f64,
-    /// The KL times its weight, as it enters the loss.
-    pub weighted_kl: f64,
-    /// The generator loss, [`generator_loss`] (`g_loss`).
-    pub generator: f64,
-    /// The discriminator loss times its factor (`disc_loss`).
-    pub discriminator: f64,
-    /// The adaptive weight of the generator loss, [`adaptive_weight`] (`d_weight`).
-    pub adaptive_weight: f64,
-    /// The learned log-scale (`logvar`).
-    pub log_scale: f64,
-    /// The mean logit on real images (`logits_real`).
-    pub logits_real: f64,
-    /// The mean logit on reconstructions (`logits_fake`).
-    pub logits_fake: f64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,10 +195,6 @@ mod tests {
         assert_eq!(adopt_weight(50_000, 50_000), 1.0);
         assert_eq!(adopt_weight(50_001, 50_000), 1.0);
         assert_eq!(adopt_weight(0, 0), 1.0);
-        let config = LdmLossConfig { discriminator_start: Some(10), discriminator_factor: 0.5, ..Default::default() };
-        assert_eq!(config.discriminator_factor_at(9), 0.0);
-        assert_eq!(config.discriminator_factor_at(10), 0.5);
-        assert_eq!(LdmLossConfig::default().discriminator_factor_at(1_000_000), 0.0);
     }
 
     /// x = [[0, 1, 2], [3, 4, 5]], x_hat = [[0.5, 1, 1], [3, 6, 4]]: |x - x_hat| sums to 0.5 + 1 + 2 + 1 = 4.5 over
@@ -356,27 +263,5 @@ mod tests {
         assert_eq!(gradient_norm(&loss, &unrelated).unwrap(), 0.0);
         let not_scalar = w.as_tensor().sqr().unwrap();
         assert!(gradient_norm(&not_scalar, &w).is_err());
-    }
-
-    #[test]
-    fn config_defaults_validation_and_serde() {
-        let config = LdmLossConfig::default();
-        assert!(config.validate().is_ok());
-        assert_eq!((config.kl_weight, config.discriminator_weight, config.discriminator_start), (1e-6, 0.5, None));
-        for bad in [
-            LdmLossConfig { kl_weight: -1.0, ..Default::default() },
-            LdmLossConfig { discriminator_weight: f64::NAN, ..Default::default() },
-            LdmLossConfig { discriminator_factor: f64::INFINITY, ..Default::default() },
-            LdmLossConfig { log_scale_init: f64::NEG_INFINITY, ..Default::default() },
-        ] {
-            assert!(matches!(bad.validate(), Err(Error::InvalidSetting { .. })), "{bad:?}");
-        }
-        let json = r#"{"discriminator_start": 50001, "discriminator_loss": "vanilla"}"#;
-        let parsed: LdmLossConfig = serde_json::from_str(json).unwrap();
-        assert_eq!(parsed.discriminator_start, Some(50001));
-        assert_eq!(parsed.discriminator_loss, DiscriminatorLoss::Vanilla);
-        assert!(serde_json::from_str::<LdmLossConfig>(r#"{"disc_weight": 1}"#).is_err());
-        let round_trip: LdmLossConfig = serde_json::from_str(&serde_json::to_string(&parsed).unwrap()).unwrap();
-        assert_eq!(round_trip, parsed);
     }
 }

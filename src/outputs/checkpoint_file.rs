@@ -12,7 +12,7 @@ use candle_nn::VarMap;
 
 use crate::atomic::write_atomic;
 use crate::model::check_finite;
-use crate::training::{Checkpoint, OptimizerState, TrainingProgress};
+use crate::training::{Checkpoint, OptimizerState};
 use crate::{Error, Result};
 
 /// The format tag in the metadata; a later layout gets a new tag.
@@ -23,14 +23,36 @@ const METADATA_KEY: &str = "elbo";
 const FIRST_MOMENT: &str = "optimizer.first.";
 const SECOND_MOMENT: &str = "optimizer.second.";
 
-/// The JSON record in the checkpoint's metadata.
+/// The JSON record in the checkpoint's metadata: the progress, and the first optimiser's step count and learning
+/// rate (then those of the others, for a run with several).
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
+struct Record<P> {
     format: String,
-    progress: TrainingProgress,
+    progress: P,
     optimizer_steps: usize,
     learning_rate: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    more_optimizers: Vec<OptimizerRecord>,
+}
+
+/// An optimiser's counters in the record.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptimizerRecord {
+    steps: usize,
+    learning_rate: f64,
+}
+
+/// One trained model in a checkpoint: its variables, stored under `prefix` + their names, with its optimiser's moments
+/// under `optimizer.first.` / `optimizer.second.` + `prefix` + name. A run that trains one model has one part with an
+/// empty prefix; a KL autoencoder with a discriminator has two.
+#[derive(Clone, Copy)]
+pub struct CheckpointPart<'a> {
+    /// The prefix of the part's tensor names.
+    pub prefix: &'a str,
+    /// The part's variables.
+    pub varmap: &'a VarMap,
 }
 
 /// The variables of `varmap` in name order.
@@ -60,21 +82,47 @@ fn write_safetensors(
 
 /// Writes the weights in `varmap` to `path` (a plain safetensors file, e.g. `model.safetensors`), atomically.
 pub fn save_weights(path: &Path, varmap: &VarMap) -> Result<()> {
-    write_safetensors(path, &named_tensors(varmap)?, None)
+    save_weights_where(path, varmap, |_| true)
+}
+
+/// Writes the weights in `varmap` whose names `keep` accepts to `path`, atomically.
+pub fn save_weights_where(path: &Path, varmap: &VarMap, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let tensors: Vec<_> = named_tensors(varmap)?.into_iter().filter(|(name, _)| keep(name)).collect();
+    write_safetensors(path, &tensors, None)
 }
 
 /// Writes `checkpoint` with the weights in `varmap` to `path`, atomically.
 pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint, varmap: &VarMap) -> Result<()> {
-    let mut tensors = named_tensors(varmap)?;
-    for (name, first, second) in &checkpoint.optimizer.moments {
-        tensors.push((format!("{FIRST_MOMENT}{name}"), first.clone()));
-        tensors.push((format!("{SECOND_MOMENT}{name}"), second.clone()));
+    let part = CheckpointPart { prefix: "", varmap };
+    save_checkpoint_parts(path, &checkpoint.progress, &[(part, &checkpoint.optimizer)])
+}
+
+/// Writes a checkpoint of several models, each with its optimiser's state, and the run's `progress`, to `path`,
+/// atomically: one file, so the parts can never come from two different moments.
+pub fn save_checkpoint_parts<P: serde::Serialize>(
+    path: &Path,
+    progress: &P,
+    parts: &[(CheckpointPart, &OptimizerState)],
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (part, optimizer) in parts {
+        let prefix = part.prefix;
+        tensors
+            .extend(named_tensors(part.varmap)?.into_iter().map(|(name, tensor)| (format!("{prefix}{name}"), tensor)));
+        for (name, first, second) in &optimizer.moments {
+            tensors.push((format!("{FIRST_MOMENT}{prefix}{name}"), first.clone()));
+            tensors.push((format!("{SECOND_MOMENT}{prefix}{name}"), second.clone()));
+        }
     }
+    let mut optimizers =
+        parts.iter().map(|(_, state)| OptimizerRecord { steps: state.steps, learning_rate: state.learning_rate });
+    let first = optimizers.next().ok_or_else(|| Error::invalid_setting("checkpoint", "no model to save"))?;
     let record = Record {
         format: FORMAT.to_string(),
-        progress: checkpoint.progress.clone(),
-        optimizer_steps: checkpoint.optimizer.steps,
-        learning_rate: checkpoint.optimizer.learning_rate,
+        progress,
+        optimizer_steps: first.steps,
+        learning_rate: first.learning_rate,
+        more_optimizers: optimizers.collect(),
     };
     let text = serde_json::to_string(&record).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
     write_safetensors(path, &tensors, Some(HashMap::from([(METADATA_KEY.to_string(), text)])))
@@ -84,20 +132,64 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint, varmap: &VarMap) ->
 /// weights. Every variable and both its moments must be there with the variable's shape, the weights finite, and
 /// nothing else: an error names the file and the tensor or field.
 pub fn load_checkpoint(path: &Path, varmap: &VarMap, device: &Device) -> Result<Checkpoint> {
+    let (progress, mut optimizers) = load_checkpoint_parts(path, &[CheckpointPart { prefix: "", varmap }], device)?;
+    let optimizer = optimizers.pop().ok_or_else(|| Error::bad_input(path, "optimizer", "is missing"))?;
+    Ok(Checkpoint { progress, optimizer })
+}
+
+/// Reads the checkpoint at `path` written by [`save_checkpoint_parts`] for the same `parts`: sets each part's
+/// variables, and gives the progress and each part's optimiser state. The checks are [`load_checkpoint`]'s.
+pub fn load_checkpoint_parts<P: serde::de::DeserializeOwned>(
+    path: &Path,
+    parts: &[CheckpointPart],
+    device: &Device,
+) -> Result<(P, Vec<OptimizerState>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, metadata) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::bad_input(path, "header", e.to_string()))?;
-    let text = metadata.metadata().as_ref().and_then(|entries| entries.get(METADATA_KEY)).ok_or_else(|| {
-        Error::bad_input(path, "metadata", format!("no `{METADATA_KEY}` entry: not a checkpoint written by elbo"))
-    })?;
-    let record: Record = serde_json::from_str(text)
-        .map_err(|e| Error::bad_input(path, format!("metadata `{METADATA_KEY}`"), e.to_string()))?;
-    if record.format != FORMAT {
-        let problem = format!("is `{}`, this elbo reads `{FORMAT}`", record.format);
-        return Err(Error::bad_input(path, "format", problem));
+    let record: Record<P> = read_record(path, &bytes)?;
+    let counters: Vec<OptimizerRecord> =
+        std::iter::once(OptimizerRecord { steps: record.optimizer_steps, learning_rate: record.learning_rate })
+            .chain(record.more_optimizers)
+            .collect();
+    if counters.len() != parts.len() {
+        let problem = format!("holds {} optimiser(s), this run has {}", counters.len(), parts.len());
+        return Err(Error::bad_input(path, "optimizers", problem));
     }
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| Error::bad_input(path, "tensors", e.to_string()))?;
+    let mut states = Vec::with_capacity(parts.len());
+    for (part, counter) in parts.iter().zip(counters) {
+        let moments = take_part(path, part, &mut tensors)?;
+        states.push(OptimizerState { steps: counter.steps, learning_rate: counter.learning_rate, moments });
+    }
+    if let Some(extra) = tensors.keys().min() {
+        return Err(Error::bad_input(path, extra.as_str(), "is not a weight of this model"));
+    }
+    Ok((record.progress, states))
+}
+
+/// The JSON record in the metadata of the safetensors file `bytes` (read from `path`), its format checked.
+fn read_record<P: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Record<P>> {
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::bad_input(path, "header", e.to_string()))?;
+    let text = metadata.metadata().as_ref().and_then(|entries| entries.get(METADATA_KEY)).ok_or_else(|| {
+        Error::bad_input(path, "metadata", format!("no `{METADATA_KEY}` entry: not a checkpoint written by elbo"))
+    })?;
+    let field = format!("metadata `{METADATA_KEY}`");
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::bad_input(path, field.as_str(), e.to_string()))?;
+    let found = value.get("format").and_then(|format| format.as_str()).unwrap_or_default();
+    if found != FORMAT {
+        return Err(Error::bad_input(path, "format", format!("is `{found}`, this elbo reads `{FORMAT}`")));
+    }
+    serde_json::from_value(value).map_err(|e| Error::bad_input(path, field, e.to_string()))
+}
+
+/// Sets the variables of `part` from `tensors` (taking them out), and gives their optimiser moments.
+fn take_part(
+    path: &Path,
+    part: &CheckpointPart,
+    tensors: &mut HashMap<String, Tensor>,
+) -> Result<Vec<(String, Tensor, Tensor)>> {
     let mut take = |name: &str, like: &Tensor| -> Result<Tensor> {
         let tensor = tensors.remove(name).ok_or_else(|| Error::bad_input(path, name, "is missing"))?;
         if tensor.dims() != like.dims() || tensor.dtype() != like.dtype() {
@@ -113,16 +205,13 @@ pub fn load_checkpoint(path: &Path, varmap: &VarMap, device: &Device) -> Result<
         check_finite(path, name, &tensor)?;
         Ok(tensor)
     };
+    let prefix = part.prefix;
     let mut moments = Vec::new();
-    for (name, var) in named_variables(varmap)? {
-        var.set(&take(&name, var.as_tensor())?)?;
-        let first = take(&format!("{FIRST_MOMENT}{name}"), var.as_tensor())?;
-        let second = take(&format!("{SECOND_MOMENT}{name}"), var.as_tensor())?;
+    for (name, var) in named_variables(part.varmap)? {
+        var.set(&take(&format!("{prefix}{name}"), var.as_tensor())?)?;
+        let first = take(&format!("{FIRST_MOMENT}{prefix}{name}"), var.as_tensor())?;
+        let second = take(&format!("{SECOND_MOMENT}{prefix}{name}"), var.as_tensor())?;
         moments.push((name, first, second));
     }
-    if let Some(extra) = tensors.keys().min() {
-        return Err(Error::bad_input(path, extra.as_str(), "is not a weight of this model"));
-    }
-    let optimizer = OptimizerState { steps: record.optimizer_steps, learning_rate: record.learning_rate, moments };
-    Ok(Checkpoint { progress: record.progress, optimizer })
+    Ok(moments)
 }

@@ -145,7 +145,7 @@ pub fn curves_of(rows: &[MetricsRow]) -> Curves {
 }
 
 /// The csv crate's error as ours, naming the line and the column where there is one.
-fn csv_error(path: &Path, error: csv::Error) -> Error {
+pub(crate) fn csv_error(path: &Path, error: csv::Error) -> Error {
     let line = error.position().map_or_else(|| "rows".to_string(), |position| format!("line {}", position.line()));
     match error.into_kind() {
         csv::ErrorKind::Io(error) => Error::io(path, error),
@@ -158,7 +158,7 @@ fn csv_error(path: &Path, error: csv::Error) -> Error {
 }
 
 /// A CSV writer of metrics rows into `file`, with the header first when `header`.
-fn row_writer(file: File, header: bool) -> csv::Writer<BufWriter<File>> {
+pub(crate) fn row_writer(file: File, header: bool) -> csv::Writer<BufWriter<File>> {
     csv::WriterBuilder::new().has_headers(header).from_writer(BufWriter::new(file))
 }
 

@@ -1,8 +1,11 @@
-//! Outputs: the run directory, the metrics log and checkpoints, and image grids (with a tiny font for labels).
+//! Outputs: the run directory, the metrics log and checkpoints, a model in diffusers' layout, and image grids (with a
+//! tiny font for labels).
 
 pub use crate::atomic::{read_json, write_json};
 
+pub mod autoencoder_log;
 pub mod checkpoint_file;
+pub mod diffusers;
 pub mod font;
 pub mod grid;
 pub mod metrics;

@@ -162,11 +162,15 @@ pub enum RunFile {
     Interpolation,
     /// `arithmetic.png`, written by `elbo arithmetic`.
     Arithmetic,
+    /// `held_out_crops.npy`: a KL autoencoder run's held-out crops.
+    HeldOutCrops,
+    /// `diffusers/`: a KL autoencoder run's model in diffusers' layout (a folder).
+    Diffusers,
 }
 
 impl RunFile {
     /// Every file, in the order a run writes them.
-    pub const ALL: [RunFile; 14] = [
+    pub const ALL: [RunFile; 16] = [
         RunFile::Config,
         RunFile::Weights,
         RunFile::Checkpoint,
@@ -181,6 +185,8 @@ impl RunFile {
         RunFile::Traversal,
         RunFile::Interpolation,
         RunFile::Arithmetic,
+        RunFile::HeldOutCrops,
+        RunFile::Diffusers,
     ];
 
     /// The file's name inside the run directory.
@@ -200,6 +206,8 @@ impl RunFile {
             RunFile::Traversal => "traversal.png",
             RunFile::Interpolation => "interpolation.png",
             RunFile::Arithmetic => "arithmetic.png",
+            RunFile::HeldOutCrops => "held_out_crops.npy",
+            RunFile::Diffusers => "diffusers",
         }
     }
 }
@@ -286,7 +294,8 @@ impl RunDir {
     fn remove_files(&self, doomed: impl Fn(&str) -> bool) -> Result<()> {
         for name in self.entries()?.into_iter().filter(|name| doomed(name)) {
             let path = self.root.join(&name);
-            std::fs::remove_file(&path).map_err(|e| Error::io(path, e))?;
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|e| Error::io(path, e))?;
         }
         Ok(())
     }

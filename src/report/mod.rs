@@ -2,6 +2,7 @@
 //! latent usage, pictures of the model, the final figures (the ELBO labelled as a bound) and the configuration.
 //! Plots are inline SVG, pictures inline PNG data; the page needs no network access.
 
+pub mod autoencoder;
 pub mod curves;
 pub mod figures;
 pub mod html;

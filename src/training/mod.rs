@@ -1,6 +1,7 @@
 //! Training: the settings, the optimisers, the training step (candle's graph, or elbo's fused CPU step), and the
-//! loop that minimises reconstruction + weighted KL.
+//! loop that minimises reconstruction + weighted KL; and the training of latent diffusion's KL autoencoder.
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
 pub mod step;

@@ -1,6 +1,7 @@
 //! `elbo train`: load data, train, and leave a run directory; or repeat a run from its `config.json`
 //! (`--config`), or continue one from its checkpoint (`--resume`).
 
+mod autoencoder;
 mod repeat;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use elbo::training::{CheckpointEvery, OptimizerConfig, StepChoice, TrainConfig};
 
 use super::compute_args::{parse_device, ComputeArgs};
 use super::data_args::{BinarizeMode, DataArgs};
-use super::model_args::ModelArgs;
+use super::model_args::{ArchitectureKind, ModelArgs};
 use super::objective_args::ObjectiveArgs;
 use super::progress::Progress;
 
@@ -28,6 +29,8 @@ pub struct TrainArgs {
     model: ModelArgs,
     #[command(flatten)]
     objective: ObjectiveArgs,
+    #[command(flatten)]
+    autoencoder: autoencoder::AutoencoderArgs,
     /// Passes over the training data.
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
@@ -103,7 +106,13 @@ enum OptimizerKind {
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     let given = repeat::given_flags(matches);
     if let Some(dir) = args.resume.clone() {
+        if elbo::autoencoder_run::is_autoencoder_run(&dir) {
+            return autoencoder::resume(&args, &given, &dir);
+        }
         return resume(&args, &given, &dir);
+    }
+    if args.model.architecture == ArchitectureKind::AutoencoderKl {
+        return autoencoder::run(&args, &given);
     }
     let (config, splits) = match &args.config {
         Some(file) => {
@@ -174,10 +183,10 @@ fn load_data(config: &RunConfig) -> anyhow::Result<Splits> {
     data::load(&config.data, config.validation_fraction, config.training.seed).context("loading the data")
 }
 
-/// Prints the diagnosis and the outcome; the exit code: 0 for a completed run, the shell's code for a signal.
-fn finish(finished: &FinishedRun, progress: &Progress, out: &Path) -> ExitCode {
-    print!("{}", finished.diagnosis);
-    let exit = match progress.interrupted_by() {
+/// The exit code of a run: 0 when it completed; when a signal stopped it, the shell's code for that signal, with
+/// how to continue printed.
+fn exit_code(progress: &Progress, out: &Path) -> ExitCode {
+    match progress.interrupted_by() {
         Some(signal) => {
             println!("interrupted by signal {signal}: weights, checkpoint, metrics and summary of the steps so far are saved");
             println!("continue with: elbo train --resume {}", out.display());
@@ -185,7 +194,13 @@ fn finish(finished: &FinishedRun, progress: &Progress, out: &Path) -> ExitCode {
             ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
         }
         None => ExitCode::SUCCESS,
-    };
+    }
+}
+
+/// Prints the diagnosis and the outcome; the exit code: 0 for a completed run, the shell's code for a signal.
+fn finish(finished: &FinishedRun, progress: &Progress, out: &Path) -> ExitCode {
+    print!("{}", finished.diagnosis);
+    let exit = exit_code(progress, out);
     println!(
         "done: {} epochs, {:.0} train examples/s; the held-out -ELBO is an upper bound on -log p(x), not the likelihood",
         finished.summary.epochs_completed, finished.summary.train_examples_per_second

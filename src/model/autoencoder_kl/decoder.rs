@@ -79,11 +79,21 @@ impl Decoder {
 
     /// `[batch, latent_channels, h, w]` latents to `[batch, out_channels, h * f, w * f]` images.
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        self.output_layer(&self.features(z)?)
+    }
+
+    /// Everything before the last layer: the maps `conv_out` takes, `[batch, block_out_channels[0], H, W]`.
+    pub fn features(&self, z: &Tensor) -> Result<Tensor> {
         let h = convolve(&self.conv_in, z)?;
         let h = self.mid_block.forward(&h)?;
         let h = self.up_blocks.iter().try_fold(h, |h, block| block.forward(&h))?;
         // the output layers always use SiLU, whatever act_fn says
-        let h = self.conv_norm_out.forward(&h, Some(KlActivation::Silu))?;
-        convolve(&self.conv_out, &h)
+        self.conv_norm_out.forward(&h, Some(KlActivation::Silu))
+    }
+
+    /// The last layer, `conv_out`, applied to [`Self::features`]: the layer whose gradients LDM's adaptive
+    /// discriminator weight compares.
+    pub fn output_layer(&self, features: &Tensor) -> Result<Tensor> {
+        convolve(&self.conv_out, features)
     }
 }

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
+use candle_core::Var;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use super::config::{AutoencoderKlConfig, CLASS_NAME};
 use super::AutoencoderKl;
@@ -62,13 +63,59 @@ pub fn load_weights(config: AutoencoderKlConfig, path: &Path, dtype: DType, devi
     let problem = Arc::new(Mutex::new(None));
     let backend = CheckedTensors { tensors, problem: Arc::clone(&problem) };
     let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-    AutoencoderKl::new(config, vb).map_err(|error| {
-        let recorded = problem.lock().ok().and_then(|mut slot| slot.take());
-        match recorded {
-            Some((tensor, problem)) => Error::bad_input(path, tensor, problem),
-            None => error,
-        }
-    })
+    AutoencoderKl::new(config, vb).map_err(|error| named_problem(path, &problem, error))
+}
+
+/// The problem the weight source recorded, as an error naming the weights file `path` and the tensor; `error` when
+/// none was recorded.
+fn named_problem(path: &Path, problem: &Mutex<Problem>, error: Error) -> Error {
+    match problem.lock().ok().and_then(|mut slot| slot.take()) {
+        Some((tensor, problem)) => Error::bad_input(path, tensor, problem),
+        None => error,
+    }
+}
+
+/// Loads the KL autoencoder in the diffusers directory `dir` as a trainable model: every weight becomes a variable
+/// of the returned `VarMap` under its current diffusers name (legacy attention names and half-precision files are
+/// read as [`load`] reads them), in f32 on `device`. Fine-tuning starts from it.
+pub fn load_trainable(dir: &Path, device: &Device) -> Result<(AutoencoderKl, VarMap)> {
+    let config = AutoencoderKlConfig::read(&dir.join(CONFIG_FILE))?;
+    let path = weights_file(dir)?;
+    // SAFETY: as in `load_weights`: the file is mapped read-only and copied out before this function returns.
+    let tensors =
+        unsafe { MmapedSafetensors::new(&path) }.map_err(|e| Error::bad_input(&path, "safetensors", e.to_string()))?;
+    let problem = Arc::new(Mutex::new(None));
+    let varmap = VarMap::new();
+    let checked = CheckedTensors { tensors, problem: Arc::clone(&problem) };
+    let backend = AsVariables { checked, varmap: varmap.clone() };
+    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+    let model = AutoencoderKl::new(config, vb).map_err(|error| named_problem(&path, &problem, error))?;
+    Ok((model, varmap))
+}
+
+/// [`CheckedTensors`] whose tensors become variables of `varmap` as the model takes them.
+struct AsVariables {
+    checked: CheckedTensors,
+    varmap: VarMap,
+}
+
+impl SimpleBackend for AsVariables {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self.checked.get(shape, name, init, dtype, device)?;
+        let variable = Var::from_tensor(&tensor)?;
+        let mut variables =
+            self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        variables.insert(name.to_string(), variable.clone());
+        Ok(variable.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.checked.get_unchecked(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.checked.contains_tensor(name)
+    }
 }
 
 /// A tensor name and what is wrong with it.
@@ -105,14 +152,7 @@ impl CheckedTensors {
 }
 
 impl SimpleBackend for CheckedTensors {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, shape: Shape, name: &str, _: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let tensor = self.get_unchecked(name, dtype, device)?;
         // a 1 x 1 convolution weight [C, C, 1, 1] stands for a linear [C, C] one
         let tensor = match (tensor.dims(), shape.dims()) {

@@ -26,7 +26,7 @@ use candle_core::{Tensor, D};
 use candle_nn::{Conv2d, VarBuilder};
 
 pub use config::{AutoencoderKlConfig, SampleSize};
-pub use load::{is_autoencoder_kl_dir, is_diffusers_dir, load};
+pub use load::{is_autoencoder_kl_dir, is_diffusers_dir, load, load_trainable};
 pub use tiling::Tiles;
 
 use self::decoder::Decoder;
@@ -111,11 +111,21 @@ impl AutoencoderKl {
 
     /// The mean of p(x|z), `[batch, out_channels, h * f, w * f]` in about [-1, 1], of unscaled latents `z`.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        self.decoder.output_layer(&self.decode_features(z)?)
+    }
+
+    /// The decoder up to its last layer: the maps [`Self::output_layer`] turns into the image.
+    pub fn decode_features(&self, z: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(post_quant_conv) => convolve(post_quant_conv, z)?,
             None => z.clone(),
         };
-        self.decoder.forward(&z)
+        self.decoder.features(&z)
+    }
+
+    /// The decoder's last layer (`decoder.conv_out`) applied to [`Self::decode_features`]'s maps.
+    pub fn output_layer(&self, features: &Tensor) -> Result<Tensor> {
+        self.decoder.output_layer(features)
     }
 
     /// [`Self::decode`], in overlapping tiles when the latents are larger than a tile.
