@@ -69,7 +69,8 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &device).unwrap();
         let (a, b) = (model.encode(&x).unwrap().mu, loaded.encode(&x).unwrap().mu);
         let difference = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(difference, 0.0);
+        // the loaded model runs the inference kernels, the trainable one the differentiable path
+        assert!(difference < 1e-5, "{difference}");
         let tensors = candle_core::safetensors::load(dir.path().join(WEIGHT_FILES[0]), &device).unwrap();
         assert!(!tensors.contains_key("loss.logvar"));
         assert!(tensors.contains_key("decoder.conv_out.weight"));
