@@ -1,7 +1,7 @@
 //! The small layers every part of the KL autoencoder uses: its convolutions and the 2x up- and
 //! downsampling, each in one place so a faster kernel changes one function.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::kernels::block_conv::{convolve_stride_one, Geometry};
@@ -30,62 +30,24 @@ pub fn conv1x1(in_channels: usize, out_channels: usize, vb: VarBuilder) -> Resul
 
 /// The convolution `layer` applied to `[batch, C, H, W]` maps.
 ///
-/// Stride-1 convolutions on the CPU: without gradients, `kernels::block_conv::convolve_stride_one` (im2col of blocks of output rows
-/// into a reused buffer, one GEMM per block); with gradients, one matrix product over unfolded patches,
-/// out = W · im2col(x) + b, with im2col built from k x k shifted views of the padded maps, all candle ops, so it
-/// stays differentiable. candle 0.11's own CPU convolution unfolds element by element on one thread, which took about
-/// two thirds of the decoder's time. Other convolutions (the stride-2 downsamplers) use candle's.
+/// On the CPU in f32: without gradients, stride-1 convolutions run `kernels::block_conv::convolve_stride_one`
+/// (im2col of blocks of output rows into a reused buffer, one GEMM per block); everything else (the training path,
+/// the stride-2 downsamplers) runs the differentiable GEMM op of `kernels::conv` (im2col, W · columns per example,
+/// col2im and outer products for the gradients). candle 0.11's own CPU convolution unfolds element by element on one
+/// thread, which took about two thirds of the decoder's time, and its weight gradient is a convolution with an
+/// image-sized kernel.
 pub fn convolve(layer: &Conv2d, x: &Tensor) -> Result<Tensor> {
     let config = layer.config();
     let (out_channels, in_channels, kernel, kernel_w) = layer.weight().dims4()?;
     let plain = config.stride == 1 && config.dilation == 1 && config.groups == 1 && kernel == kernel_w;
-    if !plain || !x.device().is_cpu() {
-        return Ok(layer.forward(x)?);
-    }
-    let (batch, _, height, width) = x.dims4()?;
-    let padding = config.padding;
-    // out side = n + 2 * padding - kernel + 1
-    let (Some(out_h), Some(out_w)) =
-        ((height + 2 * padding + 1).checked_sub(kernel), (width + 2 * padding + 1).checked_sub(kernel))
-    else {
-        return Ok(layer.forward(x)?);
-    };
     let wants_gradient = x.track_op() || layer.weight().track_op();
-    if !wants_gradient && x.dtype() == candle_core::DType::F32 {
-        let geometry = Geometry { in_channels, out_channels, kernel, padding };
+    if plain && !wants_gradient && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        let geometry = Geometry { in_channels, out_channels, kernel, padding: config.padding };
         if let Some(out) = convolve_stride_one(&x.contiguous()?, layer.weight(), layer.bias(), geometry)? {
             return Ok(out);
         }
     }
-    let columns = unfold(x, kernel, padding, (out_h, out_w))?;
-    let weight = layer.weight().reshape((out_channels, in_channels * kernel * kernel))?;
-    let product = if batch == 1 {
-        weight.matmul(&columns.squeeze(0)?)?.unsqueeze(0)?
-    } else {
-        weight.broadcast_left(batch)?.matmul(&columns)?
-    };
-    let out = match layer.bias() {
-        Some(bias) => product.broadcast_add(&bias.reshape((1, out_channels, 1))?)?,
-        None => product,
-    };
-    Ok(out.reshape((batch, out_channels, out_h, out_w))?)
-}
-
-/// im2col: `[batch, C, H, W]` maps to `[batch, C * k * k, out_h * out_w]` patches, row c * k * k + dy * k + dx
-/// holding x[c, y + dy - padding, x + dx - padding] (zero outside the maps).
-fn unfold(x: &Tensor, kernel: usize, padding: usize, (out_h, out_w): (usize, usize)) -> Result<Tensor> {
-    let (batch, channels, height, width) = x.dims4()?;
-    if kernel == 1 && padding == 0 {
-        return Ok(x.reshape((batch, channels, height * width))?);
-    }
-    let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
-    let mut shifts = Vec::with_capacity(kernel * kernel);
-    for dy in 0..kernel {
-        for dx in 0..kernel {
-            shifts.push(padded.narrow(2, dy, out_h)?.narrow(3, dx, out_w)?);
-        }
-    }
-    Ok(Tensor::stack(&shifts, 2)?.reshape((batch, channels * kernel * kernel, out_h * out_w))?)
+    crate::model::conv::convolve(layer, x, None)
 }
 
 /// diffusers' `Downsample2D` with a convolution: zero-pad one row at the bottom and one column at the right, then a
@@ -128,8 +90,17 @@ impl Upsample {
     }
 }
 
-/// Nearest-neighbour upsampling by 2 as a broadcast, so it is differentiable: y[2i + a, 2j + b] = x[i, j].
+/// Nearest-neighbour upsampling by 2, differentiable: y[2i + a, 2j + b] = x[i, j]. On f32 CPU maps one kernel
+/// (`kernels::upsample`), elsewhere a broadcast.
 pub fn nearest_2x(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        return Ok(x.contiguous()?.apply_op1(crate::kernels::upsample::Nearest2x)?);
+    }
+    broadcast_2x(x)
+}
+
+/// Nearest-neighbour upsampling by 2 as a broadcast of candle ops.
+fn broadcast_2x(x: &Tensor) -> Result<Tensor> {
     let (batch, channels, height, width) = x.dims4()?;
     let spread =
         x.reshape((batch, channels, height, 1, width, 1))?.broadcast_as((batch, channels, height, 2, width, 2))?;
@@ -139,7 +110,7 @@ pub fn nearest_2x(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
+    use candle_core::{DType, Device, Module, Var};
 
     #[test]
     fn the_inference_kernel_and_the_differentiable_path_agree_with_candle() {
@@ -155,5 +126,20 @@ mod tests {
             let error = (out - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(error < 1e-4, "{error}");
         }
+    }
+
+    #[test]
+    fn the_upsampling_kernel_and_its_gradient_match_the_broadcast() {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &Device::Cpu).unwrap()).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (2, 3, 8, 10), &Device::Cpu).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (kernel, broadcast) = (nearest_2x(x.as_tensor()).unwrap(), broadcast_2x(x.as_tensor()).unwrap());
+        assert_eq!(values(&kernel), values(&broadcast));
+        let gradient = |y: &Tensor| {
+            let grads = (y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            values(grads.get(x.as_tensor()).unwrap())
+        };
+        let (a, b) = (gradient(&kernel), gradient(&broadcast));
+        assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "{a:?} vs {b:?}");
     }
 }

@@ -4,7 +4,8 @@
 //! y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c, with the mean and (biased) variance over each group of
 //! C / G channels and all positions. Without gradients, on contiguous f32 CPU maps, two passes compute each group's
 //! mean and variance (in f64) and one writes the normalized, scaled, shifted and activated values, the groups spread
-//! over rayon's threads; with gradients, candle ops compose the same formula so it is differentiable.
+//! over rayon's threads; with gradients, the same kernel as a differentiable op (`kernels::group_norm::GroupNormOp`,
+//! its backward pass worked out by hand); elsewhere, candle ops compose the same formula.
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -39,6 +40,10 @@ impl GroupNorm {
             if let Some(out) = self.fused(x, activation.is_some())? {
                 return Ok(out);
             }
+        }
+        if fusable && x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            let op = group_norm::GroupNormOp { groups: self.groups, eps: NORM_EPS, silu: activation.is_some() };
+            return Ok(x.contiguous()?.apply_op3(&self.weight, &self.bias, op)?);
         }
         let normed = self.composed(x)?;
         match activation {
@@ -119,6 +124,31 @@ mod tests {
         ] {
             let error = (out - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(error < 1e-5, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_differentiable_kernel_has_the_composed_norms_gradients() {
+        let device = Device::Cpu;
+        for silu in [false, true] {
+            let x = Var::from_tensor(&Tensor::randn(0.3f32, 1.5, (3, 8, 5, 6), &device).unwrap()).unwrap();
+            let weight = Var::from_tensor(&Tensor::randn(1f32, 0.4, 8, &device).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 0.4, 8, &device).unwrap()).unwrap();
+            let norm = GroupNorm { weight: weight.as_tensor().clone(), bias: bias.as_tensor().clone(), groups: 4 };
+            let upstream = Tensor::randn(0f32, 1.0, (3, 8, 5, 6), &device).unwrap();
+            let activation = silu.then_some(KlActivation::Silu);
+            let fused = norm.forward(x.as_tensor(), activation).unwrap();
+            let composed = norm.composed(x.as_tensor()).unwrap();
+            let composed = if silu { composed.silu().unwrap() } else { composed };
+            let gradients = |out: &Tensor| {
+                let grads = (out * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                [&x, &weight, &bias].map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            };
+            let (a, b) = (gradients(&fused), gradients(&composed));
+            for (name, (left, right)) in ["x", "weight", "bias"].iter().zip(a.iter().zip(&b)) {
+                let error = left.iter().zip(right).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+                assert!(error < 2e-4, "silu {silu}: d {name} differs by {error}");
+            }
         }
     }
 }
