@@ -23,6 +23,7 @@ use crate::outputs::grid::{image_grid, save_png};
 use crate::outputs::{read_json, RunDir, RunFile};
 use crate::training::autoencoder::config::model_for;
 use crate::training::autoencoder::step::LAST_LAYER;
+use crate::training::autoencoder::trainer::EVAL_BATCH;
 use crate::training::autoencoder::{
     train_autoencoder, Adversary, AutoencoderObserver, AutoencoderProgress, AutoencoderTrainConfig, Trainee,
     TrainingImages,
@@ -80,6 +81,14 @@ impl AutoencoderRunConfig {
             let problem =
                 format!("{} is not a multiple of the model's downsampling factor {factor}", self.training.crops.size);
             return Err(Error::invalid_setting("random-crop", problem));
+        }
+        if let Some(adversarial) = &self.training.adversarial {
+            let needed = adversarial.discriminator.min_side();
+            if self.training.crops.size < needed {
+                let problem =
+                    format!("{}: the discriminator needs crops of at least {needed}", self.training.crops.size);
+                return Err(Error::invalid_setting("random-crop", problem));
+            }
         }
         Ok(())
     }
@@ -298,6 +307,23 @@ fn complete(
     save_reconstruction_grid(trainee, &images.held_out, &run.path(RunFile::Reconstructions), device)?;
     crate::report::autoencoder::write_autoencoder_report(run)?;
     Ok(summary)
+}
+
+/// The held-out figures of the trained autoencoder run in `run` (its `model.safetensors` on its own held-out crops,
+/// cut again from its photos), with the names of the photos they come from (empty: crops of the training photos).
+pub fn evaluate_autoencoder_run(run: &RunDir, device: &Device) -> Result<(CompressionReport, Vec<String>)> {
+    let config: AutoencoderRunConfig = read_json(&run.config_path())?;
+    let images = run_images(&config)?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let model = AutoencoderKl::new(model_for(&config.model, &config.training), vb.clone())?;
+    let image_values = config.model.in_channels * config.training.crops.size * config.training.crops.size;
+    let reconstruction = Reconstruction::new(&config.training.reconstruction, image_values, vb.pp("loss"))?;
+    let mut varmap = varmap;
+    varmap.load(run.weights_path()).map_err(|e| Error::bad_input(run.weights_path(), "weights", e.to_string()))?;
+    let report =
+        crate::evaluation::evaluate_compression(&model, &reconstruction, &images.held_out, EVAL_BATCH, device)?;
+    Ok((report, images.held_out_names))
 }
 
 /// Held-out crops (first row) above their reconstructions from the posterior mean (second row).

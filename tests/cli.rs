@@ -482,3 +482,69 @@ fn a_config_file_repeats_its_run_and_given_flags_change_its_fields() {
     let missing = elbo(&["train", "--config", "nothing.json", "--out", "y"], dir.path());
     assert_fails_with(&missing, &["nothing.json"]);
 }
+
+/// Two 48 x 56 photos (gradients with a square) in `dir/photos`.
+fn write_two_photos(dir: &Path) {
+    let folder = dir.join("photos");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (index, name) in ["one.png", "two.jpg"].iter().enumerate() {
+        let image = image::RgbImage::from_fn(56, 48, |x, y| {
+            let inside = (10..30).contains(&(x + 5 * index as u32)) && (12..28).contains(&y);
+            image::Rgb(if inside { [240, 200, 30] } else { [(x * 4) as u8, (y * 5) as u8, 90] })
+        });
+        image.save(folder.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn a_kl_autoencoder_trains_on_photos_evaluates_resumes_and_plots_its_rate_distortion() {
+    let dir = tempfile::tempdir().unwrap();
+    write_two_photos(dir.path());
+    let tiny = [
+        "train",
+        "--architecture",
+        "autoencoder-kl",
+        "--data",
+        "photos",
+        "--block-out-channels",
+        "8,16",
+        "--norm-groups",
+        "4",
+        "--latent-channels",
+        "2",
+        "--batch-size",
+        "2",
+        "--held-out-crops",
+        "2",
+        "--eval-every",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let train = |out: &str, extra: &[&str]| {
+        let args: Vec<&str> = tiny.iter().chain(&["--out", out]).chain(extra).copied().collect();
+        elbo(&args, dir.path())
+    };
+    let output = train("kl", &["--random-crop", "24", "--max-steps", "2", "--discriminator-start", "1"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("held-out crops: PSNR"), "{}", text(&output));
+    for file in ["diffusers/config.json", "diffusers/diffusion_pytorch_model.safetensors", "report.html"] {
+        assert!(dir.path().join("kl").join(file).is_file(), "{file}");
+    }
+    let resumed = elbo(&["train", "--resume", "kl", "--max-steps", "4", "--quiet"], dir.path());
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let eval = elbo(&["eval", "--run", "kl"], dir.path());
+    assert!(text(&eval).contains("bits per pixel") && text(&eval).contains("PSNR"), "{}", text(&eval));
+    let other =
+        train("kl-beta", &["--random-crop", "24", "--max-steps", "2", "--beta", "0.01", "--likelihood", "gaussian"]);
+    assert!(other.status.success(), "{}", text(&other));
+    let curve = elbo(&["rate-distortion", "kl", "kl-beta", "--out", "rd.svg"], dir.path());
+    assert!(curve.status.success(), "{}", text(&curve));
+    assert!(std::fs::read_to_string(dir.path().join("rd.svg")).unwrap().contains("<svg"));
+    // refused clearly: no photos given, a crop the model cannot halve, laplace outside the autoencoder
+    assert_fails_with(&elbo(&["train", "--architecture", "autoencoder-kl"], dir.path()), &["--data"]);
+    assert_fails_with(&train("bad", &["--random-crop", "15"]), &["random-crop", "15"]);
+    assert_fails_with(&train("bad", &["--random-crop", "16", "--discriminator-start", "0"]), &["at least 24"]);
+    assert_fails_with(&elbo(&["train", "--likelihood", "laplace"], dir.path()), &["autoencoder-kl"]);
+}

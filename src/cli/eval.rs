@@ -33,6 +33,9 @@ pub struct EvalArgs {
 
 /// Runs `elbo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if elbo::autoencoder_run::is_autoencoder_run(&args.run.run) {
+        return autoencoder(&args);
+    }
     let (loaded, device) = args.run.open()?;
     let mut dataset = args.input.dataset(&loaded)?;
     if let Some(limit) = args.max_examples {
@@ -58,6 +61,36 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         print_table(&report, &dataset.source);
         println!("evaluated in {seconds:.2} s ({:.1} examples/s)", report.examples as f64 / seconds);
     }
+    Ok(())
+}
+
+/// `elbo eval` of a KL autoencoder run: distortion and rate of its held-out crops.
+fn autoencoder(args: &EvalArgs) -> anyhow::Result<()> {
+    let (_, device) = args.run.compute.apply()?;
+    let run = elbo::outputs::RunDir::open(&args.run.run)?;
+    let (report, photos) = elbo::autoencoder_run::evaluate_autoencoder_run(&run, &device)?;
+    let photos = if photos.is_empty() { "the training photos".to_string() } else { photos.join(", ") };
+    if args.json {
+        let mut value = serde_json::to_value(report)?;
+        value["photos"] = photos.into();
+        println!("{}", serde_json::to_string(&value)?);
+        return Ok(());
+    }
+    let [channels, height, width] = report.latent_shape;
+    println!("{} held-out crops of {photos}, reconstructed from the posterior mean:", report.images);
+    println!("  PSNR                {:>10.3} dB", report.psnr);
+    println!("  SSIM                {:>10.4}", report.ssim);
+    println!(
+        "  -log p(x|z)         {:>10.1} nats per crop (the reconstruction term at the mean)",
+        report.reconstruction
+    );
+    println!("  rate: KL            {:>10.1} nats per crop", report.kl);
+    println!("                      {:>10.4} bits per pixel", report.bits_per_pixel);
+    println!("                      {:>10.4} bits per latent value", report.bits_per_latent_value);
+    println!(
+        "  latent              {channels} x {height} x {width}: {:.1} input values per latent value",
+        report.compression_ratio
+    );
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod model_args;
 mod objective_args;
 mod probe;
 mod progress;
+mod rate_distortion;
 mod reconstruct;
 mod report;
 mod run_args;
@@ -64,6 +65,8 @@ enum Command {
     Metrics(metrics::MetricsArgs),
     /// Time the hot paths: training examples/s per batch size and the IWAE bound's, median of repeats.
     Bench(Box<bench::BenchArgs>),
+    /// The rate-distortion curve of KL autoencoder runs (one per KL weight): held-out PSNR against bits per pixel.
+    RateDistortion(rate_distortion::RateDistortionArgs),
 }
 
 /// Parses the command line, runs the command, and turns errors into a message and a non-zero exit code.
@@ -93,6 +96,7 @@ pub fn run() -> ExitCode {
         Command::Diagnose(args) => done(diagnose::run(args)),
         Command::Metrics(args) => done(metrics::run(args)),
         Command::Bench(args) => done(bench::run(*args)),
+        Command::RateDistortion(args) => done(rate_distortion::run(args)),
     };
     match result {
         Ok(code) => code,

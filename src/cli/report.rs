@@ -16,6 +16,12 @@ pub struct ReportArgs {
 
 /// Runs `elbo report`.
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    if elbo::autoencoder_run::is_autoencoder_run(&args.run.run) {
+        let run = elbo::outputs::RunDir::open(&args.run.run)?;
+        let path = elbo::report::autoencoder::write_autoencoder_report(&run)?;
+        println!("wrote {} (one self-contained page: open it in a browser)", path.display());
+        return Ok(());
+    }
     let (trained, device) = args.run.open()?;
     let splits = args.input.splits(&trained)?;
     let path = write_report(&trained.run, &trained.vae, &splits, &device)?;

@@ -42,10 +42,18 @@ pub(crate) struct GroupNormOp {
 
 impl GroupNormOp {
     /// (batch, channels, plane) of the input, checked against the weight, bias and group count.
-    fn sizes(&self, x: &candle_core::Layout, weight: &candle_core::Layout) -> candle_core::Result<(usize, usize, usize)> {
+    fn sizes(
+        &self,
+        x: &candle_core::Layout,
+        weight: &candle_core::Layout,
+    ) -> candle_core::Result<(usize, usize, usize)> {
         let (batch, channels, height, width) = x.shape().dims4()?;
         if self.groups == 0 || channels % self.groups != 0 || weight.shape().elem_count() != channels {
-            candle_core::bail!("group-norm: {channels} channels, {} groups, {} weights", self.groups, weight.shape().elem_count());
+            candle_core::bail!(
+                "group-norm: {channels} channels, {} groups, {} weights",
+                self.groups,
+                weight.shape().elem_count()
+            );
         }
         Ok((batch, channels, height * width))
     }
@@ -85,14 +93,18 @@ impl candle_core::CustomOp3 for GroupNormOp {
         bias: &candle_core::Tensor,
         _output: &candle_core::Tensor,
         grad_output: &candle_core::Tensor,
-    ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>, Option<candle_core::Tensor>)> {
+    ) -> candle_core::Result<(Option<candle_core::Tensor>, Option<candle_core::Tensor>, Option<candle_core::Tensor>)>
+    {
         use rayon::prelude::*;
         let (x, grad) = (x.contiguous()?, grad_output.contiguous()?);
         let (batch, channels, height, width) = x.dims4()?;
         let (plane, per_group) = (height * width, channels / self.groups.max(1));
-        let values = |t: &candle_core::Tensor| super::with_f32(&t.contiguous()?, <[f32]>::to_vec)
-            .ok_or_else(|| candle_core::Error::Msg("group-norm: needs f32 CPU tensors".into()));
-        let (x_values, grad_values, weight_values, bias_values) = (values(&x)?, values(&grad)?, values(weight)?, values(bias)?);
+        let values = |t: &candle_core::Tensor| {
+            super::with_f32(&t.contiguous()?, <[f32]>::to_vec)
+                .ok_or_else(|| candle_core::Error::Msg("group-norm: needs f32 CPU tensors".into()))
+        };
+        let (x_values, grad_values, weight_values, bias_values) =
+            (values(&x)?, values(&grad)?, values(weight)?, values(bias)?);
         let group_len = per_group * plane;
         let mut dx = vec![0f32; x_values.len()];
         let sums: Vec<(Vec<f64>, Vec<f64>)> = dx
@@ -115,7 +127,9 @@ impl candle_core::CustomOp3 for GroupNormOp {
             }
         }
         let device = x.device();
-        let to_tensor = |sums: Vec<f64>| candle_core::Tensor::from_vec(sums.into_iter().map(|v| v as f32).collect::<Vec<_>>(), channels, device);
+        let to_tensor = |sums: Vec<f64>| {
+            candle_core::Tensor::from_vec(sums.into_iter().map(|v| v as f32).collect::<Vec<_>>(), channels, device)
+        };
         let dx = candle_core::Tensor::from_vec(dx, (batch, channels, height, width), device)?;
         Ok((Some(dx), Some(to_tensor(d_weight)?), Some(to_tensor(d_bias)?)))
     }

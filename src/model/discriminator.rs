@@ -82,6 +82,11 @@ impl DiscriminatorConfig {
         Ok(())
     }
 
+    /// The smallest image side the network accepts: a convolution gives n values from (n - 1) stride + 2.
+    pub fn min_side(&self) -> usize {
+        self.plan().iter().rev().fold(1, |needed, plan| (needed - 1) * plan.stride + 2)
+    }
+
     /// The channels after the convolution of depth `depth` (0 for the first): base x min(2^depth, 8).
     fn channels(&self, depth: usize) -> usize {
         self.base_channels << depth.min(3)
@@ -238,7 +243,7 @@ impl PatchDiscriminator {
             return Err(Error::ShapeMismatch(format!(
                 "the discriminator takes [batch, {}, height, width] images of at least {} pixels a side, not {:?}",
                 self.config.in_channels,
-                self.min_side(),
+                self.config.min_side(),
                 x.dims()
             )));
         }
@@ -258,11 +263,6 @@ impl PatchDiscriminator {
     pub fn output_size(&self, height: usize, width: usize) -> Option<(usize, usize)> {
         let side = |side: usize| self.config.plan().iter().try_fold(side, |side, plan| plan.output_side(side));
         side(height).zip(side(width))
-    }
-
-    /// The smallest image side the network accepts: a convolution gives n values from (n - 1) stride + 2.
-    fn min_side(&self) -> usize {
-        self.config.plan().iter().rev().fold(1, |needed, plan| (needed - 1) * plan.stride + 2)
     }
 
     /// The trainable variables (convolution weights and biases, batch norm scales and shifts), without the batch

@@ -1,7 +1,7 @@
 //! Outputs: the run directory, the metrics log and checkpoints, a model in diffusers' layout, and image grids (with a
 //! tiny font for labels).
 
-pub use crate::atomic::{read_json, write_json};
+pub use crate::atomic::{read_json, write_atomic, write_json};
 
 pub mod autoencoder_log;
 pub mod checkpoint_file;

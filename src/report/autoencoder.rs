@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use plotters::style::RGBColor;
 
 use super::html::{escape, inline_svg, legend, note, page, section, table};
-use super::plots::{line_chart, Series};
+use super::plots::{line_chart, xy_chart, Series, XAxis};
 use crate::atomic::write_atomic;
 use crate::autoencoder_run::AutoencoderRunSummary;
 use crate::outputs::autoencoder_log::{read_autoencoder_metrics, AutoencoderRow};
@@ -158,4 +158,55 @@ fn pictures_section(run: &RunDir) -> Result<String> {
 fn config_section(run: &RunDir) -> String {
     let text = std::fs::read_to_string(run.config_path()).unwrap_or_else(|error| format!("config.json: {error}"));
     section("config", "Configuration", &format!("<pre>{}</pre>", escape(&text)))
+}
+
+/// One trained autoencoder run as a point of a rate-distortion curve: its KL weight, and its held-out rate and
+/// distortion.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RatePoint {
+    /// The run directory.
+    pub run: String,
+    /// The KL weight (beta) it trained with.
+    pub kl_weight: f64,
+    /// Held-out rate, bits per pixel.
+    pub bits_per_pixel: f64,
+    /// Held-out PSNR, dB.
+    pub psnr: f64,
+    /// Held-out SSIM.
+    pub ssim: f64,
+}
+
+/// The points of the finished autoencoder runs `runs`, by increasing rate; an error names a run that is not a
+/// finished autoencoder run.
+pub fn rate_distortion_points(runs: &[PathBuf]) -> Result<Vec<RatePoint>> {
+    let mut points = Vec::with_capacity(runs.len());
+    for dir in runs {
+        let run = RunDir::open(dir)?;
+        let config: crate::autoencoder_run::AutoencoderRunConfig = crate::outputs::read_json(&run.config_path())?;
+        let summary: AutoencoderRunSummary = crate::outputs::read_json(&run.summary_path())?;
+        let report = summary.held_out.ok_or_else(|| {
+            Error::bad_input(run.summary_path(), "held_out", "is empty: the run has not been evaluated yet")
+        })?;
+        points.push(RatePoint {
+            run: dir.display().to_string(),
+            kl_weight: config.training.kl.beta,
+            bits_per_pixel: report.bits_per_pixel,
+            psnr: report.psnr,
+            ssim: report.ssim,
+        });
+    }
+    points.sort_by(|a, b| a.bits_per_pixel.total_cmp(&b.bits_per_pixel));
+    Ok(points)
+}
+
+/// The rate-distortion curve of `points`: held-out PSNR against the rate in bits per pixel, as an SVG document.
+pub fn rate_distortion_svg(points: &[RatePoint]) -> Result<String> {
+    let series = [Series {
+        points: points.iter().map(|point| (point.bits_per_pixel, point.psnr)).collect(),
+        colour: HELD_OUT_COLOUR,
+        per_epoch: true,
+    }];
+    let x_axis = XAxis { label: "rate: KL, bits per pixel", decimals: 2 };
+    xy_chart("Rate-distortion (held-out crops)", (&x_axis, "PSNR, dB"), &series)
+        .map_err(|e| Error::io("rate-distortion", e))
 }

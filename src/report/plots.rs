@@ -34,10 +34,24 @@ pub struct Bar {
 
 /// A line chart of `series` against the optimisation step, as an SVG document.
 pub fn line_chart(title: &str, y_label: &str, series: &[Series]) -> std::io::Result<String> {
+    xy_chart(title, (&XAxis { label: "step", decimals: 0 }, y_label), series)
+}
+
+/// What the x axis of a chart shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct XAxis<'a> {
+    /// Its label.
+    pub label: &'a str,
+    /// Decimals of its tick labels.
+    pub decimals: usize,
+}
+
+/// A line chart of `series` against the x axis `axes.0`, as an SVG document.
+pub fn xy_chart(title: &str, (x_axis, y_label): (&XAxis, &str), series: &[Series]) -> std::io::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        draw_lines(&root, title, y_label, series).map_err(std::io::Error::other)?;
+        draw_lines(&root, title, (x_axis, y_label), series).map_err(std::io::Error::other)?;
     }
     Ok(svg)
 }
@@ -54,7 +68,12 @@ pub fn bar_chart(title: &str, y_label: &str, bars: &[Bar]) -> std::io::Result<St
 
 type DrawResult = Result<(), String>;
 
-fn draw_lines(root: &DrawingArea<SVGBackend, Shift>, title: &str, y_label: &str, series: &[Series]) -> DrawResult {
+fn draw_lines(
+    root: &DrawingArea<SVGBackend, Shift>,
+    title: &str,
+    (x_axis, y_label): (&XAxis, &str),
+    series: &[Series],
+) -> DrawResult {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (x_range, y_range) = (x_bounds(series), y_bounds(series));
     let mut chart = ChartBuilder::on(root)
@@ -68,8 +87,8 @@ fn draw_lines(root: &DrawingArea<SVGBackend, Shift>, title: &str, y_label: &str,
         .configure_mesh()
         .bold_line_style(GRID)
         .light_line_style(WHITE)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.*}", x_axis.decimals))
+        .x_desc(x_axis.label)
         .y_desc(y_label)
         .draw()
         .map_err(|e| e.to_string())?;

@@ -142,7 +142,8 @@ mod tests {
             let composed = if silu { composed.silu().unwrap() } else { composed };
             let gradients = |out: &Tensor| {
                 let grads = (out * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
-                [&x, &weight, &bias].map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                [&x, &weight, &bias]
+                    .map(|v| grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
             };
             let (a, b) = (gradients(&fused), gradients(&composed));
             for (name, (left, right)) in ["x", "weight", "bias"].iter().zip(a.iter().zip(&b)) {

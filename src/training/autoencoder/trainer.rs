@@ -18,7 +18,7 @@ use crate::{Error, Result};
 /// Seed offset of the noise eps: step t draws from its own stream, seeded from (seed, this, t).
 const NOISE_STREAM: u64 = 0x0_e9511;
 /// Crops evaluated at once.
-const EVAL_BATCH: usize = 16;
+pub const EVAL_BATCH: usize = 16;
 
 /// Where a run stands; stored as JSON in the checkpoint.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
