@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
+use super::block_conv::{convolve_stride_one, Geometry};
 use super::recycle;
 use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, Destination, Operand};
 
@@ -546,6 +547,15 @@ impl Conv2dOp {
         ConvProduct { geometry: self.geometry, product, map_channels: self.map_channels, shape }
     }
 
+    /// For a stride-1 convolution whose padding p is at most k - 1: the geometry of its input gradient as a
+    /// stride-1 convolution of the output gradient with the flipped, transposed kernel and padding k - 1 - p.
+    fn flipped_geometry(&self) -> Option<Geometry> {
+        let g = &self.geometry;
+        let stride_one = !self.transposed && g.stride == 1;
+        let padding = (g.kernel - 1).checked_sub(g.padding).filter(|_| stride_one)?;
+        Some(Geometry { in_channels: self.map_channels, out_channels: g.channels, kernel: g.kernel, padding })
+    }
+
     fn check(&self, input: &Layout, weight: &Layout, bias: &Layout) -> candle_core::Result<()> {
         let channels = self.shapes()[1].1;
         let expected = [Shape::from(self.shapes()[0]), Shape::from(self.weight_shape()), Shape::from(channels)];
@@ -608,10 +618,35 @@ impl CustomOp3 for Conv2dOp {
             (self.product(Product::Scatter, self.image_shape()), grad.apply_op2_no_bwd(input, &weight_gradient)?)
         };
         // the data batch needs no gradient: skip its product
-        let grad_input = input.track_op().then(|| grad.apply_op2_no_bwd(weight, &input_gradient)).transpose()?;
+        let grad_input = match self.flipped_geometry().filter(|_| input.track_op()) {
+            Some(geometry) => Some(flipped_convolution(&grad, weight, geometry)?),
+            None => input.track_op().then(|| grad.apply_op2_no_bwd(weight, &input_gradient)).transpose()?,
+        };
         let grad_bias = grad.apply_op1_no_bwd(&ChannelSums)?;
         Ok((grad_input, Some(grad_weight), Some(grad_bias)))
     }
+}
+
+/// The input gradient of a stride-1 convolution with weight `[O, C, k, k]` as a stride-1 convolution of the output
+/// gradient `grad` `[batch, O, h, w]`: dx = conv(grad, W'), W'[c, o, i, j] = W[o, c, k - 1 - i, k - 1 - j], padding
+/// k - 1 - p (`geometry`). It runs [`super::block_conv`]'s kernel: im2col of blocks into a reused buffer and a GEMM
+/// with the full O k^2 inner dimension, instead of W^T · grad (inner dimension O) and a col2im scatter.
+fn flipped_convolution(grad: &Tensor, weight: &Tensor, geometry: Geometry) -> candle_core::Result<Tensor> {
+    let (out_channels, channels, kernel, _) = weight.dims4()?;
+    let values = super::with_f32(&weight.contiguous()?, <[f32]>::to_vec)
+        .ok_or_else(|| candle_core::Error::Msg("conv2d-gemm: needs an f32 CPU weight".into()))?;
+    let taps = kernel * kernel;
+    let mut flipped = vec![0f32; values.len()];
+    for (o, c, tap) in
+        (0..out_channels).flat_map(|o| (0..channels).flat_map(move |c| (0..taps).map(move |t| (o, c, t))))
+    {
+        // W'[c, o, i, j] = W[o, c, k - 1 - i, k - 1 - j]: tap t = i k + j becomes k^2 - 1 - t
+        flipped[(c * out_channels + o) * taps + (taps - 1 - tap)] = values[(o * channels + c) * taps + tap];
+    }
+    let flipped = Tensor::from_vec(flipped, (channels, out_channels, kernel, kernel), weight.device())?;
+    convolve_stride_one(grad, &flipped, None, geometry)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .ok_or_else(|| candle_core::Error::Msg("conv2d-gemm: the input gradient's convolution does not fit".into()))
 }
 
 /// The sum of `[batch, channels, height, width]` values per channel: a convolution's bias gradient,

@@ -352,9 +352,12 @@ mod tests {
     /// One layer's geometry: (batch, in channels, height, width, out channels, kernel, stride, padding).
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-    const CASES: [Case; 6] = [
+    const CASES: [Case; 9] = [
         (2, 1, 8, 8, 3, 4, 2, 1),
         (3, 2, 7, 5, 4, 3, 1, 1),
+        (2, 6, 9, 7, 5, 3, 1, 1),
+        (2, 4, 5, 6, 3, 1, 1, 0),
+        (1, 3, 6, 6, 2, 2, 1, 1),
         (1, 3, 9, 9, 2, 3, 2, 0),
         (4, 5, 6, 10, 3, 2, 2, 0),
         (2, 32, 16, 16, 32, 4, 2, 1),
