@@ -78,17 +78,17 @@ fn autoencoder(args: &EvalArgs) -> anyhow::Result<()> {
     }
     let [channels, height, width] = report.latent_shape;
     println!("{} held-out crops of {photos}, reconstructed from the posterior mean:", report.images);
-    println!("  PSNR                {:>10.3} dB", report.psnr);
-    println!("  SSIM                {:>10.4}", report.ssim);
+    let rows = [
+        ("PSNR", format!("{:.3} dB", report.psnr)),
+        ("SSIM", format!("{:.4}", report.ssim)),
+        ("-log p(x|z)", format!("{:.1} nats per crop (the reconstruction term at the mean)", report.reconstruction)),
+        ("rate: KL", format!("{:.1} nats per crop", report.kl)),
+        ("", format!("{:.4} bits per pixel", report.bits_per_pixel)),
+        ("", format!("{:.4} bits per latent value", report.bits_per_latent_value)),
+    ];
+    rows.iter().for_each(|(name, value)| println!("  {name:<18}{value}"));
     println!(
-        "  -log p(x|z)         {:>10.1} nats per crop (the reconstruction term at the mean)",
-        report.reconstruction
-    );
-    println!("  rate: KL            {:>10.1} nats per crop", report.kl);
-    println!("                      {:>10.4} bits per pixel", report.bits_per_pixel);
-    println!("                      {:>10.4} bits per latent value", report.bits_per_latent_value);
-    println!(
-        "  latent              {channels} x {height} x {width}: {:.1} input values per latent value",
+        "  latent            {channels} x {height} x {width}: {:.1} input values per latent value",
         report.compression_ratio
     );
     Ok(())

@@ -99,24 +99,29 @@ impl candle_core::CustomOp3 for GroupNormOp {
         let (x, grad) = (x.contiguous()?, grad_output.contiguous()?);
         let (batch, channels, height, width) = x.dims4()?;
         let (plane, per_group) = (height * width, channels / self.groups.max(1));
-        let values = |t: &candle_core::Tensor| {
+        let small = |t: &candle_core::Tensor| {
             super::with_f32(&t.contiguous()?, <[f32]>::to_vec)
                 .ok_or_else(|| candle_core::Error::Msg("group-norm: needs f32 CPU tensors".into()))
         };
-        let (x_values, grad_values, weight_values, bias_values) =
-            (values(&x)?, values(&grad)?, values(weight)?, values(bias)?);
+        let (weight_values, bias_values) = (small(weight)?, small(bias)?);
         let group_len = per_group * plane;
-        let mut dx = vec![0f32; x_values.len()];
-        let sums: Vec<(Vec<f64>, Vec<f64>)> = dx
-            .par_chunks_exact_mut(group_len)
-            .zip(x_values.par_chunks_exact(group_len).zip(grad_values.par_chunks_exact(group_len)))
-            .enumerate()
-            .map(|(index, (dx, (x, grad)))| {
-                let first = (index % self.groups) * per_group;
-                let affine = (&weight_values[first..first + per_group], &bias_values[first..first + per_group]);
-                group_backward((x, grad, dx), plane, affine, self.eps, self.silu)
-            })
-            .collect();
+        let mut dx = vec![0f32; batch * channels * plane];
+        let backward = |x_values: &[f32], grad_values: &[f32], dx: &mut [f32]| -> Vec<(Vec<f64>, Vec<f64>)> {
+            dx.par_chunks_exact_mut(group_len)
+                .zip(x_values.par_chunks_exact(group_len).zip(grad_values.par_chunks_exact(group_len)))
+                .enumerate()
+                .map(|(index, (dx, (x, grad)))| {
+                    let first = (index % self.groups) * per_group;
+                    let affine = (&weight_values[first..first + per_group], &bias_values[first..first + per_group]);
+                    group_backward((x, grad, dx), plane, affine, self.eps, self.silu)
+                })
+                .collect()
+        };
+        let sums = super::with_f32(&x, |x_values| {
+            super::with_f32(&grad, |grad_values| backward(x_values, grad_values, &mut dx))
+        })
+        .flatten()
+        .ok_or_else(|| candle_core::Error::Msg("group-norm: needs f32 CPU tensors".into()))?;
         // d weight and d bias: each group's channel sums, added over the batch in order
         let (mut d_weight, mut d_bias) = (vec![0f64; channels], vec![0f64; channels]);
         for (index, (group_weight, group_bias)) in sums.iter().enumerate() {
