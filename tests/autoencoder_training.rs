@@ -102,7 +102,8 @@ fn a_short_run_raises_held_out_psnr_and_writes_a_diffusers_model() {
     let untrained = train(&config(&photos, 1), &dir.path().join("untrained"));
     let trained = train(&config(&photos, 120), &dir.path().join("trained"));
     let (before, after) = (untrained.held_out.unwrap(), trained.held_out.unwrap());
-    assert!(after.psnr > before.psnr + 5.0, "PSNR {:.2} dB after 120 steps vs {:.2} after 1", after.psnr, before.psnr);
+    // measured here: 10.1 dB after 1 step, 15.6 after 120 (AVX-512); 4 dB leaves room for other SIMD paths
+    assert!(after.psnr > before.psnr + 4.0, "PSNR {:.2} dB after 120 steps vs {:.2} after 1", after.psnr, before.psnr);
     assert!(after.ssim > before.ssim, "SSIM {} vs {}", after.ssim, before.ssim);
     assert_eq!(trained.held_out_photos.len(), 1);
     assert_eq!(after.latent_shape, [4, 16, 16]);
@@ -112,6 +113,13 @@ fn a_short_run_raises_held_out_psnr_and_writes_a_diffusers_model() {
     let model = autoencoder_kl::load(&out.join(RunFile::Diffusers.name()), DType::F32, &Device::Cpu).unwrap();
     let x = Tensor::rand(-1f32, 1.0, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert_eq!(model.encode(&x).unwrap().mu.dims(), &[1, 4, 16, 16]);
+    // gradients reach the encoder through the reparameterized sample: its weights moved
+    let encoder_weights = |run: &Path| {
+        let file = run.join(RunFile::Diffusers.name()).join("diffusion_pytorch_model.safetensors");
+        weights(&file).into_iter().filter(|(name, _)| name.starts_with("encoder.")).collect::<Vec<_>>()
+    };
+    let (early, late) = (encoder_weights(&dir.path().join("untrained")), encoder_weights(&out));
+    assert!(early.iter().zip(&late).all(|(a, b)| a.0 == b.0 && a.1 != b.1), "an encoder weight did not move");
     let rows = read_autoencoder_metrics(&out.join(RunFile::Metrics.name())).unwrap();
     assert_eq!(rows.iter().filter(|row| row.kind == "step").count(), 120);
     assert!(rows.iter().any(|row| row.kind == "eval" && row.psnr.is_some() && row.bits_per_pixel.is_some()));

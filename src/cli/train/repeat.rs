@@ -47,6 +47,8 @@ enum Change {
     EditField(&'static str),
     /// Is about this invocation, not the run's settings (the output directory, the display).
     Invocation,
+    /// Sets up a KL autoencoder (`--architecture autoencoder-kl`), which `--config` does not repeat.
+    Autoencoder,
 }
 
 /// Every flag of `elbo train` but `--resume`, with what it does next to `--config`.
@@ -101,6 +103,22 @@ const CHANGES: &[(&str, Change)] = &[
     ("sprite_count", Change::EditField("data")),
     ("image_size", Change::EditField("data")),
     ("image_channels", Change::EditField("data")),
+    ("block_out_channels", Change::Autoencoder),
+    ("layers_per_block", Change::Autoencoder),
+    ("latent_channels", Change::Autoencoder),
+    ("norm_groups", Change::Autoencoder),
+    ("no_attention", Change::Autoencoder),
+    ("random_crop", Change::Autoencoder),
+    ("no_flip", Change::Autoencoder),
+    ("held_out_photos", Change::Autoencoder),
+    ("held_out_crops", Change::Autoencoder),
+    ("eval_every", Change::Autoencoder),
+    ("discriminator_start", Change::Autoencoder),
+    ("discriminator_weight", Change::Autoencoder),
+    ("discriminator_loss", Change::Autoencoder),
+    ("discriminator_lr", Change::Autoencoder),
+    ("init_from", Change::Autoencoder),
+    ("train_decoder_only", Change::Autoencoder),
     ("image_fit", Change::EditField("data")),
     ("skip_unreadable", Change::EditField("data")),
 ];
@@ -126,6 +144,10 @@ pub fn config_with_flags(file: &Path, args: &TrainArgs, given: &[String]) -> any
                 file.display()
             ),
             Some(Change::Invocation) => {}
+            Some(Change::Autoencoder) => anyhow::bail!(
+                "--{} sets up a KL autoencoder (--architecture autoencoder-kl); --config repeats the VAE runs",
+                flag(id)
+            ),
             None => anyhow::bail!("--{} cannot be combined with --config", flag(id)),
         }
     }
