@@ -217,13 +217,23 @@ pub fn train_autoencoder_run(
     config.validate()?;
     let mut config = config.clone();
     if let Some(dir) = &config.training.init_from {
-        config.model = AutoencoderKlConfig::read(&dir.join(crate::model::autoencoder_kl::load::CONFIG_FILE))?;
+        let path = dir.join(crate::model::autoencoder_kl::load::CONFIG_FILE);
+        config.model = AutoencoderKlConfig::read(&path)?;
+        let needed = config.training.output_channels(config.model.in_channels);
+        if config.model.out_channels != needed {
+            let problem = format!(
+                "{}: the {} reconstruction term needs {needed} decoder outputs",
+                config.model.out_channels,
+                config.training.reconstruction.name()
+            );
+            return Err(Error::bad_input(path, "out_channels", problem));
+        }
     }
     let images = run_images(&config)?;
     let mut trainee = build_trainee(&config, device)?;
     run.write(RunFile::Config, &config)?;
     write_held_out(run, &images.held_out)?;
-    let logger = AutoencoderLogger::new(run)?;
+    let logger = AutoencoderLogger::new(run, config.training.init_from.is_none())?;
     complete(&config, run, (&images, &mut trainee), (logger, AutoencoderProgress::default()), observer, device)
 }
 
@@ -236,23 +246,26 @@ pub fn resume_autoencoder_run(
 ) -> Result<AutoencoderRunSummary> {
     let mut config: AutoencoderRunConfig = read_json(&run.config_path())?;
     config.training.steps = steps.unwrap_or(config.training.steps);
-    config.training.init_from = None; // the checkpoint holds the weights; the model's configuration is in config
     config.validate()?;
-    let images = run_images(&config)?;
-    let mut trainee = build_trainee(&config, device)?;
+    // the checkpoint holds the weights, and config.json the model's configuration (that of --init-from's model)
+    let fit_scaling_factor = config.training.init_from.is_none();
+    let mut from_checkpoint = config.clone();
+    from_checkpoint.training.init_from = None;
+    let images = run_images(&from_checkpoint)?;
+    let mut trainee = build_trainee(&from_checkpoint, device)?;
     let mut parts = vec![CheckpointPart { prefix: "", varmap: &trainee.varmap }];
     if let Some(adversary) = &trainee.adversary {
         parts.push(CheckpointPart { prefix: DISCRIMINATOR_PREFIX, varmap: &adversary.varmap });
     }
     let (progress, states): (AutoencoderProgress, _) = load_checkpoint_parts(&run.checkpoint_path(), &parts, device)?;
     if progress.step >= config.training.steps {
-        let problem = format!("the run has taken {} steps, its total; ask for more (--steps)", progress.step);
-        return Err(Error::invalid_setting("steps", problem));
+        let problem = format!("the run has taken {} steps, its total; ask for more (--max-steps)", progress.step);
+        return Err(Error::invalid_setting("max-steps", problem));
     }
     restore_optimizers(&mut trainee, &states)?;
-    let logger = AutoencoderLogger::resume(run, &progress)?;
+    let logger = AutoencoderLogger::resume(run, &progress, fit_scaling_factor)?;
     run.write(RunFile::Config, &config)?;
-    complete(&config, run, (&images, &mut trainee), (logger, progress), observer, device)
+    complete(&from_checkpoint, run, (&images, &mut trainee), (logger, progress), observer, device)
 }
 
 /// Sets both optimisers' states from a checkpoint's.

@@ -85,6 +85,12 @@ fn train(config: &AutoencoderRunConfig, out: &Path) -> elbo::autoencoder_run::Au
     train_autoencoder_run(config, &run, &Device::Cpu, &mut StopAfter::default()).unwrap()
 }
 
+/// The `scaling_factor` of a run's diffusers folder.
+fn scaling_factor(run: &Path) -> f64 {
+    let text = std::fs::read_to_string(run.join(RunFile::Diffusers.name()).join("config.json")).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["scaling_factor"].as_f64().unwrap()
+}
+
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let mut tensors: Vec<_> = candle_core::safetensors::load(path, &Device::Cpu)
         .unwrap()
@@ -108,8 +114,10 @@ fn a_short_run_raises_held_out_psnr_and_writes_a_diffusers_model() {
     assert_eq!(trained.held_out_photos.len(), 1);
     assert_eq!(after.latent_shape, [4, 16, 16]);
     assert!((after.compression_ratio - 3.0 * 32.0 * 32.0 / (4.0 * 16.0 * 16.0)).abs() < 1e-12);
-    // the diffusers folder loads as a plain diffusers model and encodes as the trained weights do
+    // the diffusers folder loads as a plain diffusers model and encodes as the trained weights do; its scaling
+    // factor gives the held-out latents unit variance
     let out = dir.path().join("trained");
+    assert!((scaling_factor(&out) * after.latent_std - 1.0).abs() < 1e-9, "{}", scaling_factor(&out));
     let model = autoencoder_kl::load(&out.join(RunFile::Diffusers.name()), DType::F32, &Device::Cpu).unwrap();
     let x = Tensor::rand(-1f32, 1.0, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert_eq!(model.encode(&x).unwrap().mu.dims(), &[1, 4, 16, 16]);
@@ -153,6 +161,7 @@ fn decoder_only_fine_tuning_keeps_every_encoder_weight_bit_for_bit() {
         }
     }
     assert!(decoder_changed, "fine-tuning changed no decoder weight");
+    assert_eq!(scaling_factor(&tuned), scaling_factor(&base), "fine-tuning keeps the latent scale");
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub struct CompressionReport {
     pub compression_ratio: f64,
     /// The latent's shape per image: C_latent, h, w.
     pub latent_shape: [usize; 3],
+    /// The standard deviation of every value of the images' posterior means: 1 / it is the `scaling_factor` that
+    /// gives a diffusion model latents of unit variance (how Stable Diffusion's 0.18215 was found).
+    #[serde(default)]
+    pub latent_std: f64,
 }
 
 /// Evaluates `model` with its reconstruction term on the images of `images` (`[C, H, W]` examples in [0, 1]),
@@ -50,6 +54,7 @@ pub fn evaluate_compression(
     }
     let size = ImageSize { channels: shape.channels, height: shape.height, width: shape.width };
     let mut sums = [0f64; 4]; // psnr, ssim, reconstruction, kl
+    let mut moments = [0f64; 3]; // count, sum and sum of squares of the posterior means' values
     let mut latent_shape = [0; 3];
     let mut values = Vec::new();
     for first in (0..images.len()).step_by(batch_size.max(1)) {
@@ -60,6 +65,9 @@ pub fn evaluate_compression(
         let posterior = model.encode(&pixels.affine(2.0, -1.0)?)?;
         let (_, channels, height, width) = posterior.mu.dims4()?;
         latent_shape = [channels, height, width];
+        for value in posterior.mu.flatten_all()?.to_vec1::<f32>()? {
+            moments = [moments[0] + 1.0, moments[1] + f64::from(value), moments[2] + f64::from(value).powi(2)];
+        }
         let output = model.decode(&posterior.mu)?;
         let decoded =
             reconstruction.image(&output)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -84,5 +92,7 @@ pub fn evaluate_compression(
         bits_per_latent_value: kl / std::f64::consts::LN_2 / latent_values,
         compression_ratio: shape.dim() as f64 / latent_values,
         latent_shape,
+        // std = sqrt(E[mu^2] - E[mu]^2)
+        latent_std: (moments[2] / moments[0] - (moments[1] / moments[0]).powi(2)).max(0.0).sqrt(),
     })
 }

@@ -116,18 +116,21 @@ pub struct AutoencoderLogger {
     run: RunDir,
     path: PathBuf,
     writer: csv::Writer<BufWriter<File>>,
+    /// The diffusers folder's `scaling_factor` is 1 / the latest held-out latent standard deviation (a model trained
+    /// from scratch); otherwise the model's own stays (fine-tuning keeps the latent scale a diffusion model knows).
+    fit_scaling_factor: bool,
 }
 
 impl AutoencoderLogger {
-    /// Starts `metrics.csv` in `run` (replacing an old one).
-    pub fn new(run: &RunDir) -> Result<Self> {
+    /// Starts `metrics.csv` in `run` (replacing an old one); `fit_scaling_factor` as the field says.
+    pub fn new(run: &RunDir, fit_scaling_factor: bool) -> Result<Self> {
         let path = run.metrics_path();
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(AutoencoderLogger { run: run.clone(), writer: row_writer(file, true), path })
+        Ok(AutoencoderLogger { run: run.clone(), writer: row_writer(file, true), path, fit_scaling_factor })
     }
 
     /// Continues `metrics.csv` of a run resumed at `progress`: rows logged after that checkpoint are dropped.
-    pub fn resume(run: &RunDir, progress: &AutoencoderProgress) -> Result<Self> {
+    pub fn resume(run: &RunDir, progress: &AutoencoderProgress, fit_scaling_factor: bool) -> Result<Self> {
         let path = run.metrics_path();
         let kept: Vec<AutoencoderRow> =
             read_autoencoder_metrics(&path)?.into_iter().filter(|row| row.step <= progress.step).collect();
@@ -137,7 +140,7 @@ impl AutoencoderLogger {
             rows.flush()
         })?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(AutoencoderLogger { run: run.clone(), writer: row_writer(file, false), path })
+        Ok(AutoencoderLogger { run: run.clone(), writer: row_writer(file, false), path, fit_scaling_factor })
     }
 
     fn write(&mut self, row: &AutoencoderRow) -> Result<()> {
@@ -172,6 +175,11 @@ impl AutoencoderObserver for AutoencoderLogger {
         self.writer.flush().map_err(|e| Error::io(&self.path, e))?;
         save_autoencoder_checkpoint(&self.run.checkpoint_path(), progress, trainee)?;
         self.run.save_weights(&trainee.varmap)?;
-        save_pretrained(&self.run.path(RunFile::Diffusers), trainee.model.config(), &trainee.varmap)
+        let mut config = trainee.model.config().clone();
+        let latent_std = progress.last_eval.map(|eval| eval.report.latent_std).filter(|std| *std > 0.0);
+        if let (true, Some(std)) = (self.fit_scaling_factor, latent_std) {
+            config.scaling_factor = 1.0 / std;
+        }
+        save_pretrained(&self.run.path(RunFile::Diffusers), &config, &trainee.varmap)
     }
 }
