@@ -534,6 +534,10 @@ fn a_kl_autoencoder_trains_on_photos_evaluates_resumes_and_plots_its_rate_distor
     }
     let resumed = elbo(&["train", "--resume", "kl", "--max-steps", "4", "--quiet"], dir.path());
     assert!(resumed.status.success(), "{}", text(&resumed));
+    // the run works wherever a diffusers model does: its diffusers/ folder
+    let encoded =
+        elbo(&["encode", "--run", "kl", "--data", "photos", "--image-size", "24", "--out", "z.npy"], dir.path());
+    assert!(encoded.status.success() && dir.path().join("z.npy").is_file(), "{}", text(&encoded));
     let eval = elbo(&["eval", "--run", "kl"], dir.path());
     assert!(text(&eval).contains("bits per pixel") && text(&eval).contains("PSNR"), "{}", text(&eval));
     let other =

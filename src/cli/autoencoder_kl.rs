@@ -49,14 +49,19 @@ fn parse_size(text: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 /// The diffusers model named by `run`, when `--run` is a diffusers directory (an error unless it is an
-/// `AutoencoderKL`).
+/// `AutoencoderKL`) or a KL autoencoder run of `elbo train` (its `diffusers/` folder).
 pub fn open(run: &RunArgs) -> anyhow::Result<Option<(AutoencoderKl, candle_core::Device)>> {
-    if !is_diffusers_dir(&run.run) {
+    let dir = if elbo::autoencoder_run::is_autoencoder_run(&run.run) {
+        run.run.join(elbo::outputs::RunFile::Diffusers.name())
+    } else {
+        run.run.clone()
+    };
+    if !is_diffusers_dir(&dir) {
         return Ok(None);
     }
     let (_, device) = run.compute.apply()?;
     elbo::runtime::keep_freed_memory();
-    let model = load(&run.run, DType::F32, &device).with_context(|| format!("loading {}", run.run.display()))?;
+    let model = load(&dir, DType::F32, &device).with_context(|| format!("loading {}", dir.display()))?;
     Ok(Some((model, device)))
 }
 
