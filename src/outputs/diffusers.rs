@@ -1,6 +1,6 @@
 //! A KL autoencoder written as diffusers writes one (`save_pretrained`): `config.json` and
 //! `diffusion_pytorch_model.safetensors` with diffusers' weight names, so `AutoencoderKL.from_pretrained(DIR)`
-//! loads a model elbo trained, and elbo loads it back with [`crate::model::autoencoder_kl::load`].
+//! loads a model elbo trained, and elbo loads it back with [`crate::model::autoencoder_kl::load()`].
 
 use std::path::Path;
 
