@@ -172,8 +172,9 @@ fn frozen_copy(model: &AutoencoderKl, varmap: &VarMap, device: &Device) -> Resul
     AutoencoderKl::new(model.config().clone(), VarBuilder::from_tensors(tensors, DType::F32, device))
 }
 
-/// Everything one step needs, from `config`, fresh.
-fn build_trainee(config: &AutoencoderRunConfig, device: &Device) -> Result<Trainee> {
+/// Everything one step needs, from `config`, fresh; an epoch is `steps_per_epoch` steps (for KL schedules given in
+/// epochs).
+fn build_trainee(config: &AutoencoderRunConfig, steps_per_epoch: usize, device: &Device) -> Result<Trainee> {
     let training = &config.training;
     let (model, reconstruction, varmap) = build_model(config, device)?;
     let last_layer = variable(&varmap, LAST_LAYER)?;
@@ -195,7 +196,7 @@ fn build_trainee(config: &AutoencoderRunConfig, device: &Device) -> Result<Train
         optimizer,
         last_layer,
         adversary,
-        kl: training.kl.resolved(1, training.steps),
+        kl: training.kl.resolved(steps_per_epoch, training.steps.div_ceil(steps_per_epoch.max(1))),
         frozen_encoder,
     })
 }
@@ -230,7 +231,7 @@ pub fn train_autoencoder_run(
         }
     }
     let images = run_images(&config)?;
-    let mut trainee = build_trainee(&config, device)?;
+    let mut trainee = build_trainee(&config, images.crops.num_batches(config.training.batch_size), device)?;
     run.write(RunFile::Config, &config)?;
     write_held_out(run, &images.held_out)?;
     let logger = AutoencoderLogger::new(run, config.training.init_from.is_none())?;
@@ -252,7 +253,8 @@ pub fn resume_autoencoder_run(
     let mut from_checkpoint = config.clone();
     from_checkpoint.training.init_from = None;
     let images = run_images(&from_checkpoint)?;
-    let mut trainee = build_trainee(&from_checkpoint, device)?;
+    let steps_per_epoch = images.crops.num_batches(config.training.batch_size);
+    let mut trainee = build_trainee(&from_checkpoint, steps_per_epoch, device)?;
     let mut parts = vec![CheckpointPart { prefix: "", varmap: &trainee.varmap }];
     if let Some(adversary) = &trainee.adversary {
         parts.push(CheckpointPart { prefix: DISCRIMINATOR_PREFIX, varmap: &adversary.varmap });
