@@ -125,7 +125,10 @@ impl Trainee {
             figures.generator_loss = Some(generator);
             figures.adaptive_weight = Some(weight);
         }
-        figures.loss = scalar(&loss)?;
+        // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
+        figures.loss = figures.reconstruction
+            + figures.weighted_kl
+            + figures.adaptive_weight.zip(figures.generator_loss).map_or(0.0, |(weight, g)| weight * g);
         self.optimizer.step(&loss.backward()?)?;
         if let Some(adversary) = self.adversary.as_mut().filter(|adversary| adversary.is_on(step)) {
             figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image.detach())?);
