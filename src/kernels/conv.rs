@@ -261,16 +261,33 @@ fn chunked_sum(
     total
 }
 
-/// sum += map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`).
+/// sum^T += cols · map^T: the weight gradient's terms map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`)
+/// accumulated transposed, into `sum` laid out `[patch, m]` ([`weight_gradient_sum`] turns it back). The product
+/// then reads both operands along their rows (cols^T as an operand is read down its columns).
 fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
-    let (lhs, rhs) = (Operand::rows(map, positions), Operand::transposed(cols, positions));
-    matmul(sum, lhs, rhs, (m, positions, patch), Destination::Accumulate, ONE);
+    let (lhs, rhs) = (Operand::rows(cols, positions), Operand::transposed(map, positions));
+    matmul(sum, lhs, rhs, (patch, positions, m), Destination::Accumulate, ONE);
+}
+
+/// A weight gradient `[m, patch]` summed by [`chunked_sum`] from [`add_outer`]'s transposed terms.
+fn weight_gradient_sum(
+    examples: usize,
+    (m, patch): (usize, usize),
+    outputs: &mut [f32],
+    add_chunk: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let transposed = chunked_sum(examples, m * patch, outputs, add_chunk);
+    let mut gradient = vec![0f32; m * patch];
+    for (p, row) in transposed.chunks_exact(m).enumerate() {
+        row.iter().enumerate().for_each(|(o, &value)| gradient[o * patch + p] = value);
+    }
+    gradient
 }
 
 /// outer: dW (`[m, patch]`) = sum over the batch of maps_b (`[m, positions]`) · im2col(image_b)^T.
 fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
-    chunked_sum(images.len() / image_len.max(1), m * patch, &mut [], |range, sum, _| {
+    weight_gradient_sum(images.len() / image_len.max(1), (m, patch), &mut [], |range, sum, _| {
         let mut cols = vec![0.0; patch * positions];
         for b in range {
             geometry.im2col(&images[b * image_len..][..image_len], &mut cols);
@@ -310,7 +327,7 @@ fn transposed_gradients(
     let map_len = m * positions;
     let batch = grad.len() / image_len.max(1);
     let mut grad_maps = recycle::stale(if input_gradient_wanted { batch * map_len } else { 0 });
-    let grad_weight = chunked_sum(batch, m * patch, &mut grad_maps, |range, sum, grad_maps| {
+    let grad_weight = weight_gradient_sum(batch, (m, patch), &mut grad_maps, |range, sum, grad_maps| {
         let mut cols = vec![0.0; patch * positions];
         for (index, b) in range.enumerate() {
             geometry.im2col(&grad[b * image_len..][..image_len], &mut cols);
@@ -416,7 +433,7 @@ impl ConvLayer {
     /// dW = sum_b maps_b · columns_b^T, from kept columns.
     fn outer_from_columns(&self, maps: &[f32], columns: &[f32]) -> Vec<f32> {
         let (m, patch, positions) = (self.map_channels, self.geometry.patch_len(), self.geometry.positions());
-        chunked_sum(maps.len() / (m * positions).max(1), m * patch, &mut [], |range, sum, _| {
+        weight_gradient_sum(maps.len() / (m * positions).max(1), (m, patch), &mut [], |range, sum, _| {
             for b in range {
                 let cols = &columns[b * patch * positions..][..patch * positions];
                 add_outer(sum, &maps[b * m * positions..][..m * positions], cols, (m, patch, positions));
