@@ -281,7 +281,12 @@ pub fn convolve(layer: &Conv2d, x: &Tensor, activation: Option<Activation>) -> R
     let out_channels = layer.weight().dim(0)?;
     let geometry = ConvGeometry::new(channels, (height, width), layer.weight().dim(2)?, config.stride, config.padding);
     let plain = config.dilation == 1 && config.groups == 1;
-    match fused(x, geometry.filter(|_| plain), activation, layer.bias()) {
+    // a convolution without bias (before a batch norm) runs the same op with a constant zero bias
+    let zeros = match layer.bias() {
+        Some(_) => None,
+        None => Some(Tensor::zeros(out_channels, x.dtype(), x.device())?),
+    };
+    match fused(x, geometry.filter(|_| plain), activation, layer.bias().or(zeros.as_ref())) {
         Some((geometry, fused_activation, bias)) => {
             let op = Conv2dOp::convolution(geometry, out_channels, batch, fused_activation);
             Ok(x.contiguous()?.apply_op3(layer.weight(), bias, op)?)
@@ -449,5 +454,21 @@ mod tests {
         assert!(config.feature_map(&ExampleShape::flat(784)).unwrap_err().to_string().contains("mlp"));
         let no_layers = ConvConfig { channels: vec![], ..ConvConfig::default() };
         assert!(no_layers.feature_map(&ExampleShape::image(1, 64, 64)).is_err());
+    }
+
+    #[test]
+    fn convolutions_without_bias_match_candles_ops_in_values_and_gradients() {
+        // (sides the strides divide: candle's own backward pass, the reference, mis-sizes the input gradient otherwise)
+        for (kernel, stride, padding) in [(4, 2, 1), (3, 1, 1)] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let config = Conv2dConfig { padding, stride, ..Default::default() };
+            let layer = candle_nn::conv2d_no_bias(3, 5, kernel, config, vb).unwrap();
+            crate::model::init::initialize(&varmap, 3).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let x = Var::from_tensor(&random(&mut rng, &[2, 3, 10, 8])).unwrap();
+            let name = format!("no bias, k{kernel} s{stride} p{padding}");
+            compare(&name, &x, &varmap, |x| convolve(&layer, x, None).unwrap(), |x| layer.forward(x).unwrap());
+        }
     }
 }

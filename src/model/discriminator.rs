@@ -26,7 +26,7 @@
 //! [`PatchDiscriminator::trainable_vars`] to keep them out of it altogether.
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, Module, ModuleT, VarBuilder, VarMap};
+use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Init, ModuleT, VarBuilder, VarMap};
 use rand_distr::{Distribution, Normal};
 
 use super::init;
@@ -249,13 +249,13 @@ impl PatchDiscriminator {
         }
         let mut hidden = x.clone();
         for layer in &self.layers {
-            hidden = layer.conv.forward(&hidden)?;
+            hidden = crate::model::conv::convolve(&layer.conv, &hidden, None)?;
             if let Some(norm) = &layer.norm {
                 hidden = norm.forward_t(&hidden, train)?;
             }
             hidden = candle_nn::ops::leaky_relu(&hidden, LEAKY_SLOPE)?;
         }
-        Ok(self.head.conv.forward(&hidden)?)
+        crate::model::conv::convolve(&self.head.conv, &hidden, None)
     }
 
     /// The logits map's `(h', w')` for images of `height` x `width`, `None` if they are too small (for 3 layers:
