@@ -17,8 +17,8 @@ use crate::model::discriminator::PatchDiscriminator;
 use crate::model::{AutoencoderKl, AutoencoderKlConfig};
 use crate::objective::autoencoder::Reconstruction;
 use crate::optimizer::Optimizer;
-use crate::outputs::autoencoder_log::{AutoencoderLogger, DISCRIMINATOR_PREFIX};
-use crate::outputs::checkpoint_file::{load_checkpoint_parts, CheckpointPart};
+use crate::outputs::autoencoder_log::{checkpoint_parts, AutoencoderLogger};
+use crate::outputs::checkpoint_file::load_checkpoint_parts;
 use crate::outputs::grid::{image_grid, save_png};
 use crate::outputs::{read_json, RunDir, RunFile};
 use crate::training::autoencoder::config::model_for;
@@ -255,10 +255,7 @@ pub fn resume_autoencoder_run(
     let images = run_images(&from_checkpoint)?;
     let steps_per_epoch = images.crops.num_batches(config.training.batch_size);
     let mut trainee = build_trainee(&from_checkpoint, steps_per_epoch, device)?;
-    let mut parts = vec![CheckpointPart { prefix: "", varmap: &trainee.varmap }];
-    if let Some(adversary) = &trainee.adversary {
-        parts.push(CheckpointPart { prefix: DISCRIMINATOR_PREFIX, varmap: &adversary.varmap });
-    }
+    let parts = checkpoint_parts(&trainee);
     let (progress, states): (AutoencoderProgress, _) = load_checkpoint_parts(&run.checkpoint_path(), &parts, device)?;
     if progress.step >= config.training.steps {
         let problem = format!("the run has taken {} steps, its total; ask for more (--max-steps)", progress.step);
@@ -327,14 +324,10 @@ fn complete(
 /// The held-out figures of the trained autoencoder run in `run` (its `model.safetensors` on its own held-out crops,
 /// cut again from its photos), with the names of the photos they come from (empty: crops of the training photos).
 pub fn evaluate_autoencoder_run(run: &RunDir, device: &Device) -> Result<(CompressionReport, Vec<String>)> {
-    let config: AutoencoderRunConfig = read_json(&run.config_path())?;
+    let mut config: AutoencoderRunConfig = read_json(&run.config_path())?;
+    config.training.init_from = None; // the run's own weights, below
     let images = run_images(&config)?;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    let model = AutoencoderKl::new(model_for(&config.model, &config.training), vb.clone())?;
-    let image_values = config.model.in_channels * config.training.crops.size * config.training.crops.size;
-    let reconstruction = Reconstruction::new(&config.training.reconstruction, image_values, vb.pp("loss"))?;
-    let mut varmap = varmap;
+    let (model, reconstruction, mut varmap) = build_model(&config, device)?;
     varmap.load(run.weights_path()).map_err(|e| Error::bad_input(run.weights_path(), "weights", e.to_string()))?;
     let report =
         crate::evaluation::evaluate_compression(&model, &reconstruction, &images.held_out, EVAL_BATCH, device)?;

@@ -148,16 +148,24 @@ impl AutoencoderLogger {
     }
 }
 
-/// Writes the checkpoint of `trainee` at `progress` to `path`: the autoencoder (and its reconstruction term's
-/// scale) with its optimiser, then the discriminator with its own under [`DISCRIMINATOR_PREFIX`].
+/// The parts of `trainee`'s checkpoint: the autoencoder (with its reconstruction term's scale) under its own names,
+/// then the discriminator, if any, under [`DISCRIMINATOR_PREFIX`].
+pub fn checkpoint_parts(trainee: &Trainee) -> Vec<CheckpointPart<'_>> {
+    let model = CheckpointPart { prefix: "", varmap: &trainee.varmap };
+    let discriminator = trainee
+        .adversary
+        .as_ref()
+        .map(|adversary| CheckpointPart { prefix: DISCRIMINATOR_PREFIX, varmap: &adversary.varmap });
+    std::iter::once(model).chain(discriminator).collect()
+}
+
+/// Writes the checkpoint of `trainee` at `progress` to `path`: [`checkpoint_parts`], each with its optimiser.
 pub fn save_autoencoder_checkpoint(path: &Path, progress: &AutoencoderProgress, trainee: &Trainee) -> Result<()> {
-    let model_state = trainee.optimizer.state()?;
-    let mut parts = vec![(CheckpointPart { prefix: "", varmap: &trainee.varmap }, model_state)];
+    let mut states = vec![trainee.optimizer.state()?];
     if let Some(adversary) = &trainee.adversary {
-        let part = CheckpointPart { prefix: DISCRIMINATOR_PREFIX, varmap: &adversary.varmap };
-        parts.push((part, adversary.optimizer.state()?));
+        states.push(adversary.optimizer.state()?);
     }
-    let parts: Vec<_> = parts.iter().map(|(part, state)| (*part, state)).collect();
+    let parts: Vec<_> = checkpoint_parts(trainee).into_iter().zip(&states).collect();
     save_checkpoint_parts(path, progress, &parts)
 }
 
