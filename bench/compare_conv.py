@@ -6,8 +6,13 @@ Both train the disentanglement architecture (64x64 grey input, four 4x4 stride-2
 channels, dense 256, 10 latent dimensions, the mirrored decoder, Bernoulli logits, Adam 1e-3, batch 64) on the same
 images: `--count` 64x64 sprites-like discs written to train.npy/test.npy. Prints the images/s of the last epoch of
 each run, medians over `--repeats`, and the ratio elbo / torch for each PyTorch mode.
+--model rgb32 trains the other row of the benchmark matrix instead: 32 x 32 RGB images (a disc of one random
+colour on a background of another), elbo's preset for that size (two 4x4 stride-2 convolutions of 32 and 64
+channels, dense 256, the mirrored decoder) with a Gaussian decoder and one learned log-variance
+(`--likelihood gaussian --gaussian-variance shared`; the twin's `--likelihood gaussian-shared`).
 
-usage: python3 bench/compare_conv.py [--count 3200] [--epochs 2] [--modes eager] [--repeats 2] [--threads 2]
+usage: python3 bench/compare_conv.py [--model disc64|rgb32] [--count 3200] [--epochs 2] [--modes eager]
+                                     [--repeats 2] [--threads 2]
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
 """
 import argparse, csv, json, os, statistics, subprocess, sys, tempfile
@@ -26,10 +31,29 @@ def discs(count, seed):
     return (inside * 255).astype(np.uint8)
 
 
+def coloured_discs(count, seed, side=32):
+    """`count` side x side x 3 uint8 images: a disc of one random colour on a background of another."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side]
+    centres, radii = rng.integers(side // 6, side - side // 6, (count, 2)), rng.integers(side // 10, side // 4, count)
+    inside = ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2) < radii[:, None, None] ** 2
+    disc, background = rng.integers(0, 256, (count, 1, 1, 3)), rng.integers(0, 256, (count, 1, 1, 3))
+    return np.where(inside[..., None], disc, background).astype(np.uint8)
+
+
+MODELS = {
+    # name: (images, elbo's likelihood flags, the twin's likelihood flags)
+    'disc64': (discs, [], []),
+    'rgb32': (coloured_discs, ['--likelihood', 'gaussian', '--gaussian-variance', 'shared'],
+              ['--likelihood', 'gaussian-shared']),
+}
+
+
 def run_elbo(args, data, out):
     command = [os.path.join(ROOT, 'target', 'release', 'elbo'), 'train', '--data', data, '--architecture', 'conv',
                '--latent-dim', '10', '--batch-size', '64', '--lr', '1e-3', '--epochs', str(args.epochs),
-               '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out]
+               '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out] + MODELS[args.model][1]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, 'metrics.csv')) as f:
         rows = [r for r in csv.DictReader(f) if r['kind'] == 'epoch' and r['split'] == 'train']
@@ -38,13 +62,14 @@ def run_elbo(args, data, out):
 
 def run_torch(args, data, mode):
     command = [sys.executable, TWIN, '--data', data, '--epochs', str(args.epochs), '--mode', mode,
-               '--threads', str(args.threads), '--seed', '1']
+               '--threads', str(args.threads), '--seed', '1'] + MODELS[args.model][2]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])['train_examples_per_s']
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument('--model', default='disc64', choices=sorted(MODELS))
     ap.add_argument('--count', type=int, default=3200)
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--modes', default='eager')
@@ -55,8 +80,9 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         data = os.path.join(scratch, 'discs')
         os.makedirs(data)
-        np.save(os.path.join(data, 'train.npy'), discs(args.count, 1))
-        np.save(os.path.join(data, 'test.npy'), discs(max(args.count // 10, 64), 2))
+        images = MODELS[args.model][0]
+        np.save(os.path.join(data, 'train.npy'), images(args.count, 1))
+        np.save(os.path.join(data, 'test.npy'), images(max(args.count // 10, 64), 2))
         speeds = {'elbo': []}
         modes = args.modes.split(',')
         for repeat in range(args.repeats):

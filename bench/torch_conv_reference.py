@@ -5,14 +5,19 @@ Encoder: four 4x4 stride-2 convolutions (padding 1) of 32, 32, 64, 64 channels w
 (ReLU), and two linear heads (mu, log-variance). Decoder: dense 256 (ReLU), dense 64*4*4 (ReLU), then four 4x4
 stride-2 transposed convolutions of 64, 32, 32 and C channels, ReLU between them, Bernoulli logits out. Loss per
 example = binary cross-entropy from logits (sum over pixels) + closed-form KL; batch mean; one reparameterized
-sample; Adam. These are the layers `elbo train --architecture conv` builds for 64 x 64 images.
+sample; Adam. These are the layers `elbo train --architecture conv` builds for 64 x 64 images; for smaller ones
+(32 x 32) it has two convolutions of 32 and 64 channels, and so does this twin.
+--likelihood gaussian-shared: a Gaussian decoder around the output with one learned log-variance (initialised at
+0, as elbo's `--likelihood gaussian --gaussian-variance shared`): -log p(x|z) = 0.5 sum (log 2pi + log sigma^2 +
+(x - m)^2 / sigma^2).
 
 usage: python3 bench/torch_conv_reference.py --data DIR [--epochs 2] [--batch-size 64] [--latent-dim 10]
                                               [--lr 1e-3] [--mode eager|fused|compile] [--threads 2] [--seed 1]
+                                              [--likelihood bernoulli|gaussian-shared]
 DIR holds train.npy (N x H x W or N x H x W x C, uint8 or float in [0, 1]). Prints one line per epoch
 (`epoch E loss L ex/s S`) and a final JSON line. Needs: pip install torch numpy.
 """
-import argparse, json, os, time
+import argparse, json, math, os, time
 
 import numpy as np
 import torch
@@ -48,8 +53,17 @@ class ConvVAE(nn.Module):
         return self.decoder(grid), mu, log_var
 
 
-def loss_fn(logits, x, mu, log_var):
-    reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction='none').flatten(1).sum(1)
+def widths_for(side):
+    """elbo's conv preset: the disentanglement widths from 64 pixels up, two layers below."""
+    return (32, 32, 64, 64) if side >= 64 else (32, 64)
+
+
+def loss_fn(output, x, mu, log_var, decoder_log_var=None):
+    if decoder_log_var is None:
+        reconstruction = F.binary_cross_entropy_with_logits(output, x, reduction='none').flatten(1).sum(1)
+    else:  # 0.5 * sum(log 2pi + log sigma^2 + (x - m)^2 / sigma^2)
+        terms = math.log(2 * math.pi) + decoder_log_var + (x - output).pow(2) * torch.exp(-decoder_log_var)
+        reconstruction = 0.5 * terms.flatten(1).sum(1)
     kl = 0.5 * (log_var.exp() + mu.pow(2) - 1 - log_var).sum(1)
     return (reconstruction + kl).mean()
 
@@ -74,20 +88,27 @@ def main():
     ap.add_argument('--mode', default='eager', choices=['eager', 'fused', 'compile'])
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--seed', type=int, default=1)
+    ap.add_argument('--likelihood', default='bernoulli', choices=['bernoulli', 'gaussian-shared'])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = load(args.data)
-    model = ConvVAE(channels=data.shape[1], side=data.shape[2], latent_dim=args.latent_dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=args.mode == 'fused' or None)
+    model = ConvVAE(channels=data.shape[1], side=data.shape[2], latent_dim=args.latent_dim,
+                    widths=widths_for(data.shape[2]))
+    parameters = list(model.parameters())
+    decoder_log_var = None
+    if args.likelihood == 'gaussian-shared':
+        decoder_log_var = nn.Parameter(torch.zeros(1))
+        parameters.append(decoder_log_var)
+    optimizer = torch.optim.Adam(parameters, lr=args.lr, fused=args.mode == 'fused' or None)
     step = torch.compile(model) if args.mode == 'compile' else model
     speeds = []
     for epoch in range(1, args.epochs + 1):
         order, total, started = torch.randperm(len(data)), 0.0, time.perf_counter()
         for start in range(0, len(data), args.batch_size):
             x = data[order[start:start + args.batch_size]]
-            logits, mu, log_var = step(x)
-            loss = loss_fn(logits, x, mu, log_var)
+            output, mu, log_var = step(x)
+            loss = loss_fn(output, x, mu, log_var, decoder_log_var)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

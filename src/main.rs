@@ -8,5 +8,9 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Never hand freed pages back to the kernel: every command frees and reallocates the same large buffers step
+    // after step (training, the IWAE bound's chunks, an autoencoder's activations), and each fresh page is a
+    // fault and a zeroing (BENCHMARKS.md: the IWAE bound 15% faster, the same peak memory).
+    elbo::runtime::keep_freed_memory();
     cli::run()
 }

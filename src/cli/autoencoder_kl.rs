@@ -60,7 +60,6 @@ pub fn open(run: &RunArgs) -> anyhow::Result<Option<(AutoencoderKl, candle_core:
         return Ok(None);
     }
     let (_, device) = run.compute.apply()?;
-    elbo::runtime::keep_freed_memory();
     let model = load(&dir, DType::F32, &device).with_context(|| format!("loading {}", dir.display()))?;
     Ok(Some((model, device)))
 }

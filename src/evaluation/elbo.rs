@@ -39,6 +39,19 @@ impl ElboEstimate {
 /// Seed offset for the evaluation noise, so evaluation draws never collide with training draws.
 const EVALUATION_STREAM: u64 = 0x5eed_e7a1;
 
+/// Most decoder outputs (rows x outputs per row) one evaluation batch sends through the decoder: 16 MiB of f32 per
+/// output-sized tensor. A wide decoder (a categorical one has K outputs per value: 12,544 for 16 levels of MNIST)
+/// gets fewer rows per batch, so its log-softmax's intermediates do not dominate the process's memory.
+const EVALUATION_OUTPUTS: usize = 1 << 22;
+
+/// The rows of an evaluation batch: `batch_size`, or fewer where a row's decoder outputs would pass
+/// [`EVALUATION_OUTPUTS`].
+fn evaluation_rows(vae: &Vae, batch_size: usize) -> usize {
+    let config = vae.config();
+    let outputs_per_row = config.input_shape.dim() * config.likelihood.outputs_per_dimension();
+    batch_size.min(EVALUATION_OUTPUTS / outputs_per_row.max(1)).max(1)
+}
+
 /// The mean single-sample negative ELBO of `dataset` and its two terms, with noise (and any dynamic binarization)
 /// drawn from `seed`: the same seed gives the same figure.
 pub fn evaluate_negative_elbo(
@@ -52,7 +65,7 @@ pub fn evaluate_negative_elbo(
     vae.check_input(&dataset.shape, &dataset.source)?;
     let mut noise = NoiseSource::new(seed ^ EVALUATION_STREAM);
     let mut binarize_rng = ChaCha8Rng::seed_from_u64(seed ^ EVALUATION_STREAM ^ 1);
-    let mut batcher = Batcher::sequential(dataset, batch_size);
+    let mut batcher = Batcher::sequential(dataset, evaluation_rows(vae, batch_size));
     let mut estimate = ElboEstimate::default();
     while let Some((mut values, rows)) = batcher.next_batch() {
         binarization.apply(&mut values, &mut binarize_rng);

@@ -104,22 +104,20 @@ impl ConvGeometry {
         (0..self.patch_len()).map(move |row| (row, row / (k * k), row / k % k, row % k))
     }
 
-    /// Calls `visit(row, plane, line, columns, first_source)` for every stretch of an im2col row that reads the image:
-    /// row `row` of im2col, positions `line * out_width + columns`, reading channel plane `plane` from
-    /// `first_source` on with the stride.
+    /// For im2col row (channel, ky, kx): the output lines and columns whose pixel lies inside the image, the
+    /// index in the channel's plane of the first one's pixel, and the span of a line's pixels (a stride per
+    /// column: one past the last pixel, and the stride's remainder, which [`copy_strided`] and [`add_strided`]
+    /// may read to run whole blocks; cut at the plane's end by the callers); `None` when none lies inside.
     #[inline(always)]
-    fn for_each_stretch(&self, mut visit: impl FnMut(usize, usize, usize, std::ops::Range<usize>, usize)) {
-        for (row, channel, ky, kx) in self.rows() {
-            let columns = self.inside(kx, self.width, self.out_width);
-            if columns.is_empty() {
-                continue;
-            }
-            let first_column = columns.start * self.stride + kx - self.padding;
-            for oy in self.inside(ky, self.height, self.out_height) {
-                let iy = oy * self.stride + ky - self.padding;
-                visit(row, channel, oy, columns.clone(), iy * self.width + first_column);
-            }
+    fn reach(&self, ky: usize, kx: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize, usize)> {
+        let (lines, columns) =
+            (self.inside(ky, self.height, self.out_height), self.inside(kx, self.width, self.out_width));
+        if lines.is_empty() || columns.is_empty() {
+            return None;
         }
+        let first = (lines.start * self.stride + ky - self.padding) * self.width + columns.start * self.stride + kx
+            - self.padding;
+        Some((lines, columns.clone(), first, columns.len() * self.stride))
     }
 
     /// im2col: `cols[row][position]` = the image value under kernel offset `row` at output `position` (0 in the
@@ -128,24 +126,23 @@ impl ConvGeometry {
     fn unfold(&self, image: &[f32], cols: &mut [f32]) {
         let (positions, plane_len) = (self.positions(), self.height * self.width);
         for (row, channel, ky, kx) in self.rows() {
-            let (lines, columns) =
-                (self.inside(ky, self.height, self.out_height), self.inside(kx, self.width, self.out_width));
+            let row_cols = &mut cols[row * positions..][..positions];
+            let Some((lines, columns, first, span)) = self.reach(ky, kx) else {
+                row_cols.fill(0.0);
+                continue;
+            };
             let plane = &image[channel * plane_len..][..plane_len];
-            for (oy, line) in cols[row * positions..][..positions].chunks_exact_mut(self.out_width).enumerate() {
-                if columns.is_empty() || !lines.contains(&oy) {
-                    line.fill(0.0);
-                    continue;
-                }
+            let (before, rest) = row_cols.split_at_mut(lines.start * self.out_width);
+            let (inside, after) = rest.split_at_mut(lines.len() * self.out_width);
+            before.fill(0.0);
+            after.fill(0.0);
+            for (index, line) in inside.chunks_exact_mut(self.out_width).enumerate() {
                 let (head, rest) = line.split_at_mut(columns.start);
                 let (body, tail) = rest.split_at_mut(columns.len());
-                head.iter_mut().chain(tail.iter_mut()).for_each(|value| *value = 0.0);
-                let source = (oy * self.stride + ky - self.padding) * self.width + columns.start * self.stride + kx
-                    - self.padding;
-                let reach = &plane[source..=source + (body.len() - 1) * self.stride];
-                match self.stride {
-                    1 => body.copy_from_slice(reach),
-                    stride => body.iter_mut().enumerate().for_each(|(i, value)| *value = reach[i * stride]),
-                }
+                head.fill(0.0);
+                tail.fill(0.0);
+                let source = first + index * self.stride * self.width;
+                copy_strided(body, &plane[source..(source + span).min(plane_len)], self.stride);
             }
         }
     }
@@ -155,13 +152,117 @@ impl ConvGeometry {
     #[inline(always)]
     fn fold(&self, cols: &[f32], image: &mut [f32]) {
         let (positions, plane_len) = (self.positions(), self.height * self.width);
-        self.for_each_stretch(|row, channel, oy, columns, source| {
+        for (row, channel, ky, kx) in self.rows() {
+            let Some((lines, columns, first, span)) = self.reach(ky, kx) else { continue };
             let plane = &mut image[channel * plane_len..][..plane_len];
-            let line = &cols[row * positions + oy * self.out_width..][columns];
-            for (pixel, &value) in plane[source..].iter_mut().step_by(self.stride).zip(line) {
-                *pixel += value;
+            let row_cols = &cols[row * positions..][..positions];
+            for (index, oy) in lines.enumerate() {
+                let source = first + index * self.stride * self.width;
+                let line = &row_cols[oy * self.out_width..][columns.clone()];
+                add_strided(&mut plane[source..(source + span).min(plane_len)], line, self.stride);
             }
-        });
+        }
+    }
+}
+
+/// dst[i] = src[i * stride] for every i; `src` holds at least (dst.len() - 1) * stride + 1 values.
+///
+/// im2col's copies. Stride 2 (the common downsampling convolution) runs four values at a time through SSE shuffles
+/// (x86-64's baseline, so every SIMD level): a plain indexed loop compiled to one bounds-checked scalar move per
+/// value, and im2col was a fifth of a conv model's training step.
+#[inline(always)]
+fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+    let done = match stride {
+        1 => {
+            dst.copy_from_slice(&src[..dst.len()]);
+            return;
+        }
+        2 => strided_pairs::copy_evens(dst, src),
+        _ => 0,
+    };
+    for (value, &source) in dst[done..].iter_mut().zip(src[done * stride..].iter().step_by(stride)) {
+        *value = source;
+    }
+}
+
+/// dst[i * stride] += src[i] for every i; `dst` holds at least (src.len() - 1) * stride + 1 values (the others
+/// keep their bits, though a block may write them back). col2im's additions,
+/// stride 2 four values at a time as in [`copy_strided`]; each value gets the same single addition at every
+/// SIMD level.
+#[inline(always)]
+fn add_strided(dst: &mut [f32], src: &[f32], stride: usize) {
+    let done = match stride {
+        1 => {
+            dst.iter_mut().zip(src).for_each(|(value, &addend)| *value += addend);
+            return;
+        }
+        2 => strided_pairs::add_to_evens(dst, src),
+        _ => 0,
+    };
+    for (value, &addend) in dst[done * stride..].iter_mut().step_by(stride).zip(&src[done..]) {
+        *value += addend;
+    }
+}
+
+/// Stride-2 copies and additions in blocks of four values, through 128-bit shuffles; each function returns how many
+/// values of the strided side it covered (whole blocks only), the caller finishing the rest one by one.
+#[cfg(target_arch = "x86_64")]
+mod strided_pairs {
+    use std::arch::x86_64::{
+        _mm_add_ps, _mm_loadu_ps, _mm_shuffle_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
+    };
+
+    /// Lanes 0 and 2 of each operand: [a0, a2, b0, b2].
+    const EVENS: i32 = 0b10_00_10_00;
+    /// Lanes 1 and 3 of each operand: [a1, a3, b1, b3].
+    const ODDS: i32 = 0b11_01_11_01;
+
+    /// dst[i] = src[2 i] for the first whole blocks of four; returns their values.
+    #[inline(always)]
+    pub(super) fn copy_evens(dst: &mut [f32], src: &[f32]) -> usize {
+        let blocks = (dst.len() / 4).min(src.len() / 8);
+        for block in 0..blocks {
+            // SAFETY: block < src.len() / 8 and block < dst.len() / 4 keep the 8 values read and the 4 written
+            // inside the slices; SSE is part of x86-64's baseline.
+            unsafe {
+                let (low, high) =
+                    (_mm_loadu_ps(src.as_ptr().add(8 * block)), _mm_loadu_ps(src.as_ptr().add(8 * block + 4)));
+                _mm_storeu_ps(dst.as_mut_ptr().add(4 * block), _mm_shuffle_ps::<EVENS>(low, high));
+            }
+        }
+        4 * blocks
+    }
+
+    /// dst[2 i] += src[i] for the first whole blocks of four; the odd values are written back unchanged. Returns the
+    /// values of `src` covered.
+    #[inline(always)]
+    pub(super) fn add_to_evens(dst: &mut [f32], src: &[f32]) -> usize {
+        let blocks = (dst.len() / 8).min(src.len() / 4);
+        for block in 0..blocks {
+            // SAFETY: block < dst.len() / 8 and block < src.len() / 4 keep the 8 values read and written and the
+            // 4 read inside the slices; SSE is part of x86-64's baseline.
+            unsafe {
+                let target = dst.as_mut_ptr().add(8 * block);
+                let (low, high) = (_mm_loadu_ps(target), _mm_loadu_ps(target.add(4)));
+                let evens = _mm_add_ps(_mm_shuffle_ps::<EVENS>(low, high), _mm_loadu_ps(src.as_ptr().add(4 * block)));
+                let odds = _mm_shuffle_ps::<ODDS>(low, high);
+                _mm_storeu_ps(target, _mm_unpacklo_ps(evens, odds));
+                _mm_storeu_ps(target.add(4), _mm_unpackhi_ps(evens, odds));
+            }
+        }
+        4 * blocks
+    }
+}
+
+/// Without x86-64's shuffles, every value goes through the callers' plain loops.
+#[cfg(not(target_arch = "x86_64"))]
+mod strided_pairs {
+    pub(super) fn copy_evens(_dst: &mut [f32], _src: &[f32]) -> usize {
+        0
+    }
+
+    pub(super) fn add_to_evens(_dst: &mut [f32], _src: &[f32]) -> usize {
+        0
     }
 }
 
@@ -679,5 +780,42 @@ impl CustomOp1 for ChannelSums {
         let values = contiguous_f32(storage, layout, self.name())?;
         let (_, channels, height, width) = layout.shape().dims4()?;
         Ok((CpuStorage::F32(channel_sums(values, channels, height * width)), Shape::from(channels)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{add_strided, copy_strided};
+
+    /// The strided copies and additions, shuffles and tails, hold to plain indexing for every length and stride,
+    /// bit for bit (each value is one copy or one addition).
+    #[test]
+    fn strided_copies_and_additions_match_plain_indexing() {
+        let value = |i: usize| (i as f32 * 0.37).sin() * 3.0;
+        for stride in 1..=3 {
+            for len in 1..=37 {
+                // the least the callers hand in, and a stride's worth more (what lets a block run to the end)
+                for span in [(len - 1) * stride + 1, len * stride] {
+                    check_strided(len, span, stride, value);
+                }
+            }
+        }
+    }
+
+    /// Copies `len` values out of `span` with the stride, and adds `len` values into them, against plain indexing.
+    fn check_strided(len: usize, span: usize, stride: usize, value: impl Fn(usize) -> f32) {
+        let source: Vec<f32> = (0..span).map(&value).collect();
+        let mut copied = vec![f32::NAN; len];
+        copy_strided(&mut copied, &source, stride);
+        let expected: Vec<f32> = (0..len).map(|i| source[i * stride]).collect();
+        assert_eq!(copied, expected, "copy, stride {stride}, {len} values of {span}");
+
+        let addends: Vec<f32> = (0..len).map(|i| value(i + 100)).collect();
+        let mut sums = source.clone();
+        add_strided(&mut sums, &addends, stride);
+        let mut expected = source;
+        (0..len).for_each(|i| expected[i * stride] += addends[i]);
+        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&sums), bits(&expected), "addition, stride {stride}, {len} values of {span}");
     }
 }

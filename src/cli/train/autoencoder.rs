@@ -83,7 +83,6 @@ const STEPS: usize = 2000;
 
 /// Runs `elbo train --architecture autoencoder-kl`.
 pub fn run(args: &TrainArgs, given: &[String]) -> anyhow::Result<ExitCode> {
-    elbo::runtime::keep_freed_memory();
     let config = config_from_flags(args, given)?;
     let device = parse_device(&config.device).map_err(anyhow::Error::msg)?.open()?;
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.photos));
@@ -98,7 +97,6 @@ pub fn run(args: &TrainArgs, given: &[String]) -> anyhow::Result<ExitCode> {
 
 /// `elbo train --resume RUN` of a KL autoencoder run: `--max-steps` is the new total.
 pub fn resume(args: &TrainArgs, given: &[String], dir: &Path) -> anyhow::Result<ExitCode> {
-    elbo::runtime::keep_freed_memory();
     super::repeat::check_resume_flags(given)?;
     let run = RunDir::resume(dir)?;
     let stored: AutoencoderRunConfig = elbo::outputs::read_json(&run.config_path())?;
