@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use crate::kernels::activation::OutputActivation;
 use crate::kernels::conv::ConvLayer;
 use crate::model::conv::ConvParts;
-use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
+use crate::model::dense::{contiguous_transpose, forward_values, input_gradient, parameter_gradients, Dense};
 use crate::model::Vae;
 
 /// A layer as the model holds it.
@@ -157,7 +157,13 @@ impl<'a> Layers<'a> {
                 Some(_) => pairs.next().map(|pair| (pair[0], pair[1]))?,
                 None => (&[][..], &[][..]),
             };
-            layers.push(Layer { weight, bias, activation: layer.activation()?, kind: layer.kind() });
+            let kind = layer.kind();
+            // made once here, before the shards, which all read it
+            let transposed = match kind {
+                Kind::Dense => contiguous_transpose(weight, bias.len()),
+                _ => None,
+            };
+            layers.push(Layer { weight, transposed, bias, activation: layer.activation()?, kind });
         }
         let decoder = layers.split_off(self.encoder_len + 2);
         let log_var = layers.pop()?;
@@ -180,6 +186,8 @@ enum Kind {
 /// A layer's parameters as slices, with its activation and kind.
 pub(super) struct Layer<'a> {
     pub(super) weight: &'a [f32],
+    /// A dense weight's contiguous W^T, where its forward product needs one ([`contiguous_transpose`]).
+    transposed: Option<Vec<f32>>,
     pub(super) bias: &'a [f32],
     activation: OutputActivation,
     kind: Kind,
@@ -193,7 +201,10 @@ impl Layer<'_> {
     /// the output (a convolution's unfolded inputs).
     pub(super) fn forward(&self, input: &[f32], rows: usize) -> (Vec<f32>, Option<Vec<f32>>) {
         match self.kind {
-            Kind::Dense => (forward_values(input, self.weight, self.bias, rows, self.activation), None),
+            Kind::Dense => {
+                let weight = (self.weight, self.transposed.as_deref());
+                (forward_values(input, weight, self.bias, rows, self.activation), None)
+            }
             Kind::Conv(layer) => layer.forward_keeping_columns(input, self.weight, self.bias, self.activation),
             Kind::Interleave(interleave) => (interleave.forward(input), None),
         }
