@@ -362,24 +362,40 @@ fn chunked_sum(
     total
 }
 
-/// sum^T += cols · map^T: the weight gradient's terms map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`)
-/// accumulated transposed, into `sum` laid out `[patch, m]` ([`weight_gradient_sum`] turns it back). The product
-/// then reads both operands along their rows (cols^T as an operand is read down its columns).
-fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
-    let (lhs, rhs) = (Operand::rows(cols, positions), Operand::transposed(map, positions));
-    matmul(sum, lhs, rhs, (patch, positions, m), Destination::Accumulate, ONE);
+/// Whether a weight gradient's terms are summed transposed: `[patch, m]` from cols · map^T, or as they are,
+/// `[m, patch]` from map · cols^T. The GEMM reads its right operand (map^T or cols^T) down the columns of a row-major
+/// matrix, and that read costs with the operand's width: transposed, it is map^T's m channels, as they are, cols^T's
+/// patch values. Summing transposed (8911e6e) made the autoencoder's wide patches (C k^2 = 576-1,152 against 64-128
+/// channels) fast; a first convolution's patch (1 x 4 x 4 = 16 against 32 channels, rows of 1,024 positions)
+/// ran 50 us a term transposed against 22 us as it is (one thread, AMD EPYC, AVX-512).
+fn summed_transposed(m: usize, patch: usize) -> bool {
+    patch >= m
 }
 
-/// A weight gradient `[m, patch]` summed by [`chunked_sum`] from [`add_outer`]'s transposed terms.
+/// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`), in the
+/// layout [`summed_transposed`] picks (`[weight_gradient_sum`] turns a transposed sum back).
+fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
+    let (map_rows, cols_rows) = (Operand::rows(map, positions), Operand::rows(cols, positions));
+    let (map_t, cols_t) = (Operand::transposed(map, positions), Operand::transposed(cols, positions));
+    match summed_transposed(m, patch) {
+        true => matmul(sum, cols_rows, map_t, (patch, positions, m), Destination::Accumulate, ONE),
+        false => matmul(sum, map_rows, cols_t, (m, positions, patch), Destination::Accumulate, ONE),
+    }
+}
+
+/// A weight gradient `[m, patch]` summed by [`chunked_sum`] from [`add_outer`]'s terms.
 fn weight_gradient_sum(
     examples: usize,
     (m, patch): (usize, usize),
     outputs: &mut [f32],
     add_chunk: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    let transposed = chunked_sum(examples, m * patch, outputs, add_chunk);
+    let sum = chunked_sum(examples, m * patch, outputs, add_chunk);
+    if !summed_transposed(m, patch) {
+        return sum;
+    }
     let mut gradient = vec![0f32; m * patch];
-    for (p, row) in transposed.chunks_exact(m).enumerate() {
+    for (p, row) in sum.chunks_exact(m).enumerate() {
         row.iter().enumerate().for_each(|(o, &value)| gradient[o * patch + p] = value);
     }
     gradient

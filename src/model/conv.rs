@@ -357,8 +357,12 @@ mod tests {
     /// One layer's geometry: (batch, in channels, height, width, out channels, kernel, stride, padding).
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-    const CASES: [Case; 9] = [
+    const CASES: [Case; 11] = [
         (2, 1, 8, 8, 3, 4, 2, 1),
+        // a patch (C k^2) narrower than the channels on the map side: the weight gradient summed as it is, not
+        // transposed (one case for each kind of layer)
+        (2, 1, 8, 8, 20, 4, 2, 1),
+        (2, 20, 4, 4, 1, 4, 2, 1),
         (3, 2, 7, 5, 4, 3, 1, 1),
         (2, 6, 9, 7, 5, 3, 1, 1),
         (2, 4, 5, 6, 3, 1, 1, 0),
