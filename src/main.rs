@@ -10,7 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     // Never hand freed pages back to the kernel: every command frees and reallocates the same large buffers step
     // after step (training, the IWAE bound's chunks, an autoencoder's activations), and each fresh page is a
-    // fault and a zeroing (BENCHMARKS.md: the IWAE bound 15% faster, the same peak memory).
+    // fault and a zeroing (BENCHMARKS.md: the IWAE bound 15-25% and the conv model 9% faster, peak memory 0-10%
+    // higher).
     elbo::runtime::keep_freed_memory();
     cli::run()
 }

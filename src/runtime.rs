@@ -14,9 +14,10 @@ pub use crate::kernels::{simd_level, SimdLevel, MATMUL_BACKEND};
 const MIMALLOC_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps memory the program frees instead of handing it back to the kernel after mimalloc's 1 s delay, for
-/// programs whose global allocator is mimalloc (the `elbo` binary's). Work that allocates a fresh large output per
-/// operation (the AutoencoderKL's candle ops) then reuses pages instead of faulting in zeroed ones: decoding ran
-/// 12-19% faster at 256 x 256 (BENCHMARKS.md), with a 15% higher peak.
+/// programs whose global allocator is mimalloc (the `elbo` binary's, which calls this first thing). Work that
+/// allocates a fresh large output per operation or step then reuses pages instead of faulting in zeroed ones:
+/// an AutoencoderKL's decoding ran 12-19% faster at 256 x 256 with a 15% higher peak, the IWAE bound 15-25% faster
+/// (BENCHMARKS.md).
 pub fn keep_freed_memory() {
     // SAFETY: sets one of mimalloc's options; any value is valid for this one, at any time (-1: never purge)
     unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_PURGE_DELAY, -1) }

@@ -186,9 +186,8 @@ fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
 }
 
 /// dst[i * stride] += src[i] for every i; `dst` holds at least (src.len() - 1) * stride + 1 values (the others
-/// keep their bits, though a block may write them back). col2im's additions,
-/// stride 2 four values at a time as in [`copy_strided`]; each value gets the same single addition at every
-/// SIMD level.
+/// keep their bits, though a block may write them back). col2im's additions, stride 2 four values at a time as in
+/// [`copy_strided`]; each value gets the same single addition at every SIMD level.
 #[inline(always)]
 fn add_strided(dst: &mut [f32], src: &[f32], stride: usize) {
     let done = match stride {
@@ -373,7 +372,7 @@ fn summed_transposed(m: usize, patch: usize) -> bool {
 }
 
 /// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`), in the
-/// layout [`summed_transposed`] picks (`[weight_gradient_sum`] turns a transposed sum back).
+/// layout [`summed_transposed`] picks ([`weight_gradient_sum`] turns a transposed sum back).
 fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
     let (map_rows, cols_rows) = (Operand::rows(map, positions), Operand::rows(cols, positions));
     let (map_t, cols_t) = (Operand::transposed(map, positions), Operand::transposed(cols, positions));
