@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::activation::OutputActivation;
 use super::block_conv::{convolve_stride_one, Geometry};
 use super::recycle;
-use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, Destination, Operand};
+use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, worth_parallel, Destination, Operand};
 
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
 const ONE: gemm::Parallelism = gemm::Parallelism::None;
@@ -558,12 +558,39 @@ impl ConvLayer {
     }
 }
 
-/// The sum of `[batch, channels, plane]` values per channel, in f64.
+/// The sum of `[batch, channels, plane]` values per channel, in f64 (a convolution's bias gradient), the channels
+/// spread over the threads. Each channel's sum runs in a fixed order, so its bits do not depend on the threads.
 fn channel_sums(values: &[f32], channels: usize, plane: usize) -> Vec<f32> {
-    let mut sums = vec![0f64; channels];
-    let planes = values.chunks_exact(plane.max(1)).zip((0..channels).cycle());
-    planes.for_each(|(plane, channel)| sums[channel] += plane.iter().map(|&v| f64::from(v)).sum::<f64>());
-    sums.into_iter().map(|s| s as f32).collect()
+    let sum = |channel: usize| channel_sum(values, (channels.max(1), plane.max(1)), channel) as f32;
+    match worth_parallel(values.len()) {
+        true => (0..channels).into_par_iter().map(sum).collect(),
+        false => (0..channels).map(sum).collect(),
+    }
+}
+
+/// Accumulator lanes of [`channel_sum`]: independent partial sums let it vectorise (one f64 sum in order cannot
+/// be reordered by the compiler, and ran at an addition's latency per value); the order is fixed, so the sum is
+/// the same at every SIMD level.
+const SUM_LANES: usize = 8;
+
+wide_fn! {
+    /// The sum over the batch of channel `channel`'s plane of `[batch, channels, plane]` values (`layout`:
+    /// (channels, plane)), in f64: each plane
+    /// in [`SUM_LANES`] lanes, then the lanes and the planes in order.
+    fn channel_sum(values: &[f32], layout: (usize, usize), channel: usize) -> f64 {
+        let (channels, plane) = layout;
+        let mut total = 0.0;
+        for values in values.chunks_exact(plane).skip(channel).step_by(channels) {
+            let mut lanes = [0f64; SUM_LANES];
+            let mut chunks = values.chunks_exact(SUM_LANES);
+            for chunk in &mut chunks {
+                lanes.iter_mut().zip(chunk).for_each(|(lane, &value)| *lane += f64::from(value));
+            }
+            let tail: f64 = chunks.remainder().iter().map(|&value| f64::from(value)).sum();
+            total += lanes.iter().sum::<f64>() + tail;
+        }
+        total
+    }
 }
 
 /// Which product a [`ConvProduct`] computes, and so what its two inputs are.
@@ -800,7 +827,7 @@ impl CustomOp1 for ChannelSums {
 
 #[cfg(test)]
 mod tests {
-    use super::{add_strided, copy_strided};
+    use super::{add_strided, channel_sums, copy_strided};
 
     /// The strided copies and additions, shuffles and tails, hold to plain indexing for every length and stride,
     /// bit for bit (each value is one copy or one addition).
@@ -813,6 +840,26 @@ mod tests {
                 for span in [(len - 1) * stride + 1, len * stride] {
                     check_strided(len, span, stride, value);
                 }
+            }
+        }
+    }
+
+    /// The bias gradient's sums per channel: the plain f64 sum within rounding, the same bits on 1 and 2 threads
+    /// (large enough to be split over them), at every plane length around the lanes' width.
+    #[test]
+    fn channel_sums_match_a_plain_sum_on_any_thread_count() {
+        for (batch, channels, plane) in [(3, 2, 1), (2, 5, 7), (4, 3, 17), (64, 32, 1024)] {
+            let values: Vec<f32> =
+                (0..batch * channels * plane).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+            let sums = crate::kernels::with_kernel_threads(1, || channel_sums(&values, channels, plane));
+            let on_two = crate::kernels::with_kernel_threads(2, || channel_sums(&values, channels, plane));
+            assert_eq!(sums, on_two, "{batch} x {channels} x {plane}");
+            for (channel, &sum) in sums.iter().enumerate() {
+                let plain: f64 = (0..batch)
+                    .flat_map(|b| &values[(b * channels + channel) * plane..][..plane])
+                    .map(|&v| f64::from(v))
+                    .sum();
+                assert!((f64::from(sum) - plain).abs() <= 1e-6 * plain.abs().max(1.0), "{sum} against {plain}");
             }
         }
     }
