@@ -21,6 +21,8 @@ use super::block_conv::{convolve_stride_one, Geometry};
 use super::recycle;
 use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, worth_parallel, Destination, Operand};
 
+mod phases;
+
 /// The per-example products run on one thread each: the callers spread the examples over the threads.
 const ONE: gemm::Parallelism = gemm::Parallelism::None;
 
@@ -271,23 +273,31 @@ impl ConvGeometry {
         im2col_at_level(self, image, cols)
     }
 
-    /// col2im of `cols` added into one zeroed image, compiled for the SIMD level in use.
-    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+    /// col2im of `cols` added into one zeroed image, compiled for the SIMD level in use; the values of `cols` in
+    /// the padding may be zeroed on the way.
+    fn col2im(&self, cols: &mut [f32], image: &mut [f32]) {
         col2im_at_level(self, cols, image)
     }
 }
 
 wide_fn! {
-    /// [`ConvGeometry::unfold`] at the SIMD level in use (its stride-2 copies become vector permutes).
+    /// [`ConvGeometry::unfold`] at the SIMD level in use, through the image's phases where they take the geometry.
     fn im2col_at_level(geometry: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
-        geometry.unfold(image, cols)
+        match geometry.splits_into_phases() {
+            true => geometry.unfold_by_phases(image, cols),
+            false => geometry.unfold(image, cols),
+        }
     }
 }
 
 wide_fn! {
-    /// [`ConvGeometry::fold`] at the SIMD level in use.
-    fn col2im_at_level(geometry: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
-        geometry.fold(cols, image)
+    /// [`ConvGeometry::fold`] at the SIMD level in use, through the image's phases where they take the geometry
+    /// (which may zero the values of `cols` that fall in the padding).
+    fn col2im_at_level(geometry: &ConvGeometry, cols: &mut [f32], image: &mut [f32]) {
+        match geometry.splits_into_phases() {
+            true => geometry.fold_by_phases(cols, image),
+            false => geometry.fold(cols, image),
+        }
     }
 }
 

@@ -357,8 +357,10 @@ mod tests {
     /// One layer's geometry: (batch, in channels, height, width, out channels, kernel, stride, padding).
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-    const CASES: [Case; 11] = [
+    const CASES: [Case; 12] = [
         (2, 1, 8, 8, 3, 4, 2, 1),
+        // stride 2 with kernel - 2 padding = 1 on even sides: im2col through the phases, as for 4 x 4 padding 1
+        (2, 2, 6, 8, 3, 3, 2, 1),
         // a patch (C k^2) narrower than the channels on the map side: the weight gradient summed as it is, not
         // transposed (one case for each kind of layer)
         (2, 1, 8, 8, 20, 4, 2, 1),

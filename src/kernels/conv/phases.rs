@@ -1,0 +1,177 @@
+//! Stride-2 im2col and col2im through the image's four phases.
+//!
+//! With stride 2, kernel offset (ky, kx) reads pixel (2 oy + ky - padding, 2 ox + kx - padding) at output position
+//! (oy, ox): always the same phase of the image (row parity a, column parity b), shifted by a fixed amount. So once
+//! the image is split into its four phase planes, P_ab[y][x] = image[2 y + a][2 x + b], an im2col row is that
+//! plane shifted: cols[oy][ox] = P_ab[oy + sy][ox + sx]. Where the output is half the image in each direction
+//! (kernel - 2 padding is 1 or 2: the 4 x 4, padding 1 convolutions of the disentanglement architecture), a phase
+//! plane's rows are as long as the output's, so a whole im2col row is one contiguous copy of its plane (col2im one
+//! contiguous addition), with the few columns that fall in the padding set apart afterwards. The strided copies of
+//! [`super::ConvGeometry::unfold`] did the same work a line of 4-32 values at a time, their per-line work a third
+//! of a conv model's training step.
+
+use super::ConvGeometry;
+
+impl ConvGeometry {
+    /// Whether the phases take this geometry: stride 2 over even sides, with half the side in outputs each way.
+    pub(super) fn splits_into_phases(&self) -> bool {
+        self.stride == 2
+            && self.height.is_multiple_of(2)
+            && self.width.is_multiple_of(2)
+            && self.out_height == self.height / 2
+            && self.out_width == self.width / 2
+    }
+
+    /// Values of one phase plane: the output positions.
+    fn phase_len(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// The phase plane kernel offset (ky, kx) of `channel` reads (its index among the `[channels, 2, 2]` planes),
+    /// and the shift sy * width + sx from an output position to its pixel in that plane.
+    fn phase_of(&self, channel: usize, ky: usize, kx: usize) -> (usize, isize) {
+        let (qy, qx) = (ky as isize - self.padding as isize, kx as isize - self.padding as isize);
+        let plane = (channel * 2 + qy.rem_euclid(2) as usize) * 2 + qx.rem_euclid(2) as usize;
+        (plane, qy.div_euclid(2) * self.out_width as isize + qx.div_euclid(2))
+    }
+
+    /// Calls `visit(row, phase_row)` for each im2col row, with where it reads the phases; `None` for a row whose
+    /// pixels all lie in the padding.
+    #[inline(always)]
+    fn for_each_phase_row(&self, mut visit: impl FnMut(usize, Option<PhaseRow>)) {
+        for (row, channel, ky, kx) in self.rows() {
+            let phase_row = self.reach(ky, kx).map(|(lines, columns, _, _)| {
+                let width = self.out_width;
+                let (plane, shift) = self.phase_of(channel, ky, kx);
+                let span = lines.start * width + columns.start..(lines.end - 1) * width + columns.end;
+                PhaseRow { plane, shift, span, padding: RowPadding { lines, columns, width } }
+            });
+            visit(row, phase_row);
+        }
+    }
+
+    /// `phases` (`[channels, 2, 2, out_height, out_width]`) of `image`.
+    fn split(&self, image: &[f32], phases: &mut [f32]) {
+        let phase_len = self.phase_len();
+        for (channel, plane) in image.chunks_exact(self.height * self.width).enumerate() {
+            for (y, line) in plane.chunks_exact(self.width).enumerate() {
+                for parity in 0..2 {
+                    let start = ((channel * 2 + y % 2) * 2 + parity) * phase_len + y / 2 * self.out_width;
+                    super::copy_strided(&mut phases[start..][..self.out_width], &line[parity..], 2);
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::split`]: every phase value added to its pixel.
+    fn merge(&self, phases: &[f32], image: &mut [f32]) {
+        let phase_len = self.phase_len();
+        for (channel, plane) in image.chunks_exact_mut(self.height * self.width).enumerate() {
+            for (y, line) in plane.chunks_exact_mut(self.width).enumerate() {
+                for parity in 0..2 {
+                    let start = ((channel * 2 + y % 2) * 2 + parity) * phase_len + y / 2 * self.out_width;
+                    super::add_strided(&mut line[parity..], &phases[start..][..self.out_width], 2);
+                }
+            }
+        }
+    }
+
+    /// im2col through the phases ([`Self::splits_into_phases`] must hold).
+    #[inline(always)]
+    pub(super) fn unfold_by_phases(&self, image: &[f32], cols: &mut [f32]) {
+        let (positions, phase_len) = (self.positions(), self.phase_len());
+        let mut phases = vec![0.0; image.len()];
+        self.split(image, &mut phases);
+        self.for_each_phase_row(|row, phase_row| {
+            let row_cols = &mut cols[row * positions..][..positions];
+            let Some(PhaseRow { plane, shift, span, padding }) = phase_row else {
+                row_cols.fill(0.0);
+                return;
+            };
+            let plane = &phases[plane * phase_len..][..phase_len];
+            let source = (span.start as isize + shift) as usize;
+            row_cols[..span.start].fill(0.0);
+            row_cols[span.end..].fill(0.0);
+            row_cols[span.clone()].copy_from_slice(&plane[source..][..span.len()]);
+            padding.clear(row_cols);
+        });
+    }
+
+    /// col2im through the phases, added into a zeroed image; the values of `cols` in the padding are zeroed on
+    /// the way ([`Self::splits_into_phases`] must hold).
+    #[inline(always)]
+    pub(super) fn fold_by_phases(&self, cols: &mut [f32], image: &mut [f32]) {
+        let (positions, phase_len) = (self.positions(), self.phase_len());
+        let mut phases = vec![0.0; image.len()];
+        self.for_each_phase_row(|row, phase_row| {
+            let Some(PhaseRow { plane, shift, span, padding }) = phase_row else { return };
+            let row_cols = &mut cols[row * positions..][..positions];
+            padding.clear(row_cols);
+            let plane = &mut phases[plane * phase_len..][..phase_len];
+            let target = (span.start as isize + shift) as usize;
+            let sums = plane[target..][..span.len()].iter_mut().zip(&row_cols[span]);
+            sums.for_each(|(value, &addend)| *value += addend);
+        });
+        self.merge(&phases, image);
+    }
+}
+
+/// Where an im2col row reads the phases: its phase plane (index among the `[channels, 2, 2]` planes), the shift
+/// from an output position to its pixel in that plane, the span of output positions from the first inside the
+/// image to one past the last, and the positions of that span that lie in the padding.
+struct PhaseRow {
+    plane: usize,
+    shift: isize,
+    span: std::ops::Range<usize>,
+    padding: RowPadding,
+}
+
+/// The output positions of an im2col row whose pixel lies in the padding, inside the row's span: the columns
+/// outside `columns` between one line inside the image and the next.
+struct RowPadding {
+    lines: std::ops::Range<usize>,
+    columns: std::ops::Range<usize>,
+    width: usize,
+}
+
+impl RowPadding {
+    /// Zeroes those positions of `row_cols`.
+    fn clear(&self, row_cols: &mut [f32]) {
+        if self.columns.len() == self.width {
+            return;
+        }
+        for line in self.lines.start..self.lines.end - 1 {
+            row_cols[line * self.width + self.columns.end..(line + 1) * self.width + self.columns.start].fill(0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConvGeometry;
+
+    /// im2col and col2im through the phases give what the line-by-line forms give, bit for bit, on every
+    /// geometry the phases take (4 x 4 padding 1, 3 x 3 padding 1, 2 x 2 padding 0; square and not).
+    #[test]
+    fn the_phases_match_the_line_by_line_forms() {
+        let value = |i: usize| ((i * 7919) % 997) as f32 / 100.0 - 5.0;
+        for (channels, sides, kernel, padding) in
+            [(2, (8, 8), 4, 1), (3, (6, 10), 3, 1), (1, (4, 2), 2, 0), (2, (2, 4), 4, 1)]
+        {
+            let geometry = ConvGeometry::new(channels, sides, kernel, 2, padding).unwrap();
+            assert!(geometry.splits_into_phases(), "{geometry:?}");
+            let image: Vec<f32> = (0..geometry.image_len()).map(value).collect();
+            let cols_len = geometry.patch_len() * geometry.positions();
+            let (mut by_lines, mut by_phases) = (vec![f32::NAN; cols_len], vec![f32::NAN; cols_len]);
+            geometry.unfold(&image, &mut by_lines);
+            geometry.unfold_by_phases(&image, &mut by_phases);
+            assert_eq!(by_lines, by_phases, "im2col, {geometry:?}");
+
+            let cols: Vec<f32> = (0..cols_len).map(|i| value(i + 13)).collect();
+            let (mut by_lines, mut by_phases) = (vec![0.0; image.len()], vec![0.0; image.len()]);
+            geometry.fold(&cols, &mut by_lines);
+            geometry.fold_by_phases(&mut cols.clone(), &mut by_phases);
+            assert_eq!(by_lines, by_phases, "col2im, {geometry:?}");
+        }
+    }
+}
