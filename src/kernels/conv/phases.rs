@@ -50,30 +50,32 @@ impl ConvGeometry {
         }
     }
 
-    /// `phases` (`[channels, 2, 2, out_height, out_width]`) of `image`.
-    fn split(&self, image: &[f32], phases: &mut [f32]) {
+    /// Calls `visit(pixel, start)` for each half of each image line (its even or its odd pixels): the index of its
+    /// first pixel in the image and where that half lies in the phases (`[channels, 2, 2, out_height, out_width]`).
+    fn for_each_half_line(&self, mut visit: impl FnMut(usize, usize)) {
         let phase_len = self.phase_len();
-        for (channel, plane) in image.chunks_exact(self.height * self.width).enumerate() {
-            for (y, line) in plane.chunks_exact(self.width).enumerate() {
+        for channel in 0..self.channels {
+            for y in 0..self.height {
                 for parity in 0..2 {
                     let start = ((channel * 2 + y % 2) * 2 + parity) * phase_len + y / 2 * self.out_width;
-                    super::copy_strided(&mut phases[start..][..self.out_width], &line[parity..], 2);
+                    visit((channel * self.height + y) * self.width + parity, start);
                 }
             }
         }
     }
 
+    /// `phases` of `image`: P_ab[y][x] = image[2 y + a][2 x + b] for each channel.
+    fn split(&self, image: &[f32], phases: &mut [f32]) {
+        self.for_each_half_line(|pixel, start| {
+            super::copy_strided(&mut phases[start..][..self.out_width], &image[pixel..], 2)
+        });
+    }
+
     /// The adjoint of [`Self::split`]: every phase value added to its pixel.
     fn merge(&self, phases: &[f32], image: &mut [f32]) {
-        let phase_len = self.phase_len();
-        for (channel, plane) in image.chunks_exact_mut(self.height * self.width).enumerate() {
-            for (y, line) in plane.chunks_exact_mut(self.width).enumerate() {
-                for parity in 0..2 {
-                    let start = ((channel * 2 + y % 2) * 2 + parity) * phase_len + y / 2 * self.out_width;
-                    super::add_strided(&mut line[parity..], &phases[start..][..self.out_width], 2);
-                }
-            }
-        }
+        self.for_each_half_line(|pixel, start| {
+            super::add_strided(&mut image[pixel..], &phases[start..][..self.out_width], 2)
+        });
     }
 
     /// im2col through the phases ([`Self::splits_into_phases`] must hold).
