@@ -20,7 +20,9 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use parking_lot::RwLockReadGuard;
 
-pub use matmul::{gemm_parallelism, matmul, product, Destination, Operand, MATMUL_BACKEND, PARALLEL_WORK};
+pub use matmul::{
+    contiguous_transpose, gemm_parallelism, matmul, product, Destination, Operand, MATMUL_BACKEND, PARALLEL_WORK,
+};
 pub(crate) use simd::wide_fn;
 pub use simd::{add_to, simd_level, SimdLevel};
 

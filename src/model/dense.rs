@@ -9,7 +9,9 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::activation::Activation;
 use crate::kernels::activation::OutputActivation;
-use crate::kernels::{add_to, contiguous_f32, gemm_parallelism, matmul, product, Destination, Operand};
+use crate::kernels::{
+    add_to, contiguous_f32, contiguous_transpose, gemm_parallelism, matmul, product, Destination, Operand,
+};
 use crate::Result;
 
 /// A linear layer followed by an optional activation. Weights: `weight` `[out, in]`, `bias` `[out]`.
@@ -68,38 +70,9 @@ impl Dense {
     }
 }
 
-/// Rows of a weight W `[outputs, inner]` whose length is a multiple of this many values make the forward
-/// product's transposed operand slow: the `gemm` crate packs W^T by reading W down its columns, and rows 2 KiB
-/// apart (or a multiple of that) fall on the same cache sets. Measured on one thread (AMD EPYC, AVX-512,
-/// BENCHMARKS.md), 32 rows: inner 1,024 or 4,096 with 256 outputs ran at 31 GFLOP/s against 200-210 with a
-/// contiguous W^T, inner 512 at 59, while inner 784 or 1,000 ran at 122-137. A conv model's flattened features
-/// (channels x height x width, 64 x 4 x 4 = 1,024) are such widths.
-const SLOW_INNER: usize = 512;
-
-/// W^T `[inner, outputs]` as a contiguous copy, for a weight `[outputs, inner]` whose rows make the forward
-/// product slow ([`SLOW_INNER`]); `None` for the others, which the product reads in place. The copy costs about
-/// a fifth of the slow product's time, so the fused step makes it once per step for all its shards.
-pub(crate) fn contiguous_transpose(weight: &[f32], outputs: usize) -> Option<Vec<f32>> {
-    let inner = weight.len() / outputs.max(1);
-    if inner == 0 || !inner.is_multiple_of(SLOW_INNER) {
-        return None;
-    }
-    /// Rows of W read side by side: each output row of W^T gets this many contiguous values per pass.
-    const BAND: usize = 16;
-    let mut transposed = vec![0.0; weight.len()];
-    for (band, rows) in weight.chunks(BAND * inner).enumerate() {
-        let (first, width) = (band * BAND, rows.len() / inner);
-        for (i, line) in transposed.chunks_exact_mut(outputs).enumerate() {
-            let values = &mut line[first..first + width];
-            values.iter_mut().enumerate().for_each(|(row, value)| *value = rows[row * inner + i]);
-        }
-    }
-    Some(transposed)
-}
-
 /// activation(x W^T + b) on row-major slices: x `[rows, inner]`, weight `[outputs, inner]`, bias `[outputs]`,
-/// with the weight's [`contiguous_transpose`] where it has one; the output is `[rows, outputs]`. Shapes must fit
-/// (checked by the callers).
+/// with the weight's [`contiguous_transpose`] where it has one (the fused step makes it once per step for all its
+/// shards); the output is `[rows, outputs]`. Shapes must fit (checked by the callers).
 pub(crate) fn forward_values(
     x: &[f32],
     (weight, transposed): (&[f32], Option<&[f32]>),
@@ -322,19 +295,5 @@ mod tests {
         let grads = layer.forward(&x).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&x).is_none());
         assert!(grads.get(varmap.data().lock().unwrap()["weight"].as_tensor()).is_some());
-    }
-
-    #[test]
-    fn a_contiguous_transpose_is_made_for_weights_whose_rows_are_slow_to_read_down() {
-        for (outputs, inner) in [(37, 1024), (16, 512), (1, 2048), (40, 1536)] {
-            let weight: Vec<f32> = (0..outputs * inner).map(|i| i as f32).collect();
-            let transposed = contiguous_transpose(&weight, outputs).expect("a row of a multiple of 512 values");
-            for (i, line) in transposed.chunks_exact(outputs).enumerate() {
-                line.iter().enumerate().for_each(|(o, &value)| assert_eq!(value, weight[o * inner + i]));
-            }
-        }
-        for (outputs, inner) in [(400, 784), (3, 1000), (2, 256)] {
-            assert!(contiguous_transpose(&vec![0.0; outputs * inner], outputs).is_none(), "{outputs} x {inner}");
-        }
     }
 }

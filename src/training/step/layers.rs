@@ -9,9 +9,10 @@
 use candle_core::{DType, Tensor};
 
 use crate::kernels::activation::OutputActivation;
+use crate::kernels::contiguous_transpose;
 use crate::kernels::conv::ConvLayer;
 use crate::model::conv::ConvParts;
-use crate::model::dense::{contiguous_transpose, forward_values, input_gradient, parameter_gradients, Dense};
+use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
 use crate::model::Vae;
 
 /// A layer as the model holds it.
