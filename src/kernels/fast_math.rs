@@ -15,7 +15,8 @@ const ROUNDING: f32 = 12_582_912.0;
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.336_54, 88.376_26); // keeps n in -126..=127, a normal power of two
                                             // e^x = 2^n * e^r, n = round(x / ln 2), |r| <= ln 2 / 2
-    let n = (x * LOG2_E + ROUNDING) - ROUNDING;
+    let shifted = x * LOG2_E + ROUNDING; // n sits in the low bits of its mantissa
+    let n = shifted - ROUNDING;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -24,7 +25,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n built from n's bits, (n + 127) << 23, with integer operations only (a float-to-integer cast would not
+    // vectorise: Rust's saturates)
+    let biased = shifted.to_bits().wrapping_sub(ROUNDING.to_bits()).wrapping_add(127);
+    e_r * f32::from_bits(biased << 23)
 }
 
 /// ln(1 + e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) in [0, 1/3]: no cancellation for small e.
