@@ -16,7 +16,7 @@
 
 use candle_core::Tensor;
 
-use super::{gemm_parallelism, matmul, with_f32, Destination, Operand};
+use super::{gemm_parallelism, matmul, padded_stride, with_f32, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
 pub const BLOCK_VALUES: usize = 1 << 21;
@@ -108,12 +108,12 @@ fn run(
         pad(example, (channels, height, width), padding, kernel, &mut scratch.padded);
         for first_row in (0..out_h).step_by(rows_per_block) {
             let rows = rows_per_block.min(out_h - first_row);
-            let positions = rows * out_w;
+            let (positions, stride) = (rows * out_w, padded_stride(rows * out_w));
             unfold_rows(&scratch.padded, (geometry, sides), (first_row, rows), &mut scratch.patches);
             scratch.product.resize(out_channels * positions, 0.0);
             // product (O x positions) = W (O x C k^2) · patches (C k^2 x positions)
             let dims = (out_channels, patch_len, positions);
-            let (lhs, rhs) = (Operand::rows(weight, patch_len), Operand::rows(&scratch.patches, positions));
+            let (lhs, rhs) = (Operand::rows(weight, patch_len), Operand::rows(&scratch.patches, stride));
             let parallelism = gemm_parallelism(out_channels * patch_len * positions);
             matmul(&mut scratch.product, lhs, rhs, dims, Destination::Overwrite, parallelism);
             for (o, values) in scratch.product.chunks_exact(positions).enumerate() {
@@ -127,7 +127,8 @@ fn run(
     out
 }
 
-/// The patches of output rows `first_row .. first_row + rows` into `patches` (C k^2 rows of rows * Wo values).
+/// The patches of output rows `first_row .. first_row + rows` into `patches` (C k^2 rows of rows * Wo values, each
+/// [`padded_stride`] values from the next).
 fn unfold_rows(
     padded: &[f32],
     (geometry, sides): (Geometry, Sides),
@@ -138,12 +139,12 @@ fn unfold_rows(
     let Sides { channels, height, width, out_w, .. } = sides;
     let padded_w = width + 2 * padding;
     let plane = (height + 2 * padding) * padded_w;
-    let positions = rows * out_w;
-    patches.resize(channels * kernel * kernel * positions, 0.0);
-    for (row_index, patch_row) in patches.chunks_exact_mut(positions).enumerate() {
+    let (positions, stride) = (rows * out_w, padded_stride(rows * out_w));
+    patches.resize(channels * kernel * kernel * stride, 0.0);
+    for (row_index, patch_row) in patches.chunks_exact_mut(stride).enumerate() {
         let (c, tap) = (row_index / (kernel * kernel), row_index % (kernel * kernel));
         let (dy, dx) = (tap / kernel, tap % kernel);
-        for (r, run) in patch_row.chunks_exact_mut(out_w).enumerate() {
+        for (r, run) in patch_row[..positions].chunks_exact_mut(out_w).enumerate() {
             let start = c * plane + (first_row + r + dy) * padded_w + dx;
             run.copy_from_slice(&padded[start..start + out_w]);
         }
@@ -188,6 +189,37 @@ fn pad(
         for (y, row) in channel.chunks_exact(width).enumerate() {
             let start = c * padded_h * padded_w + (y + padding) * padded_w + padding;
             padded[start..start + width].copy_from_slice(row);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The kernel against candle's own convolution, with and without a bias, on odd sides and on 512 output
+    /// positions (whose patch rows are padded to a longer stride).
+    #[test]
+    fn the_block_kernel_matches_candles_convolution() {
+        let device = Device::Cpu;
+        for (batch, channels, (height, width), out_channels, kernel, padding) in
+            [(2, 3, (7, 5), 4, 3, 1), (1, 2, (16, 32), 3, 3, 1), (2, 5, (6, 9), 2, 1, 0)]
+        {
+            let x = Tensor::randn(0f32, 1.0, (batch, channels, height, width), &device).unwrap();
+            let weight = Tensor::randn(0f32, 0.5, (out_channels, channels, kernel, kernel), &device).unwrap();
+            let bias = Tensor::randn(0f32, 0.5, out_channels, &device).unwrap();
+            let geometry = Geometry { in_channels: channels, out_channels, kernel, padding };
+            let plain = x.conv2d(&weight, padding, 1, 1, 1).unwrap();
+            for bias in [None, Some(&bias)] {
+                let expected = match bias {
+                    Some(bias) => plain.broadcast_add(&bias.reshape((1, out_channels, 1, 1)).unwrap()).unwrap(),
+                    None => plain.clone(),
+                };
+                let got = convolve_stride_one(&x, &weight, bias, geometry).unwrap().unwrap();
+                let error = (got - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(error < 1e-4, "{batch}x{channels}x{height}x{width}, k{kernel}: differs by {error}");
+            }
         }
     }
 }

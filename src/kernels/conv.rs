@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::activation::OutputActivation;
 use super::block_conv::{convolve_stride_one, Geometry};
 use super::recycle;
-use crate::kernels::{add_to, contiguous_f32, matmul, wide_fn, worth_parallel, Destination, Operand};
+use crate::kernels::{add_to, contiguous_f32, matmul, padded_stride, wide_fn, worth_parallel, Destination, Operand};
 
 mod phases;
 
@@ -83,6 +83,19 @@ impl ConvGeometry {
         self.out_height * self.out_width
     }
 
+    /// The row stride of im2col's `[patch, positions]` columns: the positions, padded where their count would put
+    /// every row on the same cache sets ([`padded_stride`]).
+    #[inline(always)]
+    fn column_stride(&self) -> usize {
+        padded_stride(self.positions())
+    }
+
+    /// Values of im2col's columns of one image: patch rows of [`Self::column_stride`] values.
+    #[inline(always)]
+    fn columns_len(&self) -> usize {
+        self.patch_len() * self.column_stride()
+    }
+
     /// Values of one image.
     #[inline(always)]
     fn image_len(&self) -> usize {
@@ -123,12 +136,12 @@ impl ConvGeometry {
     }
 
     /// im2col: `cols[row][position]` = the image value under kernel offset `row` at output `position` (0 in the
-    /// padding), one pass over `cols` writing every value once.
+    /// padding), rows [`Self::column_stride`] values apart, one pass over `cols` writing every value once.
     #[inline(always)]
     fn unfold(&self, image: &[f32], cols: &mut [f32]) {
         let (positions, plane_len) = (self.positions(), self.height * self.width);
         for (row, channel, ky, kx) in self.rows() {
-            let row_cols = &mut cols[row * positions..][..positions];
+            let row_cols = &mut cols[row * self.column_stride()..][..positions];
             let Some((lines, columns, first, span)) = self.reach(ky, kx) else {
                 row_cols.fill(0.0);
                 continue;
@@ -306,13 +319,13 @@ fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> 
     let (patch, positions) = (geometry.patch_len(), geometry.positions());
     let mut out = recycle::stale(images.len() / geometry.image_len() * m * positions);
     out.par_chunks_mut(m * positions).zip(images.par_chunks(geometry.image_len())).for_each_init(
-        || vec![0.0; patch * positions],
+        || vec![0.0; geometry.columns_len()],
         |cols, (out_b, image)| {
             geometry.im2col(image, cols);
             matmul(
                 out_b,
                 Operand::rows(weight, patch),
-                Operand::rows(cols, positions),
+                Operand::rows(cols, geometry.column_stride()),
                 (m, patch, positions),
                 Destination::Overwrite,
                 ONE,
@@ -381,14 +394,25 @@ fn summed_transposed(m: usize, patch: usize) -> bool {
     patch >= m
 }
 
-/// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`), in the
-/// layout [`summed_transposed`] picks ([`weight_gradient_sum`] turns a transposed sum back).
-fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (m, patch, positions): (usize, usize, usize)) {
-    let (map_rows, cols_rows) = (Operand::rows(map, positions), Operand::rows(cols, positions));
-    let (map_t, cols_t) = (Operand::transposed(map, positions), Operand::transposed(cols, positions));
-    match summed_transposed(m, patch) {
-        true => matmul(sum, cols_rows, map_t, (patch, positions, m), Destination::Accumulate, ONE),
-        false => matmul(sum, map_rows, cols_t, (m, positions, patch), Destination::Accumulate, ONE),
+/// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`, rows
+/// `geometry.column_stride()` apart), in the layout [`summed_transposed`] picks ([`weight_gradient_sum`] turns a
+/// transposed sum back). Read transposed, the map's rows are copied to the padded stride first where they are
+/// a multiple of 512 values long (the copy is one m x positions pass; the product reads it patch / 64 times).
+fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], geometry: &ConvGeometry, m: usize) {
+    let (patch, positions, stride) = (geometry.patch_len(), geometry.positions(), geometry.column_stride());
+    let (cols_rows, cols_t) = (Operand::rows(cols, stride), Operand::transposed(cols, stride));
+    if !summed_transposed(m, patch) {
+        matmul(sum, Operand::rows(map, positions), cols_t, (m, positions, patch), Destination::Accumulate, ONE);
+    } else if stride == positions {
+        matmul(sum, cols_rows, Operand::transposed(map, positions), (patch, positions, m), Destination::Accumulate, ONE);
+    } else {
+        let mut padded = recycle::stale(m * stride);
+        padded.chunks_exact_mut(stride).zip(map.chunks_exact(positions)).for_each(|(row, values)| {
+            row[..positions].copy_from_slice(values);
+        });
+        let map_t = Operand::transposed(&padded, stride);
+        matmul(sum, cols_rows, map_t, (patch, positions, m), Destination::Accumulate, ONE);
+        recycle::recycle(padded);
     }
 }
 
@@ -414,10 +438,10 @@ fn weight_gradient_sum(
 fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     weight_gradient_sum(images.len() / image_len.max(1), (m, patch), &mut [], |range, sum, _| {
-        let mut cols = vec![0.0; patch * positions];
+        let mut cols = vec![0.0; geometry.columns_len()];
         for b in range {
             geometry.im2col(&images[b * image_len..][..image_len], &mut cols);
-            add_outer(sum, &maps[b * m * positions..][..m * positions], &cols, (m, patch, positions));
+            add_outer(sum, &maps[b * m * positions..][..m * positions], &cols, geometry, m);
         }
     })
 }
@@ -427,13 +451,14 @@ fn gather_keeping_columns(geometry: &ConvGeometry, images: &[f32], weight: &[f32
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     let batch = images.len() / image_len.max(1);
     // both overwritten whole: every output by its product, every column by im2col
-    let (mut out, mut columns) = (recycle::stale(batch * m * positions), recycle::stale(batch * patch * positions));
+    let columns_len = geometry.columns_len();
+    let (mut out, mut columns) = (recycle::stale(batch * m * positions), recycle::stale(batch * columns_len));
     out.par_chunks_mut(m * positions)
-        .zip(columns.par_chunks_mut(patch * positions))
+        .zip(columns.par_chunks_mut(columns_len))
         .zip(images.par_chunks(image_len))
         .for_each(|((out_b, cols), image)| {
             geometry.im2col(image, cols);
-            let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(cols, positions));
+            let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(cols, geometry.column_stride()));
             matmul(out_b, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
         });
     (out, columns)
@@ -454,13 +479,13 @@ fn transposed_gradients(
     let batch = grad.len() / image_len.max(1);
     let mut grad_maps = recycle::stale(if input_gradient_wanted { batch * map_len } else { 0 });
     let grad_weight = weight_gradient_sum(batch, (m, patch), &mut grad_maps, |range, sum, grad_maps| {
-        let mut cols = vec![0.0; patch * positions];
+        let mut cols = vec![0.0; geometry.columns_len()];
         for (index, b) in range.enumerate() {
             geometry.im2col(&grad[b * image_len..][..image_len], &mut cols);
-            add_outer(sum, &maps[b * map_len..][..map_len], &cols, (m, patch, positions));
+            add_outer(sum, &maps[b * map_len..][..map_len], &cols, geometry, m);
             if input_gradient_wanted {
                 let out = &mut grad_maps[index * map_len..][..map_len];
-                let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(&cols, positions));
+                let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(&cols, geometry.column_stride()));
                 matmul(out, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
             }
         }
@@ -558,11 +583,12 @@ impl ConvLayer {
 
     /// dW = sum_b maps_b · columns_b^T, from kept columns.
     fn outer_from_columns(&self, maps: &[f32], columns: &[f32]) -> Vec<f32> {
-        let (m, patch, positions) = (self.map_channels, self.geometry.patch_len(), self.geometry.positions());
+        let (geometry, m) = (&self.geometry, self.map_channels);
+        let (patch, positions, columns_len) = (geometry.patch_len(), geometry.positions(), geometry.columns_len());
         weight_gradient_sum(maps.len() / (m * positions).max(1), (m, patch), &mut [], |range, sum, _| {
             for b in range {
-                let cols = &columns[b * patch * positions..][..patch * positions];
-                add_outer(sum, &maps[b * m * positions..][..m * positions], cols, (m, patch, positions));
+                let cols = &columns[b * columns_len..][..columns_len];
+                add_outer(sum, &maps[b * m * positions..][..m * positions], cols, geometry, m);
             }
         })
     }

@@ -357,7 +357,7 @@ mod tests {
     /// One layer's geometry: (batch, in channels, height, width, out channels, kernel, stride, padding).
     type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-    const CASES: [Case; 12] = [
+    const CASES: [Case; 14] = [
         (2, 1, 8, 8, 3, 4, 2, 1),
         // stride 2 with kernel - 2 padding = 1 on even sides: im2col through the phases, as for 4 x 4 padding 1
         (2, 2, 6, 8, 3, 3, 2, 1),
@@ -373,6 +373,10 @@ mod tests {
         (4, 5, 6, 10, 3, 2, 2, 0),
         (2, 32, 16, 16, 32, 4, 2, 1),
         (1, 1, 1, 1, 1, 1, 1, 0),
+        // 512 output positions: im2col's rows padded to a stride of 528 (`kernels::matmul::padded_stride`), line
+        // by line and through the phases
+        (2, 2, 16, 32, 3, 3, 1, 1),
+        (1, 2, 32, 64, 3, 4, 2, 1),
     ];
 
     /// Runs `layer` through the fused path (`forward`) and candle's (`reference`), comparing values and the

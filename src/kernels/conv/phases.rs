@@ -78,14 +78,14 @@ impl ConvGeometry {
         });
     }
 
-    /// im2col through the phases ([`Self::splits_into_phases`] must hold).
+    /// im2col through the phases, rows [`Self::column_stride`] apart ([`Self::splits_into_phases`] must hold).
     #[inline(always)]
     pub(super) fn unfold_by_phases(&self, image: &[f32], cols: &mut [f32]) {
         let (positions, phase_len) = (self.positions(), self.phase_len());
         let mut phases = vec![0.0; image.len()];
         self.split(image, &mut phases);
         self.for_each_phase_row(|row, phase_row| {
-            let row_cols = &mut cols[row * positions..][..positions];
+            let row_cols = &mut cols[row * self.column_stride()..][..positions];
             let Some(PhaseRow { plane, shift, span, padding }) = phase_row else {
                 row_cols.fill(0.0);
                 return;
@@ -163,13 +163,13 @@ mod tests {
             let geometry = ConvGeometry::new(channels, sides, kernel, 2, padding).unwrap();
             assert!(geometry.splits_into_phases(), "{geometry:?}");
             let image: Vec<f32> = (0..geometry.image_len()).map(value).collect();
-            let cols_len = geometry.patch_len() * geometry.positions();
+            let cols_len = geometry.columns_len();
             let (mut by_lines, mut by_phases) = (vec![f32::NAN; cols_len], vec![f32::NAN; cols_len]);
             geometry.unfold(&image, &mut by_lines);
             geometry.unfold_by_phases(&image, &mut by_phases);
             assert_eq!(by_lines, by_phases, "im2col, {geometry:?}");
 
-            let cols: Vec<f32> = (0..cols_len).map(|i| value(i + 13)).collect();
+            let cols: Vec<f32> = (0..geometry.patch_len() * geometry.positions()).map(|i| value(i + 13)).collect();
             let (mut by_lines, mut by_phases) = (vec![0.0; image.len()], vec![0.0; image.len()]);
             geometry.fold(&cols, &mut by_lines);
             geometry.fold_by_phases(&mut cols.clone(), &mut by_phases);
