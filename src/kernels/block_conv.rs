@@ -16,7 +16,9 @@
 
 use candle_core::Tensor;
 
-use super::{gemm_parallelism, matmul, padded_stride, with_f32, Destination, Operand};
+use rayon::prelude::*;
+
+use super::{gemm_parallelism, matmul, padded_stride, with_f32, worth_parallel, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
 pub const BLOCK_VALUES: usize = 1 << 21;
@@ -116,11 +118,24 @@ fn run(
             let (lhs, rhs) = (Operand::rows(weight, patch_len), Operand::rows(&scratch.patches, stride));
             let parallelism = gemm_parallelism(out_channels * patch_len * positions);
             matmul(&mut scratch.product, lhs, rhs, dims, Destination::Overwrite, parallelism);
-            for (o, values) in scratch.product.chunks_exact(positions).enumerate() {
+            let add_bias = |(o, (plane, values)): (usize, (&mut [f32], &[f32]))| {
                 let b = bias.map_or(0.0, |b| b[o]);
-                let start = o * out_plane + first_row * out_w;
                 // out = W · patches + b
-                out_example[start..start + positions].iter_mut().zip(values).for_each(|(y, v)| *y = v + b);
+                let block = &mut plane[first_row * out_w..][..positions];
+                block.iter_mut().zip(values).for_each(|(y, v)| *y = v + b);
+            };
+            let (outs, products) = (&mut *out_example, &scratch.product);
+            match worth_parallel(out_channels * positions) {
+                true => outs
+                    .par_chunks_exact_mut(out_plane)
+                    .zip(products.par_chunks_exact(positions))
+                    .enumerate()
+                    .for_each(add_bias),
+                false => outs
+                    .chunks_exact_mut(out_plane)
+                    .zip(products.chunks_exact(positions))
+                    .enumerate()
+                    .for_each(add_bias),
             }
         }
     }
@@ -141,13 +156,17 @@ fn unfold_rows(
     let plane = (height + 2 * padding) * padded_w;
     let (positions, stride) = (rows * out_w, padded_stride(rows * out_w));
     patches.resize(channels * kernel * kernel * stride, 0.0);
-    for (row_index, patch_row) in patches.chunks_exact_mut(stride).enumerate() {
+    let unfold_row = |(row_index, patch_row): (usize, &mut [f32])| {
         let (c, tap) = (row_index / (kernel * kernel), row_index % (kernel * kernel));
         let (dy, dx) = (tap / kernel, tap % kernel);
         for (r, run) in patch_row[..positions].chunks_exact_mut(out_w).enumerate() {
             let start = c * plane + (first_row + r + dy) * padded_w + dx;
             run.copy_from_slice(&padded[start..start + out_w]);
         }
+    };
+    match worth_parallel(patches.len()) {
+        true => patches.par_chunks_exact_mut(stride).enumerate().for_each(unfold_row),
+        false => patches.chunks_exact_mut(stride).enumerate().for_each(unfold_row),
     }
 }
 
@@ -185,11 +204,16 @@ fn pad(
     let (padded_h, padded_w) = (height + 2 * padding, width + 2 * padding);
     padded.clear();
     padded.resize(channels * padded_h * padded_w + kernel, 0.0);
-    for (c, channel) in example.chunks_exact(height * width).enumerate() {
+    let copy_channel = |(padded, channel): (&mut [f32], &[f32])| {
         for (y, row) in channel.chunks_exact(width).enumerate() {
-            let start = c * padded_h * padded_w + (y + padding) * padded_w + padding;
+            let start = (y + padding) * padded_w + padding;
             padded[start..start + width].copy_from_slice(row);
         }
+    };
+    let (padded_plane, plane) = (padded_h * padded_w, height * width);
+    match worth_parallel(example.len()) {
+        true => padded.par_chunks_exact_mut(padded_plane).zip(example.par_chunks_exact(plane)).for_each(copy_channel),
+        false => padded.chunks_exact_mut(padded_plane).zip(example.chunks_exact(plane)).for_each(copy_channel),
     }
 }
 

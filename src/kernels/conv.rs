@@ -400,18 +400,20 @@ fn summed_transposed(m: usize, patch: usize) -> bool {
 /// a multiple of 512 values long (the copy is one m x positions pass; the product reads it patch / 64 times).
 fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], geometry: &ConvGeometry, m: usize) {
     let (patch, positions, stride) = (geometry.patch_len(), geometry.positions(), geometry.column_stride());
-    let (cols_rows, cols_t) = (Operand::rows(cols, stride), Operand::transposed(cols, stride));
     if !summed_transposed(m, patch) {
-        matmul(sum, Operand::rows(map, positions), cols_t, (m, positions, patch), Destination::Accumulate, ONE);
-    } else if stride == positions {
-        matmul(sum, cols_rows, Operand::transposed(map, positions), (patch, positions, m), Destination::Accumulate, ONE);
-    } else {
+        let (map_rows, cols_t) = (Operand::rows(map, positions), Operand::transposed(cols, stride));
+        matmul(sum, map_rows, cols_t, (m, positions, patch), Destination::Accumulate, ONE);
+        return;
+    }
+    let padded = (stride != positions).then(|| {
         let mut padded = recycle::stale(m * stride);
-        padded.chunks_exact_mut(stride).zip(map.chunks_exact(positions)).for_each(|(row, values)| {
-            row[..positions].copy_from_slice(values);
-        });
-        let map_t = Operand::transposed(&padded, stride);
-        matmul(sum, cols_rows, map_t, (patch, positions, m), Destination::Accumulate, ONE);
+        let rows = padded.chunks_exact_mut(stride).zip(map.chunks_exact(positions));
+        rows.for_each(|(row, values)| row[..positions].copy_from_slice(values));
+        padded
+    });
+    let map_t = padded.as_deref().map_or(Operand::transposed(map, positions), |p| Operand::transposed(p, stride));
+    matmul(sum, Operand::rows(cols, stride), map_t, (patch, positions, m), Destination::Accumulate, ONE);
+    if let Some(padded) = padded {
         recycle::recycle(padded);
     }
 }

@@ -21,7 +21,8 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use parking_lot::RwLockReadGuard;
 
 pub use matmul::{
-    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, Destination, Operand, MATMUL_BACKEND, PARALLEL_WORK,
+    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, Destination, Operand, MATMUL_BACKEND,
+    PARALLEL_WORK,
 };
 pub(crate) use simd::wide_fn;
 pub use simd::{add_to, simd_level, SimdLevel};
