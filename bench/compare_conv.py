@@ -12,12 +12,16 @@ channels, dense 256, the mirrored decoder) with a Gaussian decoder and one learn
 (`--likelihood gaussian --gaussian-variance shared`; the twin's `--likelihood gaussian-shared`).
 
 usage: python3 bench/compare_conv.py [--model disc64|rgb32] [--count 3200] [--epochs 2] [--modes eager]
-                                     [--repeats 2] [--threads 2]
+                                     [--repeats 2] [--threads 2] [--torch-isa native|avx2]
+--torch-isa avx2 caps PyTorch at AVX2 (bench/torch_isa.py); with ELBO_SIMD=avx2 in the environment both programs
+run as on an AVX2-only CPU.
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
 """
 import argparse, csv, json, os, statistics, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
+from torch_isa import ISAS, torch_isa_env  # noqa: E402
 TWIN = os.path.join(ROOT, 'bench', 'torch_conv_reference.py')
 
 
@@ -63,7 +67,8 @@ def run_elbo(args, data, out):
 def run_torch(args, data, mode):
     command = [sys.executable, TWIN, '--data', data, '--epochs', str(args.epochs), '--mode', mode,
                '--threads', str(args.threads), '--seed', '1'] + MODELS[args.model][2]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    env = torch_isa_env(args.torch_isa)
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])['train_examples_per_s']
 
 
@@ -75,7 +80,12 @@ def main():
     ap.add_argument('--modes', default='eager')
     ap.add_argument('--repeats', type=int, default=2)
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--torch-isa', default='native', choices=ISAS, help="cap PyTorch's kernels (bench/torch_isa.py)")
     args = ap.parse_args()
+    capability = subprocess.run([sys.executable, '-c', 'import torch; print(torch.backends.cpu.get_cpu_capability())'],
+                                capture_output=True, text=True, env=torch_isa_env(args.torch_isa)).stdout.strip()
+    print(f"elbo: ELBO_SIMD={os.environ.get('ELBO_SIMD') or '(unset: widest)'}; PyTorch: --torch-isa "
+          f"{args.torch_isa}, get_cpu_capability() = {capability}", flush=True)
     import numpy as np
     with tempfile.TemporaryDirectory() as scratch:
         data = os.path.join(scratch, 'discs')

@@ -24,8 +24,10 @@ the libraries of the wheel installed, which from PyPI is the CUDA build, ~950 Mi
 
 usage: python3 bench/compare_matrix.py [--rows 1,2,5] [--epochs 2] [--repeats 1] [--modes eager,fused[,compile]]
           [--threads 2] [--data ../shared/data/mnist] [--elbo target/release/elbo] [--simd avx512|avx2|scalar|auto]
-          [--step auto|graph|fused] [--speed steady|all] [--torch-denormals flush|keep] [--json FILE]
+          [--step auto|graph|fused] [--speed steady|all] [--torch-denormals flush|keep] [--torch-isa native|avx2]
+          [--json FILE]
 --simd sets ELBO_SIMD in elbo's environment (auto: removes it); without --simd elbo inherits this environment.
+--torch-isa avx2 caps PyTorch at AVX2 (bench/torch_isa.py): with --simd avx2, both run as on an AVX2-only CPU.
 --torch-denormals flush (default) runs PyTorch with torch.set_flush_denormal(True): without it PyTorch slows down
 10x or more where values decay into subnormal floats (row 9, tanh: ~3,300 against ~40,000 ex/s in eager mode, the
 same numbers trained); elbo gets no such setting. keep shows PyTorch as it comes.
@@ -36,6 +38,8 @@ Needs: a release build (cargo build --release) and `pip install torch numpy`.
 import argparse, csv, datetime, errno, hashlib, json, os, platform, re, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
+from torch_isa import ISAS, torch_isa_env  # noqa: E402
 TWIN = os.path.join(ROOT, 'bench', 'torch_matrix.py')
 
 # id: (name, elbo train flags, torch_matrix.py flags); flags shared by all rows are added by the runners.
@@ -159,7 +163,7 @@ def run_torch(args, row, mode, scratch, tag):
     command = [sys.executable, TWIN, '--data', args.data, '--epochs', str(args.epochs), '--batch-size',
                str(args.batch_size), '--lr', '1e-3', '--seed', '1', '--threads', str(args.threads), '--mode', mode,
                '--quiet'] + (['--flush-denormal'] if args.torch_denormals == 'flush' else []) + ROWS[row][2]
-    stdout, _, rss = run_measured(command, scratch, tag)
+    stdout, _, rss = run_measured(command, scratch, tag, env=torch_isa_env(args.torch_isa))
     result = json.loads(stdout.strip().splitlines()[-1])
     return {'examples_per_s': speed_of(result['epoch_examples_per_s'], result['train_examples_per_s'], args.speed),
             'epoch_examples_per_s': result['epoch_examples_per_s'], 'train_examples_per_s':
@@ -186,12 +190,12 @@ def cpu_info():
     return {'model': model, 'avx512f': 'avx512f' in flags, 'avx2': 'avx2' in flags, 'cores': os.cpu_count()}
 
 
-def torch_info():
+def torch_info(isa):
     code = ('import json, torch; c = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(); '
             'print(json.dumps({"version": torch.__version__, "cpu_capability": c}))')
     try:
         return json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                                         check=True).stdout)
+                                         check=True, env=torch_isa_env(isa)).stdout)
     except (subprocess.CalledProcessError, ValueError) as e:
         raise SystemExit(f'PyTorch is not usable from {sys.executable}: pip install torch numpy ({e})')
 
@@ -238,6 +242,7 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--batch-size', type=int, default=128)
     ap.add_argument('--elbo', default=os.path.join(ROOT, 'target', 'release', 'elbo'))
+    ap.add_argument('--torch-isa', default='native', choices=ISAS, help="cap PyTorch's kernels (bench/torch_isa.py)")
     ap.add_argument('--simd', choices=['avx512', 'avx2', 'scalar', 'auto'], default=None,
                     help="ELBO_SIMD for elbo's runs (auto: unset); default: inherit the environment")
     ap.add_argument('--step', choices=['auto', 'graph', 'fused'], default=None,
@@ -260,7 +265,7 @@ def main():
     if bad := [m for m in modes if m not in ('eager', 'fused', 'compile')]:
         raise SystemExit(f'unknown PyTorch mode {bad}: eager, fused, compile')
 
-    cpu, torch_versions = cpu_info(), torch_info()
+    cpu, torch_versions = cpu_info(), torch_info(args.torch_isa)
     version = preflight(args)
     simd = args.simd or os.environ.get('ELBO_SIMD') or 'auto'
     start_stamp = binary_stamp(args.elbo)
