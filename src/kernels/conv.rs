@@ -154,8 +154,15 @@ impl ConvGeometry {
             for (index, line) in inside.chunks_exact_mut(self.out_width).enumerate() {
                 let (head, rest) = line.split_at_mut(columns.start);
                 let (body, tail) = rest.split_at_mut(columns.len());
-                head.fill(0.0);
-                tail.fill(0.0);
+                // the padding's columns: none or one for the autoencoders' 3 x 3 kernels, where a `memset` call
+                // per line cost more than its work
+                for part in [head, tail] {
+                    match part {
+                        [] => {}
+                        [value] => *value = 0.0,
+                        _ => part.fill(0.0),
+                    }
+                }
                 let source = first + index * self.stride * self.width;
                 copy_strided(body, &plane[source..(source + span).min(plane_len)], self.stride);
             }
@@ -189,7 +196,7 @@ impl ConvGeometry {
 fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
     let done = match stride {
         1 => {
-            dst.copy_from_slice(&src[..dst.len()]);
+            copy_short(dst, &src[..dst.len()]);
             return;
         }
         2 => strided_pairs::copy_evens(dst, src),
@@ -197,6 +204,33 @@ fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
     };
     for (value, &source) in dst[done..].iter_mut().zip(src[done * stride..].iter().step_by(stride)) {
         *value = source;
+    }
+}
+
+/// dst = src for the short lines of an im2col row (15-64 values in the autoencoders), inline: a `memcpy` call per
+/// line cost more than its copy (4.6% of the KL autoencoder's step). Blocks of `N` values, the last block
+/// overlapping the one before where the length is not a multiple of `N`, so no line ends in a one-by-one loop (which
+/// the compiler turns back into a `memcpy` call).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    match dst.len() {
+        16.. => copy_blocks::<16>(dst, src),
+        4.. => copy_blocks::<4>(dst, src),
+        _ => dst.iter_mut().zip(src).for_each(|(target, &source)| *target = source),
+    }
+}
+
+/// dst = src (at least `N` values each) in blocks of `N` values, the last block ending at the end.
+#[inline(always)]
+fn copy_blocks<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let len = dst.len();
+    let copy = |start: usize, dst: &mut [f32]| {
+        let block: [f32; N] = src[start..start + N].try_into().expect("N values");
+        dst[start..start + N].copy_from_slice(&block);
+    };
+    (0..len / N).for_each(|block| copy(block * N, dst));
+    if !len.is_multiple_of(N) {
+        copy(len - N, dst);
     }
 }
 
