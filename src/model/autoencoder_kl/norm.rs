@@ -1,11 +1,12 @@
 //! GroupNorm with diffusers' names (`weight`, `bias`), and a fused inference kernel for it and the activation that
 //! follows it.
 //!
-//! y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c, with the mean and (biased) variance over each group of
-//! C / G channels and all positions. Without gradients, on contiguous f32 CPU maps, two passes compute each group's
-//! mean and variance (in f64) and one writes the normalized, scaled, shifted and activated values, the groups spread
-//! over rayon's threads; with gradients, the same kernel as a differentiable op (`kernels::group_norm::GroupNormOp`,
-//! its backward pass worked out by hand); elsewhere, candle ops compose the same formula.
+//! y = (x - mean_g) / sqrt(var_g + eps) * weight_c + bias_c, with the mean and (biased) variance over each group of C /
+//! G channels and all positions. Without gradients, on contiguous f32 CPU maps, two passes compute each group's mean
+//! and variance (f32 partial sums in blocks, the blocks added in f64) and one writes the normalized, scaled, shifted
+//! and activated values, the groups spread over rayon's threads; with gradients, the same kernel as a differentiable op
+//! (`kernels::group_norm::GroupNormOp`, its backward pass worked out by hand); elsewhere, candle ops compose the same
+//! formula.
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
