@@ -18,6 +18,7 @@ use candle_core::Tensor;
 
 use rayon::prelude::*;
 
+use super::conv::copy_short;
 use super::{gemm_parallelism, matmul, padded_stride, with_f32, worth_parallel, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
@@ -161,7 +162,7 @@ fn unfold_rows(
         let (dy, dx) = (tap / kernel, tap % kernel);
         for (r, run) in patch_row[..positions].chunks_exact_mut(out_w).enumerate() {
             let start = c * plane + (first_row + r + dy) * padded_w + dx;
-            run.copy_from_slice(&padded[start..start + out_w]);
+            copy_short(run, &padded[start..start + out_w]);
         }
     };
     match worth_parallel(patches.len()) {

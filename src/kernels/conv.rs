@@ -212,7 +212,7 @@ fn copy_strided(dst: &mut [f32], src: &[f32], stride: usize) {
 /// overlapping the one before where the length is not a multiple of `N`, so no line ends in a one-by-one loop (which
 /// the compiler turns back into a `memcpy` call).
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     match dst.len() {
         16.. => copy_blocks::<16>(dst, src),
         4.. => copy_blocks::<4>(dst, src),
