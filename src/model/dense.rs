@@ -10,7 +10,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use super::activation::Activation;
 use crate::kernels::activation::OutputActivation;
 use crate::kernels::{
-    add_to, contiguous_f32, contiguous_transpose, gemm_parallelism, matmul, product, Destination, Operand,
+    add_to, contiguous_f32, contiguous_transpose, gemm_parallelism, matmul, product, recycle, Destination, Operand,
 };
 use crate::Result;
 
@@ -82,8 +82,9 @@ pub(crate) fn forward_values(
 ) -> Vec<f32> {
     let outputs = bias.len();
     let inner = weight.len() / outputs.max(1);
-    let mut out = Vec::with_capacity(rows * outputs);
-    (0..rows).for_each(|_| out.extend_from_slice(bias));
+    // from the recycled buffers, as the fused step hands its layers' outputs back there
+    let mut out = recycle::stale(rows * outputs);
+    out.chunks_exact_mut(outputs.max(1)).for_each(|row| row.copy_from_slice(bias));
     // out = out + x W^T: the bias rides in the matrix multiply
     let w_t = match transposed {
         Some(transposed) => Operand::rows(transposed, outputs),

@@ -5,12 +5,15 @@
 //! rate. One file, written atomically, so the weights and the state can never come from two different moments.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::View;
 
-use crate::atomic::write_atomic;
+use crate::atomic::write_atomic_with;
 use crate::model::check_finite;
 use crate::training::{Checkpoint, OptimizerState};
 use crate::{Error, Result};
@@ -22,6 +25,8 @@ const METADATA_KEY: &str = "elbo";
 /// Name prefixes of the optimiser's moments.
 const FIRST_MOMENT: &str = "optimizer.first.";
 const SECOND_MOMENT: &str = "optimizer.second.";
+/// The safetensors header's length is padded to a multiple of this many bytes (the format's own rule).
+const HEADER_ALIGNMENT: usize = 8;
 
 /// The JSON record in the checkpoint's metadata: the progress, and the first optimiser's step count and learning
 /// rate (then those of the others, for a run with several).
@@ -68,16 +73,42 @@ fn named_tensors(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
     Ok(named_variables(varmap)?.into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect())
 }
 
-/// Writes `tensors` (and `metadata`) as a safetensors file at `path`, atomically: built in memory, written to a
-/// temporary name, renamed.
+/// Writes `tensors` (and `metadata`) as a safetensors file at `path`, atomically: streamed to a temporary name one
+/// tensor at a time (a checkpoint holds the weights and both moments, three times the model, and building it in
+/// memory first made it the run's peak), synced, renamed. The bytes are those `safetensors::serialize` would give:
+/// the tensors in its order (descending dtype, then name), the header padded with spaces to 8 bytes.
 fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let bytes = safetensors::serialize(tensors.iter().map(|(name, tensor)| (name.as_str(), tensor)), metadata)
-        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-    write_atomic(path, &bytes)
+    let format_error = |error: safetensors::SafeTensorError| Error::io(path, std::io::Error::other(error));
+    let mut ordered: Vec<&(String, Tensor)> = tensors.iter().collect();
+    ordered.sort_by(|(left_name, left), (right_name, right)| {
+        View::dtype(right).cmp(&View::dtype(left)).then(left_name.cmp(right_name))
+    });
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(ordered.len());
+    for (name, tensor) in &ordered {
+        let data_offsets = (offset, offset + tensor.data_len());
+        offset = data_offsets.1;
+        infos.push((
+            name.clone(),
+            TensorInfo { dtype: View::dtype(&tensor), shape: tensor.dims().to_vec(), data_offsets },
+        ));
+    }
+    let header = Metadata::new(metadata, infos).map_err(format_error)?;
+    let mut header = serde_json::to_vec(&header).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+    header.resize(header.len().next_multiple_of(HEADER_ALIGNMENT), b' ');
+    write_atomic_with(path, |temporary| {
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(temporary)?);
+        writer.write_all(&(header.len() as u64).to_le_bytes())?;
+        writer.write_all(&header)?;
+        for (_, tensor) in &ordered {
+            writer.write_all(&tensor.data())?;
+        }
+        writer.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })
 }
 
 /// Writes the weights in `varmap` to `path` (a plain safetensors file, e.g. `model.safetensors`), atomically.
@@ -214,4 +245,30 @@ fn take_part(
         moments.push((name, first, second));
     }
     Ok(moments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn the_streamed_file_is_byte_for_byte_what_safetensors_serialize_gives() {
+        let device = Device::Cpu;
+        let tensors = vec![
+            ("b.weight".to_string(), Tensor::arange(0f32, 12.0, &device).unwrap().reshape((3, 4)).unwrap()),
+            ("a.bias".to_string(), Tensor::new(&[1.5f32, -2.0, 0.25], &device).unwrap()),
+            ("counts".to_string(), Tensor::new(&[7u8, 9, 11], &device).unwrap()),
+            ("z.wide".to_string(), Tensor::ones(5, DType::F64, &device).unwrap()),
+        ];
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), "{\"step\": 3}".to_string())]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        write_safetensors(&path, &tensors, Some(metadata.clone())).unwrap();
+        let expected =
+            safetensors::serialize(tensors.iter().map(|(name, tensor)| (name.as_str(), tensor)), Some(metadata))
+                .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+    }
 }
