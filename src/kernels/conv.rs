@@ -355,14 +355,18 @@ thread_local! {
 }
 
 /// Runs `work` on this thread's columns buffer cut to `len` values, whose contents are unspecified (what im2col or
-/// an overwriting product left there): for callers that write every value they read. `work` must not reach another
-/// call of this function on the same thread (none of the kernels here spreads over threads inside it).
+/// an overwriting product left there): for callers that write every value they read. A call nested in another on
+/// the same thread (none of the kernels here makes one: their products inside run on one thread) gets a fresh
+/// buffer instead.
 fn with_columns<R>(len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLUMNS.with_borrow_mut(|columns| {
-        if columns.len() < len {
-            columns.resize(len, 0.0);
+    COLUMNS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut columns) => {
+            if columns.len() < len {
+                columns.resize(len, 0.0);
+            }
+            work(&mut columns[..len])
         }
-        work(&mut columns[..len])
+        Err(_) => work(&mut vec![0.0; len]),
     })
 }
 
@@ -913,7 +917,7 @@ impl CustomOp1 for ChannelSums {
 
 #[cfg(test)]
 mod tests {
-    use super::{add_strided, channel_sums, copy_strided};
+    use super::{add_strided, channel_sums, copy_strided, with_columns};
 
     /// The strided copies and additions, shuffles and tails, hold to plain indexing for every length and stride,
     /// bit for bit (each value is one copy or one addition).
@@ -932,6 +936,21 @@ mod tests {
 
     /// The bias gradient's sums per channel: the plain f64 sum within rounding, the same bits on 1 and 2 threads
     /// (large enough to be split over them), at every plane length around the lanes' width.
+    #[test]
+    fn a_nested_columns_buffer_is_a_separate_one() {
+        let inner_values = with_columns(8, |outer| {
+            outer.fill(1.0);
+            let inner = with_columns(4, |inner| {
+                inner.fill(2.0);
+                inner.to_vec()
+            });
+            assert!(outer.iter().all(|&value| value == 1.0), "the nested call wrote into the outer buffer");
+            inner
+        });
+        assert_eq!(inner_values, vec![2.0; 4]);
+        assert_eq!(with_columns(6, |columns| columns.len()), 6);
+    }
+
     #[test]
     fn channel_sums_match_a_plain_sum_on_any_thread_count() {
         for (batch, channels, plane) in [(3, 2, 1), (2, 5, 7), (4, 3, 17), (64, 32, 1024)] {
