@@ -11,6 +11,8 @@ Every row trains on MNIST (grey pixels in [0, 1], not binarized) with batch 128,
   7  beta4-warmup   row 1 with beta 4, the KL weight rising linearly over the first epoch's steps
   8  freebits0.5    row 1 with free bits, 0.5 nats per latent dimension
   9  burda-tanh     784-200-200-50 MLP (encoder [200, 200], decoder [200, 200]), tanh, Bernoulli
+  10 tcvae6         row 1 trained as a beta-TCVAE, total correlation weight 6 (elbo runs it on candle's graph:
+                 its estimator pairs every example of a batch with every other, which the fused step does not do)
 For each row and each of --repeats rounds, elbo runs first, then each PyTorch mode of --modes, one after the other
 (never at the same time). The speed of a run is its training examples/s, evaluation excluded, by --speed:
   steady  the median of the epochs after the first (the first alone with --epochs 1): leaves out warm-up and
@@ -59,6 +61,7 @@ ROWS = {
     9: ('burda-tanh', ['--hidden', '200,200', '--decoder-hidden', '200,200', '--latent-dim', '50',
                        '--activation', 'tanh'],
         ['--hidden', '200,200', '--decoder-hidden', '200,200', '--latent-dim', '50', '--activation', 'tanh']),
+    10: ('tcvae6', ['--objective', 'tcvae', '--tc-beta', '6'], ['--objective', 'tcvae', '--tc-beta', '6']),
 }
 
 
@@ -235,7 +238,7 @@ def median(values):
 def main():
     ap = argparse.ArgumentParser(description='elbo against its PyTorch twin, row by row (see the module docstring).')
     ap.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'mnist'))
-    ap.add_argument('--rows', default=','.join(map(str, ROWS)), help='comma-separated row numbers, 1-9')
+    ap.add_argument('--rows', default=','.join(map(str, ROWS)), help=f'comma-separated row numbers, 1-{len(ROWS)}')
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--modes', default='eager,fused', help='PyTorch modes, comma-separated: eager,fused,compile')

@@ -15,6 +15,11 @@ The model and the loss are elbo's, term for term (src/model, src/objective, src/
                     KL = mean_n sum_j KL_nj, or with free bits lambda: sum_j max(lambda, mean_n KL_nj)
   iwae objective    loss = -mean_n logmeanexp_k log w_nk, log w = log p(x|z) + log p(z) - log q(z|x), k draws per
                     example (example-major, as elbo); beta, warm-up and free bits do not enter (as in elbo)
+  tcvae objective   loss = mean_n rec_n + MI + tc_beta * TC + dimension-wise KL (src/objective/tcvae.rs): the KL
+                    split by minibatch-weighted sampling over the whole batch (M rows, N training examples),
+                    log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M), the same per dimension for the marginals;
+                    MI = mean(log q(z_i|x_i) - log q(z_i)), TC = mean(log q(z_i) - sum_d log q(z_i,d)), dimension-wise
+                    KL = mean(sum_d log q(z_i,d) - log p(z_i)); beta, warm-up and free bits do not enter (as in elbo)
   Adam (beta1 0.9, beta2 0.999, eps 1e-8), lr 1e-3; nn.Linear's default initialisation, U(+-1/sqrt(fan_in)) for
   weights and biases, which is elbo's; every epoch a fresh shuffle, the last batch partial (60000 = 468 x 128 + 96).
 The held-out figure after each epoch is elbo's too: the single-sample negative ELBO (beta 1, no free bits) on the
@@ -37,7 +42,8 @@ when values decay into the subnormal range: measured on the tanh row (9), eager 
 (forward + loss, backward through the compiled graph), Adam's default (foreach) implementation.
 
 usage: python3 bench/torch_matrix.py [--data DIR] [--likelihood bernoulli|gaussian|categorical]
-          [--variance fixed|shared|per-dimension] [--sigma 1] [--levels 256] [--objective elbo|iwae] [--iw-samples 5]
+          [--variance fixed|shared|per-dimension] [--sigma 1] [--levels 256] [--objective elbo|iwae|tcvae] [--iw-samples 5]
+          [--tc-beta 6]
           [--beta 1] [--warmup-steps N | --warmup-epochs E] [--free-bits LAMBDA] [--hidden 400] [--decoder-hidden ...]
           [--latent-dim 20] [--activation relu|tanh|silu|softplus] [--mode eager|fused|compile] [--threads 2]
           [--epochs 2] [--batch-size 128] [--lr 1e-3] [--seed 1] [--flush-denormal] [--synthetic] [--quiet]
@@ -131,6 +137,30 @@ def elbo_terms(model, x, eps):
     return model.negative_log_prob(model.decode(z), x), kl_per_dimension(mu, lv)
 
 
+def gaussian_log_density(z, mu, lv):
+    """log N(z; mu, exp(lv)) per dimension."""
+    return -0.5 * ((z - mu) ** 2 * torch.exp(-lv) + lv) - 0.5 * LN_2PI
+
+
+def tcvae_loss(model, tc_beta, dataset_size):
+    """beta-TCVAE's loss(x, eps, kl_weight), as elbo's (kl_weight unused)."""
+    def loss(x, eps, kl_weight):
+        mu, lv = model.encode(x)
+        z = mu + torch.exp(0.5 * lv) * eps
+        rec = model.negative_log_prob(model.decode(z), x)
+        log_nm = math.log(dataset_size * x.shape[0])
+        pairwise = gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), lv.unsqueeze(0))  # [M, M, d]
+        log_qz = torch.logsumexp(pairwise.sum(-1), 1) - log_nm
+        log_marginals = (torch.logsumexp(pairwise, 1) - log_nm).sum(-1)
+        log_qz_x = gaussian_log_density(z, mu, lv).sum(-1)
+        log_pz = (-0.5 * z * z - 0.5 * LN_2PI).sum(-1)
+        kl_part = (log_qz_x - log_qz).mean() + tc_beta * (log_qz - log_marginals).mean() + \
+            (log_marginals - log_pz).mean()
+        rec_mean = rec.mean()
+        return rec_mean + kl_part, rec_mean, kl_per_dimension(mu, lv).sum(-1).mean()
+    return loss
+
+
 def make_loss(model, a):
     """loss(x, eps, kl_weight) -> (loss, mean reconstruction, mean KL), as elbo's training step."""
     if a.objective == 'iwae':
@@ -148,6 +178,9 @@ def make_loss(model, a):
             bound = torch.logsumexp(log_w, 1) - math.log(k)
             return -bound.mean(), rec.mean(), kl_per_dimension(mu, lv).sum(-1).mean()
         return loss
+
+    if a.objective == 'tcvae':
+        return tcvae_loss(model, a.tc_beta, a.dataset_size)
 
     free_bits = a.free_bits
 
@@ -181,7 +214,8 @@ def parse_args():
     ap.add_argument('--variance', default='fixed', choices=['fixed', 'shared', 'per-dimension'])
     ap.add_argument('--sigma', type=float, default=1.0, help='fixed Gaussian variance: the standard deviation')
     ap.add_argument('--levels', type=int, default=256)
-    ap.add_argument('--objective', default='elbo', choices=['elbo', 'iwae'])
+    ap.add_argument('--objective', default='elbo', choices=['elbo', 'iwae', 'tcvae'])
+    ap.add_argument('--tc-beta', type=float, default=6.0, help='tcvae: the weight of the total correlation')
     ap.add_argument('--iw-samples', type=int, default=5)
     ap.add_argument('--beta', type=float, default=1.0)
     ap.add_argument('--warmup-steps', type=int, default=None)
@@ -223,6 +257,7 @@ def main():
     warmup = a.warmup_steps
     if a.warmup_epochs is not None:
         warmup = max(1, round(a.warmup_epochs * steps_per_epoch))
+    a.dataset_size = n  # beta-TCVAE's N: the training set, as elbo's
     model = Vae(a, dim)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8, fused=(a.mode == 'fused'))
     loss_fn = make_loss(model, a)
@@ -267,7 +302,8 @@ def main():
         'flush_denormal': a.flush_denormal,
         'likelihood': a.likelihood, 'variance': a.variance if a.likelihood == 'gaussian' else None,
         'levels': a.levels if a.likelihood == 'categorical' else None, 'objective': a.objective,
-        'iw_samples': a.iw_samples if a.objective == 'iwae' else None, 'beta': a.beta, 'warmup_steps': warmup,
+        'iw_samples': a.iw_samples if a.objective == 'iwae' else None,
+        'tc_beta': a.tc_beta if a.objective == 'tcvae' else None, 'beta': a.beta, 'warmup_steps': warmup,
         'free_bits': a.free_bits, 'hidden': widths(a.hidden), 'decoder_hidden': widths(a.decoder_hidden or '')
         or widths(a.hidden)[::-1], 'latent_dim': a.latent_dim, 'activation': a.activation, 'epochs': a.epochs,
         'batch_size': bs, 'parameters': sum(p.numel() for p in model.parameters()),

@@ -1,6 +1,7 @@
 //! The hot CPU kernels, each beside its plain twin (the tests' oracle): matrix multiplies, the SIMD level they
 //! run at, branch-free math functions, fused activations, likelihood terms with their gradients, convolutions as
-//! im2col + GEMM, GroupNorm and nearest upsampling with their gradients, and the in-place optimiser updates. Everything here works on f32 slices of candle's CPU storage;
+//! im2col + GEMM, GroupNorm and nearest upsampling with their gradients, beta-TCVAE's KL decomposition with its gradient, and the in-place
+//! optimiser updates. Everything here works on f32 slices of candle's CPU storage;
 //! other devices and dtypes take candle's own ops.
 
 pub mod activation;
@@ -13,6 +14,7 @@ pub mod matmul;
 pub mod optimizer;
 pub mod recycle;
 pub mod simd;
+pub mod tcvae;
 pub mod upsample;
 
 use std::cell::Cell;

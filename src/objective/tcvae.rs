@@ -48,12 +48,7 @@ impl KlDecomposition {
 /// `posterior`, on a dataset of `dataset_size` examples.
 pub fn decompose_kl(posterior: &DiagonalGaussian, z: &Tensor, dataset_size: usize) -> Result<KlDecomposition> {
     let batch = z.dim(0)?;
-    // a batch of one (the last, partial batch of an epoch) is allowed: its q(z) is its own posterior, scaled
-    if batch == 0 || dataset_size < batch {
-        let problem =
-            format!("needs a non-empty batch from a dataset at least that large, got {batch} of {dataset_size}");
-        return Err(Error::invalid_setting("tcvae", problem));
-    }
+    check_batch(batch, dataset_size)?;
     let pairwise = pairwise_log_density(posterior, z)?; // [M, M, d]: log q(z_i,d | x_j)
     let log_nm = ((dataset_size * batch) as f64).ln();
     // log q(z_i) ~ logsumexp_j sum_d log q(z_i,d | x_j) - log(N M)
@@ -67,6 +62,17 @@ pub fn decompose_kl(posterior: &DiagonalGaussian, z: &Tensor, dataset_size: usiz
         total_correlation: (&log_qz - &log_product_of_marginals)?.mean_all()?,
         dimension_kl: (log_product_of_marginals - log_pz)?.mean_all()?,
     })
+}
+
+/// An error unless the estimator can take a batch of `batch` examples from a dataset of `dataset_size`: a batch of
+/// one (the last, partial batch of an epoch) is allowed, its q(z) its own posterior, scaled.
+pub(crate) fn check_batch(batch: usize, dataset_size: usize) -> Result<()> {
+    if batch == 0 || dataset_size < batch {
+        let problem =
+            format!("needs a non-empty batch from a dataset at least that large, got {batch} of {dataset_size}");
+        return Err(Error::invalid_setting("tcvae", problem));
+    }
+    Ok(())
 }
 
 /// log q(z_i,d | x_j) for every sample i, posterior j and dimension d: `[M, M, d]`.

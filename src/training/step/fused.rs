@@ -4,12 +4,14 @@
 //! figures and every gradient to those of [`super::graph`].
 //!
 //! The step runs in two phases over the batch's shards (each on its own thread): the encoders' forward pass, then,
-//! once the KL's batch statistics are known (free bits and the capacity objective look across the batch), the rest
-//! of the forward pass and the whole backward pass.
+//! once the KL's batch statistics are known (free bits and the capacity objective look across the batch, and
+//! beta-TCVAE's estimator at every pair of its examples), the rest of the forward pass and the whole backward pass.
 //!
 //! The loss of a batch of N examples is L = (1/N) sum_n [ rec_n + sum_j a_j KL_nj ] for the ELBO, a_j being the
-//! KL weight's derivative (beta and its schedule, free bits' mask, the capacity's sign), and
-//! L = (1/N) sum_n -log (1/K) sum_k w_nk for the IWAE bound. Backward, with c = 1/N, from the decoder's output down:
+//! KL weight's derivative (beta and its schedule, free bits' mask, the capacity's sign),
+//! L = (1/N) sum_n -log (1/K) sum_k w_nk for the IWAE bound, and L = (1/N) sum_n rec_n + MI + tc_beta * TC +
+//! dimension-wise KL for beta-TCVAE, whose KL part's gradients in z~, mu and log sigma^2 come from
+//! [`crate::kernels::tcvae`] and join the reparameterisation's below. Backward, with c = 1/N, from the decoder's output down:
 //! - dL/doutput: the likelihood kernel's gradient, scaled by c (by c * w~_nk for the IWAE bound, w~ the normalised
 //!   importance weights);
 //! - a dense layer y = act(input W^T + b): dL/dpre = dL/dy * act'(y); dL/dW = (dL/dpre)^T input;
@@ -26,7 +28,7 @@ use candle_core::Tensor;
 use super::layers::{Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
-use crate::kernels::{add_to, cpu_f32, read_all, recycle};
+use crate::kernels::{add_to, cpu_f32, read_all, recycle, tcvae};
 use crate::model::{Likelihood, Vae};
 use crate::training::config::Objective;
 use crate::{Error, Result};
@@ -204,14 +206,19 @@ impl<'a> Network<'a> {
             kl_sums.iter_mut().zip(&shard.kl_sums).for_each(|(total, part)| *total += part);
         }
         let kl_mean = kl_sums.iter().sum::<f64>() / batch.rows as f64;
-        let kl_gradient = kl_gradient(context, &kl_sums, batch.rows);
+        let decomposition = match context.config.objective {
+            Objective::Tcvae { tc_beta } => Some(decompose(batch, &encoded, context.dataset_size, tc_beta)?),
+            _ => None,
+        };
+        let kl_gradient = kl_gradient(context, &kl_sums, batch.rows, decomposition.as_ref());
         let c = 1.0 / batch.rows as f32;
-        let pairs: Vec<(&ShardData, &Encoded)> = batch.shards.iter().zip(&encoded).collect();
+        let direct = direct_gradients(decomposition.as_ref(), batch, self.latent_dim());
+        let pairs: Vec<_> = batch.shards.iter().zip(&encoded).zip(direct).collect();
         // steps 2, 3, 5 and 6 on each shard
-        let results = on_each_shard(&pairs, |&(shard, encoded)| {
+        let results = on_each_shard(&pairs, |((shard, encoded), direct)| {
             Ok(match context.config.objective {
                 Objective::Iwae { .. } => self.iwae_backward(shard, encoded, batch.samples, c),
-                _ => self.elbo_backward(shard, encoded, &kl_gradient.coefficients, c),
+                _ => self.elbo_backward(shard, encoded, (&kl_gradient.coefficients, c), *direct),
             })
         })?;
         encoded.into_iter().for_each(|shard| recycle_outputs(shard.hidden));
@@ -241,8 +248,14 @@ impl<'a> Network<'a> {
     }
 
     /// Phase 2 of the ELBO on a shard: z~, the decoder, -log p(x|z~), and the backward pass, with the KL's
-    /// derivative `coefficients` and c = 1/N.
-    fn elbo_backward(&self, shard: &ShardData, encoded: &Encoded, coefficients: &[f32], c: f32) -> ShardResult {
+    /// derivative `coefficients` and c = 1/N, and beta-TCVAE's `direct` gradients of its KL term.
+    fn elbo_backward(
+        &self,
+        shard: &ShardData,
+        encoded: &Encoded,
+        (coefficients, c): (&[f32], f32),
+        direct: Option<DirectGradients>,
+    ) -> ShardResult {
         let rows = shard.rows;
         // 2. z~ = mu_x + sigma_x * eps
         let z = reparameterize(&encoded.mu, &encoded.log_var, shard.eps);
@@ -251,9 +264,17 @@ impl<'a> Network<'a> {
         let output = last_output(&decoded, &z);
         let likelihood = self.likelihood.loss_and_gradient(output, shard.x, &vec![c; rows]);
         // 6. backward through everything, to the encoder
-        let (decoder_gradients, grad_z) = backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, true);
-        let (grad_mu, grad_log_var) =
+        let (decoder_gradients, mut grad_z) =
+            backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, true);
+        if let Some(direct) = direct {
+            add_to(&mut grad_z, direct.z);
+        }
+        let (mut grad_mu, mut grad_log_var) =
             latent_gradients(&encoded.mu, &encoded.log_var, shard.eps, &grad_z, coefficients, c);
+        if let Some(direct) = direct {
+            add_to(&mut grad_mu, direct.mu);
+            add_to(&mut grad_log_var, direct.log_var);
+        }
         let encoder_gradients = self.encoder_backward(shard, encoded, &grad_mu, &grad_log_var);
         recycle_outputs(decoded);
         ShardResult {
@@ -352,14 +373,74 @@ fn gather(encoder: Vec<LayerGradients>, decoder: Vec<LayerGradients>, log_var: O
 }
 
 /// The KL's derivative per latent dimension and the weighted KL, from its sums per dimension over the batch's
-/// `rows` examples ([`crate::objective::KlWeighting::weighted_kl_of_means`]); for the IWAE bound, no KL term.
-fn kl_gradient(context: &StepContext, kl_sums: &[f64], rows: usize) -> KlGradient {
-    if let Objective::Iwae { .. } = context.config.objective {
-        return KlGradient { coefficients: vec![0.0; kl_sums.len()], weighted_kl: None };
+/// `rows` examples ([`crate::objective::KlWeighting::weighted_kl_of_means`]); for the IWAE bound, no KL term; for
+/// beta-TCVAE, its `decomposition` (whose gradients reach the latents directly: [`direct_gradients`]).
+fn kl_gradient(
+    context: &StepContext,
+    kl_sums: &[f64],
+    rows: usize,
+    decomposition: Option<&tcvae::Decomposition>,
+) -> KlGradient {
+    match context.config.objective {
+        Objective::Iwae { .. } => return KlGradient { coefficients: vec![0.0; kl_sums.len()], weighted_kl: None },
+        Objective::Tcvae { tc_beta } => {
+            let weighted_kl = decomposition.map(|parts| parts.weighted(tc_beta));
+            return KlGradient { coefficients: vec![0.0; kl_sums.len()], weighted_kl };
+        }
+        Objective::Elbo => {}
     }
     let means: Vec<f64> = kl_sums.iter().map(|sum| sum / rows as f64).collect();
     let (weighted_kl, derivatives) = context.config.kl.weighted_kl_of_means(&means, context.step);
     KlGradient { coefficients: derivatives.iter().map(|&d| d as f32).collect(), weighted_kl: Some(weighted_kl) }
+}
+
+/// beta-TCVAE's decomposition of the KL over the whole batch (its estimator pairs every example with every other,
+/// across the shards), from each shard's posterior and z~ = mu + sigma * eps.
+fn decompose(batch: &Batch, encoded: &[Encoded], dataset_size: usize, tc_beta: f64) -> Result<tcvae::Decomposition> {
+    crate::objective::tcvae::check_batch(batch.rows, dataset_size)?;
+    let (mut mu, mut log_var, mut z) = (Vec::new(), Vec::new(), Vec::new());
+    for (shard, encoded) in batch.shards.iter().zip(encoded) {
+        mu.extend_from_slice(&encoded.mu);
+        log_var.extend_from_slice(&encoded.log_var);
+        z.extend(reparameterize(&encoded.mu, &encoded.log_var, shard.eps));
+    }
+    let latent_dim = mu.len() / batch.rows;
+    let posteriors = tcvae::Posteriors { mu: &mu, log_var: &log_var, z: &z, latent_dim };
+    Ok(tcvae::decomposition(posteriors, dataset_size, tc_beta as f32))
+}
+
+/// A shard's rows of beta-TCVAE's gradients of its KL term in z~, mu and log sigma^2.
+#[derive(Clone, Copy)]
+struct DirectGradients<'a> {
+    z: &'a [f32],
+    mu: &'a [f32],
+    log_var: &'a [f32],
+}
+
+/// Each shard's rows of `decomposition`'s gradients (`None` for every shard without one).
+fn direct_gradients<'d>(
+    decomposition: Option<&'d tcvae::Decomposition>,
+    batch: &Batch,
+    latent_dim: usize,
+) -> Vec<Option<DirectGradients<'d>>> {
+    let mut start = 0;
+    let mut rows_of = |shard: &ShardData| {
+        let range = start * latent_dim..(start + shard.rows) * latent_dim;
+        start += shard.rows;
+        range
+    };
+    batch
+        .shards
+        .iter()
+        .map(|shard| {
+            let range = rows_of(shard);
+            decomposition.map(|parts| DirectGradients {
+                z: &parts.grad_z[range.clone()],
+                mu: &parts.grad_mu[range.clone()],
+                log_var: &parts.grad_log_var[range],
+            })
+        })
+        .collect()
 }
 
 /// The outputs of a chain of layers, each with what its backward pass keeps.
@@ -612,6 +693,7 @@ mod tests {
             kl(KlWeighting { capacity: Some(capacity), ..KlWeighting::default() }),
             kl(both),
             TrainConfig { objective: Objective::Iwae { samples: 3 }, ..TrainConfig::default() },
+            TrainConfig { objective: Objective::Tcvae { tc_beta: 6.0 }, ..TrainConfig::default() },
         ]
     }
 
@@ -662,7 +744,7 @@ mod tests {
                     likelihood,
                     conv: Some(conv.clone()),
                 };
-                for train in [&objectives[0], &objectives[3], &objectives[6]] {
+                for train in [&objectives[0], &objectives[3], &objectives[6], &objectives[7]] {
                     for (rows, shards, threads) in [(7, 1, 1), (65, 2, 2), (40, 1, 2)] {
                         let label =
                             format!("{}, {:?}, {rows} rows in {shards} shards", model.describe(), train.objective);
