@@ -12,7 +12,8 @@ channels, dense 256, the mirrored decoder) with a Gaussian decoder and one learn
 (`--likelihood gaussian --gaussian-variance shared`; the twin's `--likelihood gaussian-shared`).
 
 usage: python3 bench/compare_conv.py [--model disc64|rgb32] [--count 3200] [--epochs 2] [--modes eager]
-                                     [--repeats 2] [--threads 2] [--torch-isa native|avx2]
+                                     [--repeats 2] [--threads 2] [--torch-isa native|avx2] [--tcvae 6]
+--tcvae B trains both as beta-TCVAEs with total correlation weight B (elbo's `--objective tcvae --tc-beta B`).
 --torch-isa avx2 caps PyTorch at AVX2 (bench/torch_isa.py); with ELBO_SIMD=avx2 in the environment both programs
 run as on an AVX2-only CPU.
 Needs: a release build (cargo build --release) and `pip install torch numpy`.
@@ -57,7 +58,8 @@ MODELS = {
 def run_elbo(args, data, out):
     command = [os.path.join(ROOT, 'target', 'release', 'elbo'), 'train', '--data', data, '--architecture', 'conv',
                '--latent-dim', '10', '--batch-size', '64', '--lr', '1e-3', '--epochs', str(args.epochs),
-               '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out] + MODELS[args.model][1]
+               '--threads', str(args.threads), '--seed', '1', '--quiet', '--out', out] + MODELS[args.model][1] + \
+        (['--objective', 'tcvae', '--tc-beta', str(args.tcvae)] if args.tcvae is not None else [])
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, 'metrics.csv')) as f:
         rows = [r for r in csv.DictReader(f) if r['kind'] == 'epoch' and r['split'] == 'train']
@@ -66,7 +68,8 @@ def run_elbo(args, data, out):
 
 def run_torch(args, data, mode):
     command = [sys.executable, TWIN, '--data', data, '--epochs', str(args.epochs), '--mode', mode,
-               '--threads', str(args.threads), '--seed', '1'] + MODELS[args.model][2]
+               '--threads', str(args.threads), '--seed', '1'] + MODELS[args.model][2] + \
+        (['--objective', 'tcvae', '--tc-beta', str(args.tcvae)] if args.tcvae is not None else [])
     env = torch_isa_env(args.torch_isa)
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])['train_examples_per_s']
@@ -81,6 +84,7 @@ def main():
     ap.add_argument('--repeats', type=int, default=2)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--torch-isa', default='native', choices=ISAS, help="cap PyTorch's kernels (bench/torch_isa.py)")
+    ap.add_argument('--tcvae', type=float, help='train both as beta-TCVAEs with this total correlation weight')
     args = ap.parse_args()
     capability = subprocess.run([sys.executable, '-c', 'import torch; print(torch.backends.cpu.get_cpu_capability())'],
                                 capture_output=True, text=True, env=torch_isa_env(args.torch_isa)).stdout.strip()

@@ -10,19 +10,26 @@ sample; Adam. These are the layers `elbo train --architecture conv` builds for 6
 --likelihood gaussian-shared: a Gaussian decoder around the output with one learned log-variance (initialised at
 0, as elbo's `--likelihood gaussian --gaussian-variance shared`): -log p(x|z) = 0.5 sum (log 2pi + log sigma^2 +
 (x - m)^2 / sigma^2).
+--objective tcvae: beta-TCVAE's loss instead (reconstruction + MI + --tc-beta x total correlation + dimension-wise
+KL, minibatch-weighted sampling with the training set's size), as elbo's `--objective tcvae` and the MLP twin's
+(bench/torch_matrix.py, whose KL part this script imports).
 
 usage: python3 bench/torch_conv_reference.py --data DIR [--epochs 2] [--batch-size 64] [--latent-dim 10]
                                               [--lr 1e-3] [--mode eager|fused|compile] [--threads 2] [--seed 1]
                                               [--likelihood bernoulli|gaussian-shared]
+                                              [--objective elbo|tcvae] [--tc-beta 6]
 DIR holds train.npy (N x H x W or N x H x W x C, uint8 or float in [0, 1]). Prints one line per epoch
 (`epoch E loss L ex/s S`) and a final JSON line. Needs: pip install torch numpy.
 """
-import argparse, json, math, os, time
+import argparse, json, math, os, sys, time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_matrix import tcvae_kl  # noqa: E402
 
 
 class ConvVAE(nn.Module):
@@ -50,7 +57,7 @@ class ConvVAE(nn.Module):
         mu, log_var = self.mu(h), self.log_var(h)
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)  # z = mu + sigma * eps, eps drawn outside
         grid = self.to_grid(z).view(-1, self.widths[-1], self.map_side, self.map_side)
-        return self.decoder(grid), mu, log_var
+        return self.decoder(grid), mu, log_var, z
 
 
 def widths_for(side):
@@ -58,12 +65,16 @@ def widths_for(side):
     return (32, 32, 64, 64) if side >= 64 else (32, 64)
 
 
-def loss_fn(output, x, mu, log_var, decoder_log_var=None):
+def loss_fn(output, x, posterior, decoder_log_var=None, tcvae=None):
+    """The batch mean of reconstruction + KL; `tcvae` = (dataset size, tc_beta) takes beta-TCVAE's KL part."""
+    mu, log_var, z = posterior
     if decoder_log_var is None:
         reconstruction = F.binary_cross_entropy_with_logits(output, x, reduction='none').flatten(1).sum(1)
     else:  # 0.5 * sum(log 2pi + log sigma^2 + (x - m)^2 / sigma^2)
         terms = math.log(2 * math.pi) + decoder_log_var + (x - output).pow(2) * torch.exp(-decoder_log_var)
         reconstruction = 0.5 * terms.flatten(1).sum(1)
+    if tcvae is not None:
+        return reconstruction.mean() + tcvae_kl(mu, log_var, z, *tcvae)
     kl = 0.5 * (log_var.exp() + mu.pow(2) - 1 - log_var).sum(1)
     return (reconstruction + kl).mean()
 
@@ -89,6 +100,8 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--seed', type=int, default=1)
     ap.add_argument('--likelihood', default='bernoulli', choices=['bernoulli', 'gaussian-shared'])
+    ap.add_argument('--objective', default='elbo', choices=['elbo', 'tcvae'])
+    ap.add_argument('--tc-beta', type=float, default=6.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -102,13 +115,14 @@ def main():
         parameters.append(decoder_log_var)
     optimizer = torch.optim.Adam(parameters, lr=args.lr, fused=args.mode == 'fused' or None)
     step = torch.compile(model) if args.mode == 'compile' else model
+    tcvae = (len(data), args.tc_beta) if args.objective == 'tcvae' else None
     speeds = []
     for epoch in range(1, args.epochs + 1):
         order, total, started = torch.randperm(len(data)), 0.0, time.perf_counter()
         for start in range(0, len(data), args.batch_size):
             x = data[order[start:start + args.batch_size]]
-            output, mu, log_var = step(x)
-            loss = loss_fn(output, x, mu, log_var, decoder_log_var)
+            output, *posterior = step(x)
+            loss = loss_fn(output, x, posterior, decoder_log_var, tcvae)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -142,22 +142,24 @@ def gaussian_log_density(z, mu, lv):
     return -0.5 * ((z - mu) ** 2 * torch.exp(-lv) + lv) - 0.5 * LN_2PI
 
 
+def tcvae_kl(mu, lv, z, dataset_size, tc_beta):
+    """beta-TCVAE's KL part, MI + tc_beta * TC + dimension-wise KL, by minibatch-weighted sampling over the batch."""
+    log_nm = math.log(dataset_size * z.shape[0])
+    pairwise = gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), lv.unsqueeze(0))  # [M, M, d]
+    log_qz = torch.logsumexp(pairwise.sum(-1), 1) - log_nm
+    log_marginals = (torch.logsumexp(pairwise, 1) - log_nm).sum(-1)
+    log_qz_x = gaussian_log_density(z, mu, lv).sum(-1)
+    log_pz = (-0.5 * z * z - 0.5 * LN_2PI).sum(-1)
+    return (log_qz_x - log_qz).mean() + tc_beta * (log_qz - log_marginals).mean() + (log_marginals - log_pz).mean()
+
+
 def tcvae_loss(model, tc_beta, dataset_size):
     """beta-TCVAE's loss(x, eps, kl_weight), as elbo's (kl_weight unused)."""
     def loss(x, eps, kl_weight):
         mu, lv = model.encode(x)
         z = mu + torch.exp(0.5 * lv) * eps
-        rec = model.negative_log_prob(model.decode(z), x)
-        log_nm = math.log(dataset_size * x.shape[0])
-        pairwise = gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), lv.unsqueeze(0))  # [M, M, d]
-        log_qz = torch.logsumexp(pairwise.sum(-1), 1) - log_nm
-        log_marginals = (torch.logsumexp(pairwise, 1) - log_nm).sum(-1)
-        log_qz_x = gaussian_log_density(z, mu, lv).sum(-1)
-        log_pz = (-0.5 * z * z - 0.5 * LN_2PI).sum(-1)
-        kl_part = (log_qz_x - log_qz).mean() + tc_beta * (log_qz - log_marginals).mean() + \
-            (log_marginals - log_pz).mean()
-        rec_mean = rec.mean()
-        return rec_mean + kl_part, rec_mean, kl_per_dimension(mu, lv).sum(-1).mean()
+        rec_mean = model.negative_log_prob(model.decode(z), x).mean()
+        return rec_mean + tcvae_kl(mu, lv, z, dataset_size, tc_beta), rec_mean, kl_per_dimension(mu, lv).sum(-1).mean()
     return loss
 
 
