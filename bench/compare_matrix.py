@@ -11,8 +11,9 @@ Every row trains on MNIST (grey pixels in [0, 1], not binarized) with batch 128,
   7  beta4-warmup   row 1 with beta 4, the KL weight rising linearly over the first epoch's steps
   8  freebits0.5    row 1 with free bits, 0.5 nats per latent dimension
   9  burda-tanh     784-200-200-50 MLP (encoder [200, 200], decoder [200, 200]), tanh, Bernoulli
-  10 tcvae6         row 1 trained as a beta-TCVAE, total correlation weight 6 (elbo runs it on candle's graph:
-                 its estimator pairs every example of a batch with every other, which the fused step does not do)
+  10 tcvae6         row 1 trained as a beta-TCVAE, total correlation weight 6 (elbo's fused step gathers the batch:
+                 its estimator pairs every example of a batch with every other: one kernel over the whole batch)
+  11 silu           row 1 with SiLU activations (whose derivative needs the layer's input, kept by the fused step)
 For each row and each of --repeats rounds, elbo runs first, then each PyTorch mode of --modes, one after the other
 (never at the same time). The speed of a run is its training examples/s, evaluation excluded, by --speed:
   steady  the median of the epochs after the first (the first alone with --epochs 1): leaves out warm-up and
@@ -62,6 +63,7 @@ ROWS = {
                        '--activation', 'tanh'],
         ['--hidden', '200,200', '--decoder-hidden', '200,200', '--latent-dim', '50', '--activation', 'tanh']),
     10: ('tcvae6', ['--objective', 'tcvae', '--tc-beta', '6'], ['--objective', 'tcvae', '--tc-beta', '6']),
+    11: ('silu', ['--activation', 'silu'], ['--activation', 'silu']),
 }
 
 

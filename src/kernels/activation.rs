@@ -1,5 +1,7 @@
 //! Activations fused into the layers' kernels: applied in place on a layer's output, and differentiated from that
-//! output alone (relu: y > 0; tanh: 1 - y^2; softplus: 1 - exp(-y)), so no pre-activation copy is kept.
+//! output alone (relu: y > 0; tanh: 1 - y^2; softplus: 1 - exp(-y)), so no pre-activation copy is kept. SiLU's
+//! derivative needs its input: the fused training step keeps the pre-activation of its SiLU layers ([`silu`],
+//! [`silu_gradient`]).
 
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 
@@ -56,6 +58,42 @@ impl OutputActivation {
     /// [`Self::gradient`] written over `grad`.
     pub(crate) fn gradient_in_place(&self, output: &[f32], grad: &mut [f32]) {
         differentiate(*self, output, grad)
+    }
+}
+
+/// An activation as the fused training step runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FusedActivation {
+    /// Applied in place and differentiated from the output.
+    Output(OutputActivation),
+    /// SiLU, x sigmoid(x), differentiated from its input, which the layer keeps.
+    Silu,
+}
+
+impl FusedActivation {
+    /// The fused form of an optional activation.
+    pub(crate) fn of(activation: Option<Activation>) -> Self {
+        match OutputActivation::of(activation) {
+            Some(output_activation) => FusedActivation::Output(output_activation),
+            None => FusedActivation::Silu,
+        }
+    }
+}
+
+wide_fn! {
+    /// out = silu(pre) = pre * sigmoid(pre), value by value.
+    pub(crate) fn silu(pre: &[f32], out: &mut [f32]) {
+        out.iter_mut().zip(pre).for_each(|(y, &x)| *y = x * fast_math::sigmoid(x));
+    }
+}
+
+wide_fn! {
+    /// grad *= silu'(pre) = sigmoid(pre) (1 + pre (1 - sigmoid(pre))), value by value.
+    pub(crate) fn silu_gradient(pre: &[f32], grad: &mut [f32]) {
+        grad.iter_mut().zip(pre).for_each(|(g, &x)| {
+            let s = fast_math::sigmoid(x);
+            *g *= s * (1.0 + x * (1.0 - s));
+        });
     }
 }
 
@@ -131,6 +169,26 @@ mod tests {
                 })
                 .collect();
             assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{activation:?}");
+        }
+    }
+
+    /// SiLU and its gradient against the plain formulas in f64, at every SIMD level, odd lengths included.
+    #[test]
+    fn silu_and_its_gradient_match_the_formulas_at_every_level() {
+        let pre: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.173).sin() * 12.0).collect();
+        let grad: Vec<f32> = (0..1031).map(|i| (i as f32 * 0.071).cos()).collect();
+        for level in SimdLevel::ALL {
+            let (mut out, mut gradient) = (vec![0.0; pre.len()], grad.clone());
+            with_simd_level(level, || {
+                silu(&pre, &mut out);
+                silu_gradient(&pre, &mut gradient);
+            });
+            for ((&x, (&y, &g)), &g0) in pre.iter().zip(out.iter().zip(&gradient)).zip(&grad) {
+                let (x64, s) = (f64::from(x), 1.0 / (1.0 + (-f64::from(x)).exp()));
+                let (expected_y, expected_g) = (x64 * s, f64::from(g0) * s * (1.0 + x64 * (1.0 - s)));
+                assert!((f64::from(y) - expected_y).abs() <= 1e-5 * (1.0 + expected_y.abs()), "{level}: silu({x})");
+                assert!((f64::from(g) - expected_g).abs() <= 1e-5 * (1.0 + expected_g.abs()), "{level}: at {x}");
+            }
         }
     }
 }

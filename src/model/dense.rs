@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::activation::Activation;
-use crate::kernels::activation::OutputActivation;
+use crate::kernels::activation::{FusedActivation, OutputActivation};
 use crate::kernels::{
     add_to, contiguous_f32, contiguous_transpose, gemm_parallelism, matmul, product, recycle, Destination, Operand,
 };
@@ -62,6 +62,11 @@ impl Dense {
     /// The activation as fused kernels apply it; `None` where its derivative needs the input (SiLU).
     pub(crate) fn output_activation(&self) -> Option<OutputActivation> {
         OutputActivation::of(self.activation)
+    }
+
+    /// The activation as the fused training step runs it.
+    pub(crate) fn fused_activation(&self) -> FusedActivation {
+        FusedActivation::of(self.activation)
     }
 
     fn fused_op(&self, x: &Tensor) -> Option<FusedDense> {

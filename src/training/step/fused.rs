@@ -25,7 +25,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::layers::{Layer, LayerGradients, Layers};
+use super::layers::{Kept, Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
 use crate::kernels::{add_to, cpu_f32, read_all, recycle, tcvae};
@@ -334,9 +334,9 @@ impl<'a> Network<'a> {
         let rows = shard.rows;
         let features = last_output(&encoded.hidden, shard.x);
         let (mu_gradients, grad_features) =
-            self.mu.backward(features, (&encoded.mu, None), grad_mu.to_vec(), rows, true);
+            self.mu.backward(features, (&encoded.mu, &Kept::default()), grad_mu.to_vec(), rows, true);
         let (log_var_gradients, grad_from_log_var) =
-            self.log_var.backward(features, (&encoded.log_var, None), grad_log_var.to_vec(), rows, true);
+            self.log_var.backward(features, (&encoded.log_var, &Kept::default()), grad_log_var.to_vec(), rows, true);
         let mut grad_features = grad_features.unwrap_or_default();
         add_to(&mut grad_features, &grad_from_log_var.unwrap_or_default());
         let (mut gradients, _) = backward_chain(&self.encoder, shard.x, &encoded.hidden, grad_features, rows, false);
@@ -444,7 +444,7 @@ fn direct_gradients<'d>(
 }
 
 /// The outputs of a chain of layers, each with what its backward pass keeps.
-type Outputs = Vec<(Vec<f32>, Option<Vec<f32>>)>;
+type Outputs = Vec<(Vec<f32>, Kept)>;
 
 /// Runs `input` `[rows, _]` through `layers`, keeping every layer's output for the backward pass.
 fn forward_chain(layers: &[Layer], input: &[f32], rows: usize) -> Outputs {
@@ -456,11 +456,11 @@ fn forward_chain(layers: &[Layer], input: &[f32], rows: usize) -> Outputs {
     outputs
 }
 
-/// Hands a chain's outputs and kept columns back to [`recycle`] once the backward pass is done with them.
+/// Hands a chain's outputs and what its layers kept back to [`recycle`] once the backward pass is done with them.
 fn recycle_outputs(outputs: Outputs) {
     for (output, kept) in outputs {
         recycle::recycle(output);
-        kept.into_iter().for_each(recycle::recycle);
+        kept.into_buffers().for_each(recycle::recycle);
     }
 }
 
@@ -486,7 +486,7 @@ fn backward_chain(
         let layer_input = if index == 0 { input } else { &outputs[index - 1].0 };
         let (output, kept) = &outputs[index];
         let wanted = index > 0 || input_gradient_wanted;
-        let (parameters, grad_input) = layer.backward(layer_input, (output, kept.as_deref()), grad, rows, wanted);
+        let (parameters, grad_input) = layer.backward(layer_input, (output, kept), grad, rows, wanted);
         gradients.extend(parameters);
         grad = grad_input.unwrap_or_default();
     }
@@ -699,10 +699,11 @@ mod tests {
 
     #[test]
     fn the_fused_step_matches_candles_graph_for_every_likelihood_and_objective() {
-        let shapes: [(usize, usize, Hidden, Activation); 3] = [
+        let shapes: [(usize, usize, Hidden, Activation); 4] = [
             (13, 3, (&[], &[]), Activation::Relu),
             (30, 4, (&[16], &[16]), Activation::Tanh),
             (9, 5, (&[12, 7], &[6]), Activation::Softplus),
+            (11, 3, (&[10], &[9, 5]), Activation::Silu),
         ];
         for (data_dim, latent_dim, hidden, activation) in shapes {
             for likelihood in likelihoods() {
@@ -729,6 +730,7 @@ mod tests {
             (ExampleShape::image(1, 8, 8), conv(vec![3, 4], 4, 2, 1), vec![5], Activation::Relu),
             (ExampleShape::image(3, 6, 10), conv(vec![2], 3, 1, 1), vec![], Activation::Tanh),
             (ExampleShape::image(2, 9, 5), conv(vec![4, 3], 3, 2, 1), vec![6, 4], Activation::Softplus),
+            (ExampleShape::image(3, 8, 8), conv(vec![4], 4, 2, 1), vec![5], Activation::Silu),
             // 32 x 4 x 4 = 512 features: the dense layer after the convolutions reads a contiguous W^T
             (ExampleShape::image(1, 16, 16), conv(vec![8, 32], 4, 2, 1), vec![6], Activation::Relu),
         ];

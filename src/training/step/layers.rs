@@ -2,15 +2,16 @@
 //! interleaving of a convolutional categorical decoder's levels), each with its forward pass and its backward pass
 //! on plain `[rows, ...]` slices.
 //!
-//! A layer y = act(layer(input) + b): dL/dpre = dL/dy * act'(y), then for a dense layer dL/dW = (dL/dpre)^T input,
+//! A layer y = act(layer(input) + b): dL/dpre = dL/dy * act'(y) (SiLU's act' from the pre-activation, which its
+//! layers keep), then for a dense layer dL/dW = (dL/dpre)^T input,
 //! dL/db = sum_n dL/dpre, dL/dinput = dL/dpre W; for a convolution the same three products as im2col + GEMM
 //! (`crate::kernels::conv`).
 
 use candle_core::{DType, Tensor};
 
-use crate::kernels::activation::OutputActivation;
-use crate::kernels::contiguous_transpose;
+use crate::kernels::activation::{silu, silu_gradient, FusedActivation, OutputActivation};
 use crate::kernels::conv::ConvLayer;
+use crate::kernels::{contiguous_transpose, recycle};
 use crate::model::conv::ConvParts;
 use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
 use crate::model::Vae;
@@ -35,12 +36,12 @@ impl<'a> ModelLayer<'a> {
         }
     }
 
-    /// The activation as the fused kernels apply it; `None` where its derivative needs the input (SiLU).
-    fn activation(&self) -> Option<OutputActivation> {
+    /// The activation as the fused kernels apply it.
+    fn activation(&self) -> FusedActivation {
         match self {
-            ModelLayer::Dense(dense) => dense.output_activation(),
-            ModelLayer::Conv(parts) => OutputActivation::of(parts.activation),
-            ModelLayer::Interleave(_) => Some(OutputActivation::Identity),
+            ModelLayer::Dense(dense) => dense.fused_activation(),
+            ModelLayer::Conv(parts) => FusedActivation::of(parts.activation),
+            ModelLayer::Interleave(_) => FusedActivation::Output(OutputActivation::Identity),
         }
     }
 
@@ -132,9 +133,6 @@ impl<'a> Layers<'a> {
         if !biases {
             return Some("a layer has no bias");
         }
-        if self.layers.iter().any(|layer| layer.activation().is_none()) {
-            return Some("SiLU's derivative needs its input, and the fused layers keep only their outputs");
-        }
         None
     }
 
@@ -149,7 +147,7 @@ impl<'a> Layers<'a> {
     }
 
     /// The layers on `values` (weight and bias of each layer with parameters, in the order of
-    /// [`Self::parameters`]): (encoder, mu head, log_var head, decoder). `None` where an activation cannot be fused.
+    /// [`Self::parameters`]): (encoder, mu head, log_var head, decoder). `None` where values are missing.
     pub(super) fn on_values<'v>(&self, values: &[&'v [f32]]) -> Option<SliceLayers<'v>> {
         let mut pairs = values.chunks_exact(2);
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -164,7 +162,7 @@ impl<'a> Layers<'a> {
                 Kind::Dense => contiguous_transpose(weight, bias.len()),
                 _ => None,
             };
-            layers.push(Layer { weight, transposed, bias, activation: layer.activation()?, kind });
+            layers.push(Layer { weight, transposed, bias, activation: layer.activation(), kind });
         }
         let decoder = layers.split_off(self.encoder_len + 2);
         let log_var = layers.pop()?;
@@ -190,8 +188,24 @@ pub(super) struct Layer<'a> {
     /// A dense weight's contiguous W^T, where its forward product needs one ([`contiguous_transpose`]).
     transposed: Option<Vec<f32>>,
     pub(super) bias: &'a [f32],
-    activation: OutputActivation,
+    activation: FusedActivation,
     kind: Kind,
+}
+
+/// What a layer's backward pass keeps from its forward pass besides the output.
+#[derive(Default)]
+pub(super) struct Kept {
+    /// A convolution's unfolded inputs.
+    columns: Option<Vec<f32>>,
+    /// A SiLU layer's pre-activation.
+    pre_activation: Option<Vec<f32>>,
+}
+
+impl Kept {
+    /// The buffers, to hand back to [`recycle`].
+    pub(super) fn into_buffers(self) -> impl Iterator<Item = Vec<f32>> {
+        self.columns.into_iter().chain(self.pre_activation)
+    }
 }
 
 /// A layer's parameter gradients (dL/dW, dL/db).
@@ -199,16 +213,27 @@ pub(super) type LayerGradients = (Vec<f32>, Vec<f32>);
 
 impl Layer<'_> {
     /// act(layer(input) + b) for `rows` inputs, with what the backward pass keeps from the forward one besides
-    /// the output (a convolution's unfolded inputs).
-    pub(super) fn forward(&self, input: &[f32], rows: usize) -> (Vec<f32>, Option<Vec<f32>>) {
-        match self.kind {
+    /// the output (a convolution's unfolded inputs, a SiLU layer's pre-activation).
+    pub(super) fn forward(&self, input: &[f32], rows: usize) -> (Vec<f32>, Kept) {
+        let fused = match self.activation {
+            FusedActivation::Output(activation) => activation,
+            FusedActivation::Silu => OutputActivation::Identity,
+        };
+        let (values, columns) = match self.kind {
             Kind::Dense => {
                 let weight = (self.weight, self.transposed.as_deref());
-                (forward_values(input, weight, self.bias, rows, self.activation), None)
+                (forward_values(input, weight, self.bias, rows, fused), None)
             }
-            Kind::Conv(layer) => layer.forward_keeping_columns(input, self.weight, self.bias, self.activation),
+            Kind::Conv(layer) => layer.forward_keeping_columns(input, self.weight, self.bias, fused),
             Kind::Interleave(interleave) => (interleave.forward(input), None),
+        };
+        if self.activation != FusedActivation::Silu {
+            return (values, Kept { columns, pre_activation: None });
         }
+        // y = silu(pre), pre kept for the derivative
+        let mut output = recycle::stale(values.len());
+        silu(&values, &mut output);
+        (output, Kept { columns, pre_activation: Some(values) })
     }
 
     /// Back through the layer from dL/doutput, with what [`Self::forward`] kept: its parameter gradients (`None`
@@ -216,14 +241,18 @@ impl Layer<'_> {
     pub(super) fn backward(
         &self,
         input: &[f32],
-        (output, kept): (&[f32], Option<&[f32]>),
+        (output, kept): (&[f32], &Kept),
         grad_output: Vec<f32>,
         rows: usize,
         input_gradient_wanted: bool,
     ) -> (Option<LayerGradients>, Option<Vec<f32>>) {
-        // dL/dpre = dL/dy * act'(y)
+        // dL/dpre = dL/dy * act'(y), or for SiLU dL/dy * act'(pre)
         let mut grad_pre = grad_output;
-        self.activation.gradient_in_place(output, &mut grad_pre);
+        match (self.activation, &kept.pre_activation) {
+            (FusedActivation::Output(activation), _) => activation.gradient_in_place(output, &mut grad_pre),
+            (FusedActivation::Silu, Some(pre)) => silu_gradient(pre, &mut grad_pre),
+            (FusedActivation::Silu, None) => unreachable!("a SiLU layer's forward pass keeps its pre-activation"),
+        }
         match self.kind {
             Kind::Dense => {
                 let gradients = parameter_gradients(&grad_pre, input, rows);
@@ -231,7 +260,7 @@ impl Layer<'_> {
             }
             Kind::Conv(layer) => {
                 let (grad_weight, grad_bias, grad_input) =
-                    layer.backward(input, kept, &grad_pre, self.weight, input_gradient_wanted);
+                    layer.backward(input, kept.columns.as_deref(), &grad_pre, self.weight, input_gradient_wanted);
                 (Some((grad_weight, grad_bias)), grad_input)
             }
             Kind::Interleave(interleave) => (None, Some(interleave.backward(&grad_pre))),
