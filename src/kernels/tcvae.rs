@@ -151,6 +151,12 @@ fn chunk_share(
     share
 }
 
+/// Row j of a `[rows, d]` matrix.
+#[inline(always)]
+fn latent_row(values: &[f32], j: usize, d: usize) -> &[f32] {
+    &values[j * d..][..d]
+}
+
 /// What [`row_terms`] reads for row i.
 #[derive(Clone, Copy)]
 struct RowInputs<'a> {
@@ -181,11 +187,13 @@ wide_fn! {
         let column_sum = &mut rest[..d];
         // P_ijk = -0.5 (log 2pi + lv_jk + (z_ik - mu_jk)^2 e^(-lv_jk)), and sum_k P_ijk
         let half_ln_2pi = 0.5 * LN_2PI as f32;
+        let row_of = |values, j| latent_row(values, j, d);
         for (j, (p_row, joint_j)) in densities.chunks_exact_mut(d).zip(joint.iter_mut()).enumerate() {
-            let (mu_row, lv_row, iv_row) = (&row.mu[j * d..][..d], &row.log_var[j * d..][..d], &row.inverse_var[j * d..][..d]);
+            let (mu_row, log_var_row) = (row_of(row.mu, j), row_of(row.log_var, j));
+            let inverse_var_row = row_of(row.inverse_var, j);
             for k in 0..d {
                 let difference = row.z_row[k] - mu_row[k];
-                p_row[k] = -half_ln_2pi - 0.5 * (lv_row[k] + difference * difference * iv_row[k]);
+                p_row[k] = -half_ln_2pi - 0.5 * (log_var_row[k] + difference * difference * inverse_var_row[k]);
             }
             *joint_j = p_row.iter().sum();
         }
@@ -212,13 +220,13 @@ wide_fn! {
         // W_ijk = a (S_ij - T_ijk) + c [i = j], and the three gradients
         gradients.z.iter_mut().zip(row.z_row).for_each(|(g, &z)| *g = c * z);
         for (j, t_row) in densities.chunks_exact(d).enumerate() {
-            let (mu_row, iv_row) = (&row.mu[j * d..][..d], &row.inverse_var[j * d..][..d]);
+            let (mu_row, inverse_var_row) = (row_of(row.mu, j), row_of(row.inverse_var, j));
             let (g_mu, g_lv) = (&mut gradients.mu[j * d..][..d], &mut gradients.log_var[j * d..][..d]);
             let (s, own_row) = (joint[j], if j == row.i { c } else { 0.0 });
             for k in 0..d {
                 let w = a * (s - t_row[k] * column_sum[k]) + own_row;
                 let difference = row.z_row[k] - mu_row[k];
-                let scaled = difference * iv_row[k];
+                let scaled = difference * inverse_var_row[k];
                 gradients.z[k] -= w * scaled;
                 g_mu[k] += w * scaled;
                 g_lv[k] += w * 0.5 * (difference * scaled - 1.0);

@@ -11,7 +11,8 @@
 //! KL weight's derivative (beta and its schedule, free bits' mask, the capacity's sign),
 //! L = (1/N) sum_n -log (1/K) sum_k w_nk for the IWAE bound, and L = (1/N) sum_n rec_n + MI + tc_beta * TC +
 //! dimension-wise KL for beta-TCVAE, whose KL part's gradients in z~, mu and log sigma^2 come from
-//! [`crate::kernels::tcvae`] and join the reparameterisation's below. Backward, with c = 1/N, from the decoder's output down:
+//! [`crate::kernels::tcvae`] and join the reparameterisation's below. Backward, with c = 1/N, from the decoder's
+//! output down:
 //! - dL/doutput: the likelihood kernel's gradient, scaled by c (by c * w~_nk for the IWAE bound, w~ the normalised
 //!   importance weights);
 //! - a dense layer y = act(input W^T + b): dL/dpre = dL/dy * act'(y); dL/dW = (dL/dpre)^T input;
