@@ -186,3 +186,25 @@ pub(crate) fn on_each_shard<T: Send, S: Sync>(shards: &[S], work: impl Fn(&S) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::VaeConfig;
+    use candle_core::DType;
+
+    /// What the fused step does not cover falls back to the graph with the reason, or is refused when the fused
+    /// step is asked for: here, weights that are not f32.
+    #[test]
+    fn a_run_the_fused_step_does_not_cover_falls_back_with_its_reason_or_is_refused() {
+        let (vae, _) = Vae::fresh(&VaeConfig::default(), 1, DType::F16, &Device::Cpu).unwrap();
+        let auto = step_plan(&vae, &TrainConfig::default(), &Device::Cpu).unwrap();
+        assert_eq!(auto.path, StepPath::Graph);
+        assert_eq!(auto.reason, "candle's graph: the weights are not f32");
+        let asked = TrainConfig { step: StepChoice::Fused, ..TrainConfig::default() };
+        let error = step_plan(&vae, &asked, &Device::Cpu).unwrap_err().to_string();
+        assert!(error.contains("fused step does not cover") && error.contains("not f32"), "{error}");
+        let (vae, _) = Vae::fresh(&VaeConfig::default(), 1, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(step_plan(&vae, &asked, &Device::Cpu).unwrap().path, StepPath::Fused);
+    }
+}
