@@ -221,13 +221,20 @@ fn pad(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     /// The kernel against candle's own convolution, with and without a bias, on odd sides and on 512 output
-    /// positions (whose patch rows are padded to a longer stride).
+    /// positions (whose patch rows are padded to a longer stride), its reused buffers left dirty by a larger one.
     #[test]
     fn the_block_kernel_matches_candles_convolution() {
         let device = Device::Cpu;
+        // a larger convolution first leaves this thread's scratch full of values, which the padding must not keep
+        let (x, weight) = (
+            Tensor::ones((1, 6, 17, 33), DType::F32, &device).unwrap(),
+            Tensor::ones((2, 6, 3, 3), DType::F32, &device).unwrap(),
+        );
+        let geometry = Geometry { in_channels: 6, out_channels: 2, kernel: 3, padding: 0 };
+        convolve_stride_one(&x, &weight, None, geometry).unwrap().unwrap();
         for (batch, channels, (height, width), out_channels, kernel, padding) in
             [(2, 3, (7, 5), 4, 3, 1), (1, 2, (16, 32), 3, 3, 1), (2, 5, (6, 9), 2, 1, 0)]
         {
