@@ -8,6 +8,8 @@ diffusers' save_pretrained to bench/.autoencoder_kl_sd (not committed). Timing d
 
 Usage: cargo build --release --example autoencoder_kl_bench
        python3 bench/autoencoder_kl_bench.py [--threads 2] [--rounds N]
+       python3 bench/autoencoder_kl_bench.py --count-flops   # the arithmetic of one image, to set speeds against
+                                                             # the cores' peak (bench/fma_peak.c)
 """
 
 import argparse
@@ -61,6 +63,26 @@ def torch_worker(side, tiled, repeats, threads):
                       "decode_images_per_s": decode, "peak_rss": f"{peak} kB"}))
 
 
+def count_flops():
+    """Floating-point operations of one encode and one decode per case (diffusers' own model, tiled where the case
+    is), counted by torch.utils.flop_counter: the convolutions' and products' 2 x multiply-adds, which is all but a
+    few percent of the work (GroupNorm, SiLU and the softmax are not counted)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+    model = AutoencoderKL.from_pretrained(MODEL, torch_dtype=torch.float32).eval()
+    for side, tiled, _, _ in CASES:
+        (model.enable_tiling if tiled else model.disable_tiling)()
+        x, z = torch.rand(1, 3, side, side) * 2 - 1, torch.randn(1, 4, side // 8, side // 8)
+        counts = {}
+        with torch.inference_mode():
+            for name, work in (("encode", lambda: model.encode(x).latent_dist.mean), ("decode", lambda: model.decode(z).sample)):
+                with FlopCounterMode(display=False) as counter:
+                    work()
+                counts[f"{name}_gflop"] = counter.get_total_flops() / 1e9
+        print(json.dumps({"side": side, "tiled": tiled, **counts}), flush=True)
+
+
 def run(command, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
@@ -74,7 +96,11 @@ def main():
     parser.add_argument("--rounds", type=int, help="rounds per case (default: 3 at 256, 2 at 512 tiled)")
     parser.add_argument("--sides", default="256,512", help="which cases to run: 256 (whole), 512 (tiled)")
     parser.add_argument("--worker", nargs=3)
+    parser.add_argument("--count-flops", action="store_true", help="print each case's GFLOP per image and stop")
     args = parser.parse_args()
+    if args.count_flops:
+        make_model()
+        return count_flops()
     if args.worker:
         side, tiled, repeats = args.worker
         return torch_worker(int(side), tiled == "1", int(repeats), args.threads)

@@ -46,25 +46,71 @@ fn threads_of(parallelism: gemm::Parallelism) -> usize {
 /// x width, 64 x 4 x 4 = 1,024) are such widths.
 const SLOW_ROW: usize = 512;
 
+/// True where reading a row-major matrix of `columns` columns down its columns is slow ([`SLOW_ROW`]).
+pub fn slow_to_read_down(columns: usize) -> bool {
+    columns > 0 && columns.is_multiple_of(SLOW_ROW)
+}
+
 /// The transpose of a row-major `matrix` with `rows` rows as a contiguous copy, for a matrix whose rows make reading
-/// it transposed slow ([`SLOW_ROW`]); `None` for the others, which a product reads in place. The copy costs about a
-/// fifth of one slow product, so make it once and share it between the products that read the same matrix.
+/// it transposed slow ([`slow_to_read_down`]); `None` for the others, which a product reads in place. The copy costs
+/// about a fifth of one slow product, so make it once and share it between the products that read the same matrix.
 pub fn contiguous_transpose(matrix: &[f32], rows: usize) -> Option<Vec<f32>> {
+    slow_to_read_down(matrix.len() / rows.max(1)).then(|| transpose(matrix, rows))
+}
+
+/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]`: blocks of 4 x 4 values turned in
+/// registers, the edges value by value.
+pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
     let columns = matrix.len() / rows.max(1);
-    if columns == 0 || !columns.is_multiple_of(SLOW_ROW) {
-        return None;
-    }
-    /// Rows read side by side: each row of the transpose gets this many contiguous values per pass.
-    const BAND: usize = 16;
     let mut transposed = vec![0.0; matrix.len()];
-    for (band, band_rows) in matrix.chunks(BAND * columns).enumerate() {
-        let (first, height) = (band * BAND, band_rows.len() / columns);
-        for (column, line) in transposed.chunks_exact_mut(rows).enumerate() {
-            let values = &mut line[first..first + height];
-            values.iter_mut().enumerate().for_each(|(row, value)| *value = band_rows[row * columns + column]);
+    let (whole_rows, whole_columns) = (rows / 4 * 4, columns / 4 * 4);
+    for row in (0..whole_rows).step_by(4) {
+        for column in (0..whole_columns).step_by(4) {
+            let block: [[f32; 4]; 4] =
+                std::array::from_fn(|offset| matrix[(row + offset) * columns + column..][..4].try_into().expect("4"));
+            for (offset, values) in transpose4(block).iter().enumerate() {
+                transposed[(column + offset) * rows + row..][..4].copy_from_slice(values);
+            }
         }
     }
-    Some(transposed)
+    // the values outside whole blocks: the last rows' every column, the other rows' last columns
+    for row in 0..rows {
+        let from = if row < whole_rows { whole_columns } else { 0 };
+        for column in from..columns {
+            transposed[column * rows + row] = matrix[row * columns + column];
+        }
+    }
+    transposed
+}
+
+/// The transpose of a 4 x 4 block, in SSE registers (part of x86-64's baseline) where there are some.
+#[inline(always)]
+pub(crate) fn transpose4(block: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
+        };
+        let mut transposed = [[0.0f32; 4]; 4];
+        // SAFETY: each load and store covers one [f32; 4] of the arrays; SSE is part of x86-64's baseline.
+        unsafe {
+            let [a, b, c, d] = block.map(|row| _mm_loadu_ps(row.as_ptr()));
+            let (ab_low, cd_low) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+            let (ab_high, cd_high) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+            let rows = [
+                _mm_movelh_ps(ab_low, cd_low),
+                _mm_movehl_ps(cd_low, ab_low),
+                _mm_movelh_ps(ab_high, cd_high),
+                _mm_movehl_ps(cd_high, ab_high),
+            ];
+            for (out, row) in transposed.iter_mut().zip(rows) {
+                _mm_storeu_ps(out.as_mut_ptr(), row);
+            }
+        }
+        transposed
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::array::from_fn(|row| std::array::from_fn(|column| block[column][row]))
 }
 
 /// Values added to a row of [`SLOW_ROW`]'s multiples by [`padded_stride`]: one 64-byte cache line.
@@ -76,7 +122,7 @@ const ROW_PADDING: usize = 16;
 /// BENCHMARKS.md), the weight gradient of a 3 x 3 convolution with 64 channels at 64 x 64 ran at 145 GFLOP/s with
 /// rows of 4,096 values and at 216 with rows of 4,112.
 pub fn padded_stride(columns: usize) -> usize {
-    match columns > 0 && columns.is_multiple_of(SLOW_ROW) {
+    match slow_to_read_down(columns) {
         true => columns + ROW_PADDING,
         false => columns,
     }
@@ -429,6 +475,20 @@ mod tests {
         }
         for (rows, columns) in [(400, 784), (3, 1000), (2, 256)] {
             assert!(contiguous_transpose(&vec![0.0; rows * columns], rows).is_none(), "{rows} x {columns}");
+        }
+    }
+
+    #[test]
+    fn the_blocked_transpose_moves_every_value_on_odd_shapes() {
+        for (rows, columns) in [(1, 1), (3, 5), (4, 4), (9, 6), (13, 37), (64, 784)] {
+            let matrix: Vec<f32> = (0..rows * columns).map(|i| i as f32).collect();
+            let transposed = transpose(&matrix, rows);
+            assert_eq!(transposed.len(), matrix.len());
+            for (i, line) in transposed.chunks_exact(rows).enumerate() {
+                line.iter()
+                    .enumerate()
+                    .for_each(|(o, &value)| assert_eq!(value, matrix[o * columns + i], "{rows}x{columns}"));
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
-//! The hot CPU kernels, each beside its plain twin (the tests' oracle): matrix multiplies, the SIMD level they
-//! run at, branch-free math functions, fused activations, likelihood terms with their gradients, convolutions as
-//! im2col + GEMM, GroupNorm and nearest upsampling with their gradients, beta-TCVAE's KL decomposition with its gradient, and the in-place
-//! optimiser updates. Everything here works on f32 slices of candle's CPU storage;
-//! other devices and dtypes take candle's own ops.
+//! The hot CPU kernels, each beside its plain twin (the tests' oracle): matrix multiplies (and a dense layer's
+//! products on mostly-zero inputs), the SIMD level they run at, branch-free math functions, fused activations,
+//! likelihood terms with their gradients, convolutions as im2col + GEMM, GroupNorm and nearest upsampling with their
+//! gradients, beta-TCVAE's KL decomposition with its gradient, and the in-place optimiser updates. Everything here
+//! works on f32 slices of candle's CPU storage; other devices and dtypes take candle's own ops.
 
 pub mod activation;
 pub mod block_conv;
@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod optimizer;
 pub mod recycle;
 pub mod simd;
+pub mod sparse;
 pub mod tcvae;
 pub mod upsample;
 
@@ -23,8 +24,8 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use parking_lot::RwLockReadGuard;
 
 pub use matmul::{
-    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, Destination, Operand, MATMUL_BACKEND,
-    PARALLEL_WORK,
+    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, slow_to_read_down, transpose, Destination,
+    Operand, MATMUL_BACKEND, PARALLEL_WORK,
 };
 pub(crate) use simd::wide_fn;
 pub use simd::{add_to, simd_level, SimdLevel};

@@ -9,6 +9,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::activation::Activation;
 use crate::kernels::activation::{FusedActivation, OutputActivation};
+use crate::kernels::sparse::SparseColumns;
 use crate::kernels::{
     add_to, contiguous_f32, contiguous_transpose, gemm_parallelism, matmul, product, recycle, Destination, Operand,
 };
@@ -87,9 +88,7 @@ pub(crate) fn forward_values(
 ) -> Vec<f32> {
     let outputs = bias.len();
     let inner = weight.len() / outputs.max(1);
-    // from the recycled buffers, as the fused step hands its layers' outputs back there
-    let mut out = recycle::stale(rows * outputs);
-    out.chunks_exact_mut(outputs.max(1)).for_each(|row| row.copy_from_slice(bias));
+    let mut out = biased_rows(rows, bias);
     // out = out + x W^T: the bias rides in the matrix multiply
     let w_t = match transposed {
         Some(transposed) => Operand::rows(transposed, outputs),
@@ -99,6 +98,34 @@ pub(crate) fn forward_values(
     matmul(&mut out, Operand::rows(x, inner), w_t, (rows, inner, outputs), Destination::Accumulate, parallelism);
     activation.apply_in_place(&mut out);
     out
+}
+
+/// activation(x W^T + b) for an input `x` given by its nonzero values, from the weight's transpose `w_t`
+/// (`[inner, outputs]`): the products of its zeros left out ([`SparseColumns`]).
+pub(crate) fn sparse_forward_values(
+    x: &SparseColumns,
+    w_t: &[f32],
+    bias: &[f32],
+    activation: OutputActivation,
+) -> Vec<f32> {
+    let mut out = biased_rows(x.rows(), bias);
+    x.multiply_transposed_into(w_t, &mut out);
+    activation.apply_in_place(&mut out);
+    out
+}
+
+/// `rows` copies of the bias, `[rows, outputs]`, in a recycled buffer (the fused step hands its layers' outputs
+/// back there).
+fn biased_rows(rows: usize, bias: &[f32]) -> Vec<f32> {
+    let mut out = recycle::stale(rows * bias.len());
+    out.chunks_exact_mut(bias.len().max(1)).for_each(|row| row.copy_from_slice(bias));
+    out
+}
+
+/// [`parameter_gradients`] for an input given by its nonzero values.
+pub(crate) fn sparse_parameter_gradients(grad_pre: &[f32], input: &SparseColumns) -> (Vec<f32>, Vec<f32>) {
+    let outputs = grad_pre.len() / input.rows();
+    (input.weight_gradient(grad_pre), column_sums(grad_pre, outputs))
 }
 
 /// A dense layer's parameter gradients from dL/dpre `[rows, outputs]` and the layer's input `[rows, inner]`:

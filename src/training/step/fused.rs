@@ -624,6 +624,17 @@ mod tests {
     /// The fused step on `shards` shards against candle's graph on the whole batch: every figure and every
     /// parameter's gradient (summed over the shards).
     fn compare(model: &VaeConfig, train: &TrainConfig, rows: usize, shards: usize, label: &str) {
+        compare_with_zeros(model, train, (rows, shards), 0.0, label)
+    }
+
+    /// [`compare`] on data whose values are zero with probability `zeros`.
+    fn compare_with_zeros(
+        model: &VaeConfig,
+        train: &TrainConfig,
+        (rows, shards): (usize, usize),
+        zeros: f64,
+        label: &str,
+    ) {
         let (vae, varmap) = Vae::fresh(model, rows as u64, DType::F32, &Device::Cpu).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rows as u64 + 1);
         if let Some(log_var) = varmap.data().lock().unwrap().get("decoder.log_var") {
@@ -636,6 +647,8 @@ mod tests {
             _ => 1,
         };
         let x = random(&mut rng, rows, model.input_shape.dim(), 0.0, 1.0);
+        let keep = Tensor::from_iter((0..x.elem_count()).map(|_| f32::from(!rng.random_bool(zeros))), &Device::Cpu);
+        let x = (&x * keep.unwrap().reshape(x.shape()).unwrap()).unwrap();
         let eps = random(&mut rng, rows * samples, model.latent_dim, -2.0, 2.0);
         let context = StepContext { config: train, step: 4, dataset_size: 1000 };
         let (fused, fused_grads) = FusedStep.run(&vae, &split(&x, &eps, shards), &context).unwrap();
@@ -752,6 +765,25 @@ mod tests {
                         let label =
                             format!("{}, {:?}, {rows} rows in {shards} shards", model.describe(), train.objective);
                         with_kernel_threads(threads, || compare(&model, train, rows, shards, &label));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Data that is mostly zeros, where dense layers of 64 outputs or more take the sparse products
+    /// (`kernels::sparse`): 94% zeros is under the threshold of every SIMD level; the widths cross a chunk of 64.
+    #[test]
+    fn the_fused_step_matches_candles_graph_on_mostly_zero_data() {
+        let objectives = objectives();
+        for likelihood in likelihoods() {
+            let model = VaeConfig { likelihood, ..config(50, 4, (&[70], &[66]), Activation::Relu) };
+            for train in [&objectives[0], &objectives[3], &objectives[6], &objectives[7]] {
+                for level in crate::kernels::SimdLevel::ALL {
+                    for (rows, shards, threads) in [(7, 1, 1), (65, 2, 2), (40, 1, 2)] {
+                        let label = format!("{}, {:?}, {rows} rows at {level}", model.describe(), train.objective);
+                        let run = || compare_with_zeros(&model, train, (rows, shards), 0.94, &label);
+                        with_kernel_threads(threads, || crate::kernels::simd::with_simd_level(level, run));
                     }
                 }
             }

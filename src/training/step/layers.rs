@@ -4,16 +4,22 @@
 //!
 //! A layer y = act(layer(input) + b): dL/dpre = dL/dy * act'(y) (SiLU's act' from the pre-activation, which its
 //! layers keep), then for a dense layer dL/dW = (dL/dpre)^T input,
-//! dL/db = sum_n dL/dpre, dL/dinput = dL/dpre W; for a convolution the same three products as im2col + GEMM
+//! dL/db = sum_n dL/dpre, dL/dinput = dL/dpre W (the first two on the input's nonzero values alone where it is
+//! mostly zeros, `crate::kernels::sparse`); for a convolution the same three products as im2col + GEMM
 //! (`crate::kernels::conv`).
+
+use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
 use crate::kernels::activation::{silu, silu_gradient, FusedActivation, OutputActivation};
 use crate::kernels::conv::ConvLayer;
-use crate::kernels::{contiguous_transpose, recycle};
+use crate::kernels::sparse::{self, SparseColumns};
+use crate::kernels::{recycle, slow_to_read_down, transpose};
 use crate::model::conv::ConvParts;
-use crate::model::dense::{forward_values, input_gradient, parameter_gradients, Dense};
+use crate::model::dense::{
+    forward_values, input_gradient, parameter_gradients, sparse_forward_values, sparse_parameter_gradients, Dense,
+};
 use crate::model::Vae;
 
 /// A layer as the model holds it.
@@ -156,12 +162,7 @@ impl<'a> Layers<'a> {
                 Some(_) => pairs.next().map(|pair| (pair[0], pair[1]))?,
                 None => (&[][..], &[][..]),
             };
-            let kind = layer.kind();
-            // made once here, before the shards, which all read it
-            let transposed = match kind {
-                Kind::Dense => contiguous_transpose(weight, bias.len()),
-                _ => None,
-            };
+            let (kind, transposed) = (layer.kind(), OnceLock::new());
             layers.push(Layer { weight, transposed, bias, activation: layer.activation(), kind });
         }
         let decoder = layers.split_off(self.encoder_len + 2);
@@ -185,8 +186,9 @@ enum Kind {
 /// A layer's parameters as slices, with its activation and kind.
 pub(super) struct Layer<'a> {
     pub(super) weight: &'a [f32],
-    /// A dense weight's contiguous W^T, where its forward product needs one ([`contiguous_transpose`]).
-    transposed: Option<Vec<f32>>,
+    /// A dense weight's W^T, made by the first shard that needs it (for a matrix multiply that reads the weight
+    /// slowly in place, [`slow_to_read_down`], or for the sparse products), then read by all.
+    transposed: OnceLock<Vec<f32>>,
     pub(super) bias: &'a [f32],
     activation: FusedActivation,
     kind: Kind,
@@ -199,6 +201,8 @@ pub(super) struct Kept {
     columns: Option<Vec<f32>>,
     /// A SiLU layer's pre-activation.
     pre_activation: Option<Vec<f32>>,
+    /// A dense layer's input as its nonzero values, where it has few enough for the sparse products.
+    sparse_input: Option<SparseColumns>,
 }
 
 impl Kept {
@@ -219,21 +223,48 @@ impl Layer<'_> {
             FusedActivation::Output(activation) => activation,
             FusedActivation::Silu => OutputActivation::Identity,
         };
-        let (values, columns) = match self.kind {
+        let (values, columns, sparse_input) = match self.kind {
             Kind::Dense => {
-                let weight = (self.weight, self.transposed.as_deref());
-                (forward_values(input, weight, self.bias, rows, fused), None)
+                let (values, sparse_input) = self.dense_forward(input, rows, fused);
+                (values, None, sparse_input)
             }
-            Kind::Conv(layer) => layer.forward_keeping_columns(input, self.weight, self.bias, fused),
-            Kind::Interleave(interleave) => (interleave.forward(input), None),
+            Kind::Conv(layer) => {
+                let (values, columns) = layer.forward_keeping_columns(input, self.weight, self.bias, fused);
+                (values, columns, None)
+            }
+            Kind::Interleave(interleave) => (interleave.forward(input), None, None),
         };
         if self.activation != FusedActivation::Silu {
-            return (values, Kept { columns, pre_activation: None });
+            return (values, Kept { columns, pre_activation: None, sparse_input });
         }
         // y = silu(pre), pre kept for the derivative
         let mut output = recycle::stale(values.len());
         silu(&values, &mut output);
-        (output, Kept { columns, pre_activation: Some(values) })
+        (output, Kept { columns, pre_activation: Some(values), sparse_input })
+    }
+
+    /// A dense layer's act(x W^T + b), with its input as its nonzero values where it took the sparse products.
+    fn dense_forward(&self, input: &[f32], rows: usize, fused: OutputActivation) -> (Vec<f32>, Option<SparseColumns>) {
+        if let Some(sparse) = self.sparse_input(input, rows) {
+            return (sparse_forward_values(&sparse, self.transposed(), self.bias, fused), Some(sparse));
+        }
+        let inner = self.weight.len() / self.bias.len().max(1);
+        let transposed = slow_to_read_down(inner).then(|| self.transposed());
+        (forward_values(input, (self.weight, transposed), self.bias, rows, fused), None)
+    }
+
+    /// The dense layer's W^T, made once for all shards.
+    fn transposed(&self) -> &[f32] {
+        self.transposed.get_or_init(|| transpose(self.weight, self.bias.len()))
+    }
+
+    /// A dense layer's `input` (`rows` rows) as its nonzero values, where the layer has outputs enough and the
+    /// input few enough nonzeros for the sparse products to pay ([`sparse::most_density`]).
+    fn sparse_input(&self, input: &[f32], rows: usize) -> Option<SparseColumns> {
+        if self.bias.len() < sparse::FEWEST_OUTPUTS || rows == 0 {
+            return None;
+        }
+        SparseColumns::of(input, input.len() / rows, sparse::most_density())
     }
 
     /// Back through the layer from dL/doutput, with what [`Self::forward`] kept: its parameter gradients (`None`
@@ -255,7 +286,10 @@ impl Layer<'_> {
         }
         match self.kind {
             Kind::Dense => {
-                let gradients = parameter_gradients(&grad_pre, input, rows);
+                let gradients = match &kept.sparse_input {
+                    Some(sparse) => sparse_parameter_gradients(&grad_pre, sparse),
+                    None => parameter_gradients(&grad_pre, input, rows),
+                };
                 (Some(gradients), input_gradient_wanted.then(|| input_gradient(&grad_pre, self.weight, rows)))
             }
             Kind::Conv(layer) => {
