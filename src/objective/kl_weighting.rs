@@ -164,6 +164,12 @@ impl KlWeighting {
         *self == KlWeighting::default()
     }
 
+    /// True when the weighted KL of a batch is the mean of its examples' (no free bits, no capacity, which look at
+    /// the batch's mean KL), so a batch's gradient is the sum of its shards', each weighted by its share.
+    pub fn is_mean_of_examples(&self) -> bool {
+        self.free_bits.is_none() && self.capacity.is_none()
+    }
+
     /// Checks the numbers.
     pub fn validate(&self) -> Result<()> {
         if !(self.beta >= 0.0 && self.beta.is_finite()) {

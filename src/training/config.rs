@@ -91,7 +91,7 @@ impl TrainConfig {
     /// capacity), and the IWAE bound. beta-TCVAE's estimator pairs up the examples of a batch, so it is not.
     pub fn loss_is_mean_of_examples(&self) -> bool {
         match self.objective {
-            Objective::Elbo => self.kl.free_bits.is_none() && self.kl.capacity.is_none(),
+            Objective::Elbo => self.kl.is_mean_of_examples(),
             Objective::Iwae { .. } => true,
             Objective::Tcvae { .. } => false,
         }

@@ -6,6 +6,11 @@
 //! 4. loss = rec + weighted KL + adaptive weight * g; backprop, the autoencoder's Adam step;
 //! 5. the discriminator's step on x and the (detached) reconstruction, with its own Adam.
 //!
+//! Steps 1, 2 and 4 run on shards of the batch, one per thread, each shard's graph on its own thread, when the loss
+//! is a mean over the images (no free bits or capacity, the discriminator off): the shards' gradients, each
+//! weighted by its share, sum to the batch's, and candle's graph work, single-threaded within one graph, runs on
+//! every core instead of leaving all but one idle between elbo's multi-threaded kernels.
+//!
 //! The generator term's gradient is worked out once: D runs on a detached copy of the reconstruction, its gradient
 //! with respect to that image is taken, and the autoencoder's loss gets sum(x_hat * that gradient), whose gradient
 //! is the same. The two last-layer gradients of the adaptive weight come from the decoder's last layer applied
@@ -14,6 +19,7 @@
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
+use crate::kernels::kernel_threads;
 use crate::model::discriminator::PatchDiscriminator;
 use crate::model::AutoencoderKl;
 use crate::objective::autoencoder::Reconstruction;
@@ -23,6 +29,7 @@ use crate::objective::ldm::{
 use crate::objective::KlWeighting;
 use crate::optimizer::Optimizer;
 use crate::training::autoencoder::config::AdversarialConfig;
+use crate::training::step::on_each_shard;
 use crate::Result;
 
 /// The name of the decoder's last layer's weight, where the adaptive weight compares gradients.
@@ -91,6 +98,44 @@ pub struct Trainee {
     pub frozen_encoder: Option<AutoencoderKl>,
 }
 
+/// What the forward pass gives a step.
+struct Terms {
+    /// rec + weighted KL.
+    loss: Tensor,
+    /// Their figures.
+    figures: StepFigures,
+    /// The reconstruction as an image in about [-1, 1].
+    image: Tensor,
+    /// The decoder's features before its last layer.
+    features: Tensor,
+}
+
+impl StepFigures {
+    /// The batch means' terms scaled by a shard's `share` of the batch (the learned scale kept as it is).
+    fn scaled(self, share: f64) -> Self {
+        StepFigures {
+            reconstruction: share * self.reconstruction,
+            l1: share * self.l1,
+            kl: share * self.kl,
+            weighted_kl: share * self.weighted_kl,
+            loss: share * self.loss,
+            ..self
+        }
+    }
+
+    /// The sum of two shards' scaled figures.
+    fn plus(self, other: &StepFigures) -> Self {
+        StepFigures {
+            reconstruction: self.reconstruction + other.reconstruction,
+            l1: self.l1 + other.l1,
+            kl: self.kl + other.kl,
+            weighted_kl: self.weighted_kl + other.weighted_kl,
+            loss: self.loss + other.loss,
+            ..self
+        }
+    }
+}
+
 /// Scalar of a one-value tensor.
 fn scalar(tensor: &Tensor) -> Result<f64> {
     Ok(f64::from(tensor.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?))
@@ -100,6 +145,61 @@ impl Trainee {
     /// One step on `pixels` `[batch, C, H, W]` in [0, 1] with noise `eps` shaped like the latent; `step` counts
     /// from 0 (the KL schedule's and the adversarial start's position).
     pub fn step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize) -> Result<StepFigures> {
+        let shards = self.shard_count(pixels.dim(0)?, step);
+        if shards > 1 {
+            return self.sharded_step(pixels, eps, step, shards);
+        }
+        let Terms { mut loss, mut figures, image, features } = self.terms(pixels, eps, step)?;
+        if let Some(adversary) = self.adversary.as_ref().filter(|adversary| adversary.is_on(step)) {
+            let (surrogate, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
+            loss = (loss + surrogate.affine(weight, 0.0)?)?;
+            figures.generator_loss = Some(generator);
+            figures.adaptive_weight = Some(weight);
+            // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
+            figures.loss += weight * generator;
+        }
+        self.optimizer.step(&loss.backward()?)?;
+        if let Some(adversary) = self.adversary.as_mut().filter(|adversary| adversary.is_on(step)) {
+            let x = pixels.affine(2.0, -1.0)?;
+            figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image.detach())?);
+        }
+        Ok(figures)
+    }
+
+    /// Shards a batch of `rows` images is split into, each run forward and backward on its own thread: one per
+    /// kernel thread (at most one per image) where the loss is a mean over the images, so that the shards'
+    /// gradients, each weighted by its share, sum to the batch's; one where the KL weight looks at the batch's mean
+    /// (free bits, capacity) or the discriminator is on (its adaptive weight compares the whole batch's gradient
+    /// norms, and it trains on the whole batch).
+    pub fn shard_count(&self, rows: usize, step: usize) -> usize {
+        let adversarial = self.adversary.as_ref().is_some_and(|adversary| adversary.is_on(step));
+        match self.kl.is_mean_of_examples() && !adversarial {
+            true => kernel_threads().min(rows).max(1),
+            false => 1,
+        }
+    }
+
+    /// [`Self::step`] with the batch in `shards` shards: every shard's loss, weighted by its share of the batch,
+    /// backpropagated on its own thread, the optimiser adding up the shards' gradients.
+    fn sharded_step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize, shards: usize) -> Result<StepFigures> {
+        let rows = pixels.dim(0)?;
+        let ranges: Vec<(usize, usize)> = (0..shards).map(|i| (i * rows / shards, (i + 1) * rows / shards)).collect();
+        let this = &*self;
+        let parts = on_each_shard(&ranges, |&(start, end)| {
+            let share = (end - start) as f64 / rows as f64;
+            let (pixels, eps) = (pixels.narrow(0, start, end - start)?, eps.narrow(0, start, end - start)?);
+            let terms = this.terms(&pixels, &eps, step)?;
+            Ok((terms.figures.scaled(share), terms.loss.affine(share, 0.0)?.backward()?))
+        })?;
+        let figures = parts.iter().skip(1).fold(parts[0].0, |sum, (part, _)| sum.plus(part));
+        let grads: Vec<_> = parts.into_iter().map(|(_, grads)| grads).collect();
+        self.optimizer.step_sharded(&grads)?;
+        Ok(figures)
+    }
+
+    /// The forward pass on `pixels` (a batch or a shard of one): rec + weighted KL as the loss, its figures (batch
+    /// means), the reconstructed image and the decoder's features before its last layer.
+    fn terms(&self, pixels: &Tensor, eps: &Tensor, step: usize) -> Result<Terms> {
         let x = pixels.affine(2.0, -1.0)?;
         let posterior = self.frozen_encoder.as_ref().unwrap_or(&self.model).encode(&x)?;
         // z = mu + sigma * eps
@@ -110,8 +210,7 @@ impl Trainee {
         let image = self.reconstruction.image(&output)?;
         let kl_per_value = posterior.kl_per_dimension()?.flatten_from(1)?;
         let weighted_kl = self.kl.weighted_kl(&kl_per_value, step)?;
-        let mut loss = (&reconstruction + &weighted_kl)?;
-        let mut figures = StepFigures {
+        let figures = StepFigures {
             reconstruction: scalar(&reconstruction)?,
             l1: scalar(&mean_absolute_error(&x, &image)?)?,
             kl: scalar(&kl_per_value.sum(1)?.mean_all()?)?,
@@ -119,21 +218,8 @@ impl Trainee {
             log_scale: self.reconstruction.log_scale()?,
             ..StepFigures::default()
         };
-        if let Some(adversary) = self.adversary.as_ref().filter(|adversary| adversary.is_on(step)) {
-            let (surrogate, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
-            loss = (loss + surrogate.affine(weight, 0.0)?)?;
-            figures.generator_loss = Some(generator);
-            figures.adaptive_weight = Some(weight);
-        }
-        // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
-        figures.loss = figures.reconstruction
-            + figures.weighted_kl
-            + figures.adaptive_weight.zip(figures.generator_loss).map_or(0.0, |(weight, g)| weight * g);
-        self.optimizer.step(&loss.backward()?)?;
-        if let Some(adversary) = self.adversary.as_mut().filter(|adversary| adversary.is_on(step)) {
-            figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image.detach())?);
-        }
-        Ok(figures)
+        let figures = StepFigures { loss: figures.reconstruction + figures.weighted_kl, ..figures };
+        Ok(Terms { loss: (&reconstruction + &weighted_kl)?, figures, image, features })
     }
 
     /// The generator term of the loss: a surrogate whose gradient is that of -mean D(x_hat) (D's weights left
@@ -167,4 +253,84 @@ fn discriminator_step(adversary: &mut Adversary, x: &Tensor, fake: &Tensor) -> R
     let loss = discriminator_loss(adversary.config.loss, &real_logits, &fake_logits)?;
     adversary.optimizer.step(&loss.backward()?)?;
     scalar(&loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::with_kernel_threads;
+    use crate::model::autoencoder_kl::AutoencoderKlConfig;
+    use crate::objective::autoencoder::ReconstructionTerm;
+    use crate::optimizer::OptimizerConfig;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use rand::{Rng, SeedableRng};
+
+    /// A fresh two-block autoencoder with plain SGD (so a step moves each weight by its gradient) and `kl`.
+    fn trainee(kl: KlWeighting) -> Trainee {
+        let config = AutoencoderKlConfig {
+            block_out_channels: vec![8, 16],
+            down_block_types: vec!["DownEncoderBlock2D".into(); 2],
+            up_block_types: vec!["UpDecoderBlock2D".into(); 2],
+            layers_per_block: 1,
+            latent_channels: 2,
+            norm_num_groups: 4,
+            ..crate::training::autoencoder::config::small_model()
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = AutoencoderKl::new(config, vb.clone()).unwrap();
+        let reconstruction = Reconstruction::new(&ReconstructionTerm::Laplace, 3 * 16 * 16, vb.pp("loss")).unwrap();
+        crate::model::init::initialize(&varmap, 3).unwrap();
+        let last_layer = varmap.data().lock().unwrap()[LAST_LAYER].clone();
+        let optimizer = Optimizer::new(OptimizerConfig::Sgd { momentum: 0.0 }, 1.0, &varmap).unwrap();
+        Trainee { model, reconstruction, varmap, optimizer, last_layer, adversary: None, kl, frozen_encoder: None }
+    }
+
+    fn random(rng: &mut rand_chacha::ChaCha8Rng, shape: (usize, usize, usize, usize), low: f32) -> Tensor {
+        let values: Vec<f32> = (0..shape.0 * shape.1 * shape.2 * shape.3).map(|_| rng.random_range(low..1.0)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Every weight after one step, by name.
+    fn weights(trainee: &Trainee) -> Vec<(String, Vec<f32>)> {
+        let data = trainee.varmap.data().lock().unwrap();
+        let mut all: Vec<_> =
+            data.iter().map(|(name, var)| (name.clone(), var.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// A batch of 5 crops split over 2 and 3 threads takes the same step as on one: the figures, and every weight
+    /// moved by the same gradient (SGD with rate 1), to f32 rounding; free bits keep the batch whole.
+    #[test]
+    fn a_batch_in_shards_takes_the_same_step_as_the_whole_batch() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (pixels, eps) = (random(&mut rng, (5, 3, 16, 16), 0.0), random(&mut rng, (5, 2, 8, 8), -1.0));
+        let beta = KlWeighting { beta: 0.5, ..KlWeighting::default() };
+        let step_on = |threads, kl: KlWeighting| {
+            let mut trainee = trainee(kl);
+            let before = weights(&trainee);
+            let (shards, figures) =
+                with_kernel_threads(threads, || (trainee.shard_count(5, 0), trainee.step(&pixels, &eps, 0).unwrap()));
+            (shards, figures, before, weights(&trainee))
+        };
+        let (_, whole, before, after) = step_on(1, beta);
+        for threads in [2, 3] {
+            let (shards, figures, _, sharded) = step_on(threads, beta);
+            assert_eq!(shards, threads);
+            let pairs = [(whole.loss, figures.loss), (whole.kl, figures.kl), (whole.l1, figures.l1)];
+            for (a, b) in pairs {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{threads} shards: {a} vs {b}");
+            }
+            for (((name, start), (_, one)), (_, split)) in before.iter().zip(&after).zip(&sharded) {
+                let scale = start.iter().zip(one).map(|(s, o)| (s - o).abs()).fold(0.0f32, f32::max);
+                let differs = one.iter().zip(split).map(|(o, s)| (o - s).abs()).fold(0.0f32, f32::max);
+                assert!(differs <= 1e-4 * scale + 1e-6, "{name}: {differs} against a step of {scale}");
+                assert!(scale > 0.0, "{name} moved");
+            }
+        }
+        let free_bits = KlWeighting { free_bits: Some(0.1), ..KlWeighting::default() };
+        assert_eq!(step_on(2, free_bits).0, 1, "free bits look at the batch's mean KL");
+    }
 }
