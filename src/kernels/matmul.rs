@@ -58,18 +58,31 @@ pub fn contiguous_transpose(matrix: &[f32], rows: usize) -> Option<Vec<f32>> {
     slow_to_read_down(matrix.len() / rows.max(1)).then(|| transpose(matrix, rows))
 }
 
-/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]`: blocks of 4 x 4 values turned in
-/// registers, the edges value by value.
+/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]` ([`transpose_into`]).
 pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
     let columns = matrix.len() / rows.max(1);
     let mut transposed = vec![0.0; matrix.len()];
+    transpose_into(matrix, columns, (rows, columns), &mut transposed, rows);
+    transposed
+}
+
+/// dest[c * dest_stride + r] = source[r * source_stride + c] for r < `rows`, c < `columns`: blocks of 4 x 4 values
+/// turned in registers, the edges value by value.
+pub(crate) fn transpose_into(
+    source: &[f32],
+    source_stride: usize,
+    (rows, columns): (usize, usize),
+    dest: &mut [f32],
+    dest_stride: usize,
+) {
     let (whole_rows, whole_columns) = (rows / 4 * 4, columns / 4 * 4);
     for row in (0..whole_rows).step_by(4) {
         for column in (0..whole_columns).step_by(4) {
-            let block: [[f32; 4]; 4] =
-                std::array::from_fn(|offset| matrix[(row + offset) * columns + column..][..4].try_into().expect("4"));
+            let block: [[f32; 4]; 4] = std::array::from_fn(|offset| {
+                source[(row + offset) * source_stride + column..][..4].try_into().expect("4 values")
+            });
             for (offset, values) in transpose4(block).iter().enumerate() {
-                transposed[(column + offset) * rows + row..][..4].copy_from_slice(values);
+                dest[(column + offset) * dest_stride + row..][..4].copy_from_slice(values);
             }
         }
     }
@@ -77,15 +90,14 @@ pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
     for row in 0..rows {
         let from = if row < whole_rows { whole_columns } else { 0 };
         for column in from..columns {
-            transposed[column * rows + row] = matrix[row * columns + column];
+            dest[column * dest_stride + row] = source[row * source_stride + column];
         }
     }
-    transposed
 }
 
 /// The transpose of a 4 x 4 block, in SSE registers (part of x86-64's baseline) where there are some.
 #[inline(always)]
-pub(crate) fn transpose4(block: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+fn transpose4(block: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::matmul::transpose4;
+use crate::kernels::matmul::transpose_into;
 use crate::kernels::{kernel_threads, simd_level, wide_fn, SimdLevel};
 
 /// The largest share of nonzero inputs with which a layer takes the sparse products, at the SIMD level in use.
@@ -171,26 +171,10 @@ impl SparseColumns {
 }
 
 /// Writes a band's sums (`sums[offset * CHUNK + line]`, for `count` inputs) across into columns `first..first +
-/// count` of `lines` (each `columns` long): the transpose, four by four where it can.
+/// count` of `lines` (each `columns` long): their transpose.
 fn write_across(sums: &[f32; BAND * CHUNK], lines: &mut [f32], (first, count): (usize, usize), columns: usize) {
     let width = lines.len() / columns;
-    let (whole_lines, whole_inputs) = (width / 4 * 4, count / 4 * 4);
-    for line in (0..whole_lines).step_by(4) {
-        for offset in (0..whole_inputs).step_by(4) {
-            let block: [[f32; 4]; 4] =
-                std::array::from_fn(|row| sums[(offset + row) * CHUNK + line..][..4].try_into().expect("4 values"));
-            for (across, values) in transpose4(block).iter().enumerate() {
-                lines[(line + across) * columns + first + offset..][..4].copy_from_slice(values);
-            }
-        }
-    }
-    // the lines and inputs outside whole blocks of four
-    for line in 0..width {
-        let from = if line < whole_lines { whole_inputs } else { 0 };
-        for offset in from..count {
-            lines[line * columns + first + offset] = sums[offset * CHUNK + line];
-        }
-    }
+    transpose_into(sums, CHUNK, (count, width), &mut lines[first..], columns);
 }
 
 /// True when `work` multiply-adds are worth spreading over the kernel threads.
