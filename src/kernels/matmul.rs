@@ -68,6 +68,7 @@ pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
 
 /// dest[c * dest_stride + r] = source[r * source_stride + c] for r < `rows`, c < `columns`: blocks of 4 x 4 values
 /// turned in registers, the edges value by value.
+#[inline]
 pub(crate) fn transpose_into(
     source: &[f32],
     source_stride: usize,
@@ -79,7 +80,8 @@ pub(crate) fn transpose_into(
     for row in (0..whole_rows).step_by(4) {
         for column in (0..whole_columns).step_by(4) {
             let block: [[f32; 4]; 4] = std::array::from_fn(|offset| {
-                source[(row + offset) * source_stride + column..][..4].try_into().expect("4 values")
+                let values = &source[(row + offset) * source_stride + column..][..4];
+                [values[0], values[1], values[2], values[3]]
             });
             for (offset, values) in transpose4(block).iter().enumerate() {
                 dest[(column + offset) * dest_stride + row..][..4].copy_from_slice(values);

@@ -222,12 +222,11 @@ fn scale_into_rows<const N: usize>(
 ) {
     for column in 0..sparse.columns() {
         let (row_indices, values) = sparse.column(column);
-        let scaled: [f32; N] = weights[column * weights_width + start..][..N].try_into().expect("N weights");
+        let weights_row = &weights[column * weights_width + start..][..N];
+        let scaled: [f32; N] = std::array::from_fn(|lane| weights_row[lane]);
         for (&row, &value) in row_indices.iter().zip(values) {
-            let line: &mut [f32; N] = (&mut target[row as usize * stride + offset..][..N]).try_into().expect("N");
-            for lane in 0..N {
-                line[lane] += value * scaled[lane];
-            }
+            let line = &mut target[row as usize * stride + offset..][..N];
+            line.iter_mut().zip(&scaled).for_each(|(sum, &weight)| *sum += value * weight);
         }
     }
 }
@@ -279,10 +278,8 @@ fn weighted_rows<const N: usize>(
 ) {
     let mut lanes = [0.0f32; N];
     for (&row, &value) in row_indices.iter().zip(values) {
-        let line: &[f32; N] = matrix[row as usize * width + start..][..N].try_into().expect("N values");
-        for lane in 0..N {
-            lanes[lane] += value * line[lane];
-        }
+        let line = &matrix[row as usize * width + start..][..N];
+        lanes.iter_mut().zip(line).for_each(|(sum, &weight)| *sum += value * weight);
     }
     sums[..N].copy_from_slice(&lanes);
 }
