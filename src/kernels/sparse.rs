@@ -1,9 +1,10 @@
 //! A dense layer's products where its input is mostly zeros, as images of strokes on a blank page are (MNIST's
 //! pixels are 81% zeros): the forward product x W^T and the weight gradient (dL/dpre)^T x touch only the input's
 //! nonzero values, so their work falls with the input's density, where a matrix multiply does every product of
-//! zeros too. Both read the input column by column ([`SparseColumns`], made in two passes over it), and are given up
-//! for the matrix multiplies where the input has more nonzeros than [`most_density`] allows at the SIMD level in use,
-//! or the layer fewer than [`FEWEST_OUTPUTS`] outputs.
+//! zeros too. Both read the input column by column ([`SparseColumns`]: one branch-free pass over its values, one over
+//! its nonzeros), and are given up for the matrix multiplies where the input has more nonzeros than
+//! [`most_density`] allows at the SIMD level in use, or the layer fewer than [`FEWEST_OUTPUTS`] outputs. The choice
+//! is made here alone, per layer and per batch; `elbo train` reports the fused step, of which this is a part.
 //!
 //! Each output value is a sum over the nonzero inputs in index order, a product and an add at a time (never fused
 //! into one rounding), so every SIMD level gives the same bits; the tests hold both products to the plain sums.
