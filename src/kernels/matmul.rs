@@ -379,6 +379,15 @@ mod narrower {
                 const N: usize = $lanes;
                 // `narrower_gemm` picks this level only where the CPU has it (the scalar one it always has)
                 let Some(simd) = <$simd as MixedSimd<f32, f32, f32, f32>>::try_new() else { return };
+                // as `gemm::gemm` does before its driver: the microkernels write down dst's columns, so a row-major
+                // dst is computed as dst^T = rhs^T · lhs^T (without this, elbo's row-major products at a forced
+                // level stored every value a row apart and ran at a half to a fifteenth of `gemm::gemm`'s speed;
+                // elbo's strides are never negative, the other case `gemm::gemm` handles)
+                let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) = match dst_cs.abs() < dst_rs.abs()
+                {
+                    true => (n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs),
+                    false => (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs),
+                };
                 // SAFETY: the caller's promises are gemm::gemm's; the CPU has the level (try_new checked it).
                 unsafe {
                     gemm_basic_generic::<_, f32, N, { MR_DIV_N * N }, NR, MR_DIV_N, H_M, H_N>(
