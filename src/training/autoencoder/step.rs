@@ -6,10 +6,12 @@
 //! 4. loss = rec + weighted KL + adaptive weight * g; backprop, the autoencoder's Adam step;
 //! 5. the discriminator's step on x and the (detached) reconstruction, with its own Adam.
 //!
-//! Steps 1, 2 and 4 run on shards of the batch, one per thread, each shard's graph on its own thread, when the loss
-//! is a mean over the images (no free bits or capacity, the discriminator off): the shards' gradients, each
-//! weighted by its share, sum to the batch's, and candle's graph work, single-threaded within one graph, runs on
-//! every core instead of leaving all but one idle between elbo's multi-threaded kernels.
+//! Steps 1, 2 and 4's backward pass run on shards of the batch, one per thread, each shard's graph on its own
+//! thread, when the loss is a mean over the images (no free bits or capacity): the shards' gradients, each weighted
+//! by its share, sum to the batch's, and candle's graph work, single-threaded within one graph, runs on every core
+//! instead of leaving all but one idle between elbo's multi-threaded kernels. Step 3 runs between the forward and
+//! the backward passes on the whole batch's detached reconstruction and features, so the discriminator's batch
+//! norms and the adaptive weight see the same batch as without shards.
 //!
 //! The generator term's gradient is worked out once: D runs on a detached copy of the reconstruction, its gradient
 //! with respect to that image is taken, and the autoencoder's loss gets sum(x_hat * that gradient), whose gradient
@@ -144,24 +146,45 @@ fn scalar(tensor: &Tensor) -> Result<f64> {
 impl Trainee {
     /// One step on `pixels` `[batch, C, H, W]` in [0, 1] with noise `eps` shaped like the latent; `step` counts
     /// from 0 (the KL schedule's and the adversarial start's position).
+    ///
+    /// The forward passes run on the shards of the batch ([`Self::shard_count`]), each on its own thread; the
+    /// generator term, once the discriminator is on, is worked out on the whole batch between them and the backward
+    /// passes, so the discriminator's batch norms and the adaptive weight see the batch as one; each shard's loss
+    /// (its share of the batch's mean terms, plus its part of the surrogate sum) is then backpropagated on its own
+    /// thread and the optimiser adds the shards' gradients.
     pub fn step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize) -> Result<StepFigures> {
-        let shards = self.shard_count(pixels.dim(0)?, step);
-        if shards > 1 {
-            return self.sharded_step(pixels, eps, step, shards);
-        }
-        let Terms { mut loss, mut figures, image, features } = self.terms(pixels, eps, step)?;
+        let rows = pixels.dim(0)?;
+        let shards = self.shard_count(rows);
+        let ranges: Vec<(usize, usize)> = (0..shards).map(|i| (i * rows / shards, (i + 1) * rows / shards)).collect();
+        let this = &*self;
+        let parts = on_each_shard(&ranges, |&(start, end)| {
+            let share = (end - start) as f64 / rows as f64;
+            let (pixels, eps) = (pixels.narrow(0, start, end - start)?, eps.narrow(0, start, end - start)?);
+            let Terms { loss, figures, image, features } = this.terms(&pixels, &eps, step)?;
+            Ok(Terms { loss: loss.affine(share, 0.0)?, figures: figures.scaled(share), image, features })
+        })?;
+        let mut figures = parts.iter().skip(1).fold(parts[0].figures, |sum, part| sum.plus(&part.figures));
+        let image = whole_batch(parts.iter().map(|part| part.image.detach()))?;
+        let mut losses: Vec<Tensor> = parts.iter().map(|part| part.loss.clone()).collect();
         if let Some(adversary) = self.adversary.as_ref().filter(|adversary| adversary.is_on(step)) {
-            let (surrogate, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
-            loss = (loss + surrogate.affine(weight, 0.0)?)?;
+            let features = whole_batch(parts.iter().map(|part| part.features.detach()))?;
+            let (image_gradient, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
+            for ((loss, part), &(start, end)) in losses.iter_mut().zip(&parts).zip(&ranges) {
+                // the surrogate sum(x_hat * dg/dx_hat), whose gradient is the generator loss's, shard by shard
+                let surrogate = (&part.image * image_gradient.narrow(0, start, end - start)?)?.sum_all()?;
+                *loss = (&*loss + surrogate.affine(weight, 0.0)?)?;
+            }
             figures.generator_loss = Some(generator);
             figures.adaptive_weight = Some(weight);
             // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
             figures.loss += weight * generator;
         }
-        self.optimizer.step(&loss.backward()?)?;
+        drop(parts);
+        let grads = on_each_shard(&losses, |loss| Ok(loss.backward()?))?;
+        self.optimizer.step_sharded(&grads)?;
         if let Some(adversary) = self.adversary.as_mut().filter(|adversary| adversary.is_on(step)) {
             let x = pixels.affine(2.0, -1.0)?;
-            figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image.detach())?);
+            figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image)?);
         }
         Ok(figures)
     }
@@ -169,32 +192,12 @@ impl Trainee {
     /// Shards a batch of `rows` images is split into, each run forward and backward on its own thread: one per
     /// kernel thread (at most one per image) where the loss is a mean over the images, so that the shards'
     /// gradients, each weighted by its share, sum to the batch's; one where the KL weight looks at the batch's mean
-    /// (free bits, capacity) or the discriminator is on (its adaptive weight compares the whole batch's gradient
-    /// norms, and it trains on the whole batch).
-    pub fn shard_count(&self, rows: usize, step: usize) -> usize {
-        let adversarial = self.adversary.as_ref().is_some_and(|adversary| adversary.is_on(step));
-        match self.kl.is_mean_of_examples() && !adversarial {
+    /// (free bits, capacity).
+    pub fn shard_count(&self, rows: usize) -> usize {
+        match self.kl.is_mean_of_examples() {
             true => kernel_threads().min(rows).max(1),
             false => 1,
         }
-    }
-
-    /// [`Self::step`] with the batch in `shards` shards: every shard's loss, weighted by its share of the batch,
-    /// backpropagated on its own thread, the optimiser adding up the shards' gradients.
-    fn sharded_step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize, shards: usize) -> Result<StepFigures> {
-        let rows = pixels.dim(0)?;
-        let ranges: Vec<(usize, usize)> = (0..shards).map(|i| (i * rows / shards, (i + 1) * rows / shards)).collect();
-        let this = &*self;
-        let parts = on_each_shard(&ranges, |&(start, end)| {
-            let share = (end - start) as f64 / rows as f64;
-            let (pixels, eps) = (pixels.narrow(0, start, end - start)?, eps.narrow(0, start, end - start)?);
-            let terms = this.terms(&pixels, &eps, step)?;
-            Ok((terms.figures.scaled(share), terms.loss.affine(share, 0.0)?.backward()?))
-        })?;
-        let figures = parts.iter().skip(1).fold(parts[0].0, |sum, (part, _)| sum.plus(part));
-        let grads: Vec<_> = parts.into_iter().map(|(_, grads)| grads).collect();
-        self.optimizer.step_sharded(&grads)?;
-        Ok(figures)
     }
 
     /// The forward pass on `pixels` (a batch or a shard of one): rec + weighted KL as the loss, its figures (batch
@@ -222,8 +225,9 @@ impl Trainee {
         Ok(Terms { loss: (&reconstruction + &weighted_kl)?, figures, image, features })
     }
 
-    /// The generator term of the loss: a surrogate whose gradient is that of -mean D(x_hat) (D's weights left
-    /// alone), the generator loss's value, and its adaptive weight.
+    /// The generator term of the loss on the whole batch's detached reconstruction `image` and decoder `features`:
+    /// the gradient of -mean D(x_hat) with respect to x_hat (D's weights left alone), the generator loss's value,
+    /// and its adaptive weight.
     fn generator_term(
         &self,
         adversary: &Adversary,
@@ -241,9 +245,17 @@ impl Trainee {
         let generator_norm = gradient_norm(&(last_image * &image_gradient)?.sum_all()?, &self.last_layer)?;
         // d_weight = ||grad rec|| / (||grad g|| + 1e-4), clamped to [0, 1e4], times the discriminator weight
         let weight = adaptive_weight(reconstruction_norm, generator_norm, adversary.config.weight);
-        let surrogate = (image * image_gradient)?.sum_all()?;
-        Ok((surrogate, scalar(&generator)?, weight))
+        Ok((image_gradient, scalar(&generator)?, weight))
     }
+}
+
+/// The shards' `parts` as one batch (the one part itself when there is one).
+fn whole_batch(parts: impl Iterator<Item = Tensor>) -> Result<Tensor> {
+    let parts: Vec<Tensor> = parts.collect();
+    Ok(match parts.as_slice() {
+        [one] => one.clone(),
+        _ => Tensor::cat(&parts, 0)?,
+    })
 }
 
 /// The discriminator's step on real `x` and the detached reconstruction `fake` (both in [-1, 1]); its loss.
@@ -260,14 +272,17 @@ mod tests {
     use super::*;
     use crate::kernels::with_kernel_threads;
     use crate::model::autoencoder_kl::AutoencoderKlConfig;
+    use crate::model::discriminator::DiscriminatorConfig;
     use crate::objective::autoencoder::ReconstructionTerm;
+    use crate::objective::ldm::DiscriminatorLoss;
     use crate::optimizer::OptimizerConfig;
     use candle_core::{DType, Device};
     use candle_nn::VarBuilder;
     use rand::{Rng, SeedableRng};
 
-    /// A fresh small KL-f4 autoencoder with plain SGD (so a step moves each weight by its gradient) and `kl`.
-    fn trainee(kl: KlWeighting) -> Trainee {
+    /// A fresh small KL-f4 autoencoder with plain SGD (so a step moves each weight by its gradient) and `kl`;
+    /// with `adversarial`, a small PatchGAN (SGD too) on from the first step.
+    fn trainee(kl: KlWeighting, adversarial: bool) -> Trainee {
         let small = crate::training::autoencoder::config::small_model();
         let config = AutoencoderKlConfig { block_out_channels: vec![8, 8, 16], norm_num_groups: 4, ..small };
         let varmap = VarMap::new();
@@ -276,8 +291,21 @@ mod tests {
         let reconstruction = Reconstruction::new(&ReconstructionTerm::Laplace, 3 * 16 * 16, vb.pp("loss")).unwrap();
         crate::model::init::initialize(&varmap, 3).unwrap();
         let last_layer = varmap.data().lock().unwrap()[LAST_LAYER].clone();
-        let optimizer = Optimizer::new(OptimizerConfig::Sgd { momentum: 0.0 }, 1.0, &varmap).unwrap();
-        Trainee { model, reconstruction, varmap, optimizer, last_layer, adversary: None, kl, frozen_encoder: None }
+        let sgd = |varmap: &VarMap| Optimizer::new(OptimizerConfig::Sgd { momentum: 0.0 }, 1.0, varmap).unwrap();
+        let optimizer = sgd(&varmap);
+        let adversary = adversarial.then(|| {
+            let discriminator = DiscriminatorConfig { in_channels: 3, base_channels: 4, layers: 2 };
+            let (network, varmap) = PatchDiscriminator::fresh(&discriminator, 5, DType::F32, &Device::Cpu).unwrap();
+            let config = AdversarialConfig {
+                start: 0,
+                weight: 0.5,
+                loss: DiscriminatorLoss::Vanilla,
+                discriminator,
+                learning_rate: 1.0,
+            };
+            Adversary { discriminator: network, optimizer: sgd(&varmap), varmap, config }
+        });
+        Trainee { model, reconstruction, varmap, optimizer, last_layer, adversary, kl, frozen_encoder: None }
     }
 
     fn random(rng: &mut rand_chacha::ChaCha8Rng, shape: (usize, usize, usize, usize), low: f32) -> Tensor {
@@ -285,45 +313,64 @@ mod tests {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
-    /// Every weight after one step, by name.
-    fn weights(trainee: &Trainee) -> Vec<(String, Vec<f32>)> {
-        let data = trainee.varmap.data().lock().unwrap();
+    /// Every weight of `varmap`, by name.
+    fn weights(varmap: &VarMap) -> Vec<(String, Vec<f32>)> {
+        let data = varmap.data().lock().unwrap();
         let mut all: Vec<_> =
             data.iter().map(|(name, var)| (name.clone(), var.flatten_all().unwrap().to_vec1().unwrap())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
-    /// A batch of 5 crops split over 2 and 3 threads takes the same step as on one: the figures, and every weight
-    /// moved by the same gradient (SGD with rate 1), to f32 rounding; free bits keep the batch whole.
+    /// Every weight of the autoencoder, then of the discriminator where there is one.
+    fn all_weights(trainee: &Trainee) -> Vec<(String, Vec<f32>)> {
+        let mut all = weights(&trainee.varmap);
+        all.extend(trainee.adversary.iter().flat_map(|adversary| weights(&adversary.varmap)));
+        all
+    }
+
+    /// A batch of 5 crops split over 2 and 3 threads takes the same step as on one, with and without the
+    /// discriminator: the figures, and every weight of both networks moved by the same gradient (SGD with rate 1),
+    /// to f32 rounding; free bits keep the batch whole.
     #[test]
     fn a_batch_in_shards_takes_the_same_step_as_the_whole_batch() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let (pixels, eps) = (random(&mut rng, (5, 3, 16, 16), 0.0), random(&mut rng, (5, 4, 4, 4), -1.0));
         let beta = KlWeighting { beta: 0.5, ..KlWeighting::default() };
-        let step_on = |threads, kl: KlWeighting| {
-            let mut trainee = trainee(kl);
-            let before = weights(&trainee);
+        let step_on = |threads, kl: KlWeighting, adversarial: bool| {
+            let mut trainee = trainee(kl, adversarial);
+            let before = all_weights(&trainee);
             let (shards, figures) =
-                with_kernel_threads(threads, || (trainee.shard_count(5, 0), trainee.step(&pixels, &eps, 0).unwrap()));
-            (shards, figures, before, weights(&trainee))
+                with_kernel_threads(threads, || (trainee.shard_count(5), trainee.step(&pixels, &eps, 0).unwrap()));
+            (shards, figures, before, all_weights(&trainee))
         };
-        let (_, whole, before, after) = step_on(1, beta);
-        for threads in [2, 3] {
-            let (shards, figures, _, sharded) = step_on(threads, beta);
-            assert_eq!(shards, threads);
-            let pairs = [(whole.loss, figures.loss), (whole.kl, figures.kl), (whole.l1, figures.l1)];
-            for (a, b) in pairs {
-                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{threads} shards: {a} vs {b}");
-            }
-            for (((name, start), (_, one)), (_, split)) in before.iter().zip(&after).zip(&sharded) {
-                let scale = start.iter().zip(one).map(|(s, o)| (s - o).abs()).fold(0.0f32, f32::max);
-                let differs = one.iter().zip(split).map(|(o, s)| (o - s).abs()).fold(0.0f32, f32::max);
-                assert!(differs <= 1e-4 * scale + 1e-6, "{name}: {differs} against a step of {scale}");
-                assert!(scale > 0.0, "{name} moved");
+        for adversarial in [false, true] {
+            let (_, whole, before, after) = step_on(1, beta, adversarial);
+            assert_eq!(whole.adaptive_weight.is_some(), adversarial);
+            for threads in [2, 3] {
+                let (shards, figures, _, sharded) = step_on(threads, beta, adversarial);
+                assert_eq!(shards, threads);
+                let optional = |figure: Option<f64>| figure.unwrap_or(0.0);
+                let pairs = [
+                    (whole.loss, figures.loss),
+                    (whole.kl, figures.kl),
+                    (whole.l1, figures.l1),
+                    (optional(whole.generator_loss), optional(figures.generator_loss)),
+                    (optional(whole.adaptive_weight), optional(figures.adaptive_weight)),
+                    (optional(whole.discriminator_loss), optional(figures.discriminator_loss)),
+                ];
+                for (a, b) in pairs {
+                    assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{threads} shards: {a} vs {b}");
+                }
+                for (((name, start), (_, one)), (_, split)) in before.iter().zip(&after).zip(&sharded) {
+                    let scale = start.iter().zip(one).map(|(s, o)| (s - o).abs()).fold(0.0f32, f32::max);
+                    let differs = one.iter().zip(split).map(|(o, s)| (o - s).abs()).fold(0.0f32, f32::max);
+                    assert!(differs <= 1e-4 * scale + 1e-6, "{name}: {differs} against a step of {scale}");
+                    assert!(scale > 0.0 || name.contains("running"), "{name} moved");
+                }
             }
         }
         let free_bits = KlWeighting { free_bits: Some(0.1), ..KlWeighting::default() };
-        assert_eq!(step_on(2, free_bits).0, 1, "free bits look at the batch's mean KL");
+        assert_eq!(step_on(2, free_bits, false).0, 1, "free bits look at the batch's mean KL");
     }
 }
