@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use super::activation::OutputActivation;
 use super::block_conv::{convolve_stride_one, Geometry};
 use super::recycle;
-use crate::kernels::{add_to, contiguous_f32, matmul, padded_stride, wide_fn, worth_parallel, Destination, Operand};
+use crate::kernels::{
+    add_to, contiguous_f32, matmul, padded_stride, transpose, wide_fn, worth_parallel, Destination, Operand,
+};
 
 mod phases;
 
@@ -476,14 +478,11 @@ fn weight_gradient_sum(
     add_chunk: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let sum = chunked_sum(examples, m * patch, outputs, add_chunk);
-    if !summed_transposed(m, patch) {
-        return sum;
+    match summed_transposed(m, patch) {
+        // in 4 x 4 blocks: value by value, every write a cache line of its own, it took 8% of a discriminator step
+        true => transpose(&sum, patch),
+        false => sum,
     }
-    let mut gradient = vec![0f32; m * patch];
-    for (p, row) in sum.chunks_exact(m).enumerate() {
-        row.iter().enumerate().for_each(|(o, &value)| gradient[o * patch + p] = value);
-    }
-    gradient
 }
 
 /// outer: dW (`[m, patch]`) = sum over the batch of maps_b (`[m, positions]`) · im2col(image_b)^T.

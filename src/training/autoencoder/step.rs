@@ -147,46 +147,75 @@ impl Trainee {
     /// One step on `pixels` `[batch, C, H, W]` in [0, 1] with noise `eps` shaped like the latent; `step` counts
     /// from 0 (the KL schedule's and the adversarial start's position).
     ///
-    /// The forward passes run on the shards of the batch ([`Self::shard_count`]), each on its own thread; the
-    /// generator term, once the discriminator is on, is worked out on the whole batch between them and the backward
-    /// passes, so the discriminator's batch norms and the adaptive weight see the batch as one; each shard's loss
-    /// (its share of the batch's mean terms, plus its part of the surrogate sum) is then backpropagated on its own
-    /// thread and the optimiser adds the shards' gradients.
+    /// Each shard of the batch ([`Self::shard_count`]) runs its forward pass and its loss's backward pass on its own
+    /// thread, the loss its share of the batch's mean terms; the optimiser adds the shards' gradients. Once the
+    /// discriminator is on, [`Self::adversarial_step`] puts the generator term between the two passes.
     pub fn step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize) -> Result<StepFigures> {
         let rows = pixels.dim(0)?;
         let shards = self.shard_count(rows);
         let ranges: Vec<(usize, usize)> = (0..shards).map(|i| (i * rows / shards, (i + 1) * rows / shards)).collect();
+        if self.adversary.as_ref().is_some_and(|adversary| adversary.is_on(step)) {
+            return self.adversarial_step(pixels, eps, step, &ranges);
+        }
         let this = &*self;
-        let parts = on_each_shard(&ranges, |&(start, end)| {
-            let share = (end - start) as f64 / rows as f64;
-            let (pixels, eps) = (pixels.narrow(0, start, end - start)?, eps.narrow(0, start, end - start)?);
-            let Terms { loss, figures, image, features } = this.terms(&pixels, &eps, step)?;
-            Ok(Terms { loss: loss.affine(share, 0.0)?, figures: figures.scaled(share), image, features })
+        // both passes back to back on a shard's thread: a barrier between them would only add waiting
+        let parts = on_each_shard(&ranges, |range| {
+            let terms = this.shard_terms(pixels, eps, step, range)?;
+            Ok((terms.figures, terms.loss.backward()?))
         })?;
+        let figures = parts.iter().skip(1).fold(parts[0].0, |sum, (part, _)| sum.plus(part));
+        let grads: Vec<_> = parts.into_iter().map(|(_, grads)| grads).collect();
+        self.optimizer.step_sharded(&grads)?;
+        Ok(figures)
+    }
+
+    /// [`Self::step`] with the discriminator on: the shards' forward passes on their threads; the generator term
+    /// and its adaptive weight on the whole batch's detached reconstruction and features, so the discriminator's
+    /// batch norms and the adaptive weight see the batch as one; each shard's loss plus its part of the surrogate
+    /// sum backpropagated on its thread; then the discriminator's step on the whole batch.
+    fn adversarial_step(
+        &mut self,
+        pixels: &Tensor,
+        eps: &Tensor,
+        step: usize,
+        ranges: &[(usize, usize)],
+    ) -> Result<StepFigures> {
+        let this = &*self;
+        let parts = on_each_shard(ranges, |range| this.shard_terms(pixels, eps, step, range))?;
         let mut figures = parts.iter().skip(1).fold(parts[0].figures, |sum, part| sum.plus(&part.figures));
         let image = whole_batch(parts.iter().map(|part| part.image.detach()))?;
-        let mut losses: Vec<Tensor> = parts.iter().map(|part| part.loss.clone()).collect();
-        if let Some(adversary) = self.adversary.as_ref().filter(|adversary| adversary.is_on(step)) {
-            let features = whole_batch(parts.iter().map(|part| part.features.detach()))?;
-            let (image_gradient, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
-            for ((loss, part), &(start, end)) in losses.iter_mut().zip(&parts).zip(&ranges) {
+        let features = whole_batch(parts.iter().map(|part| part.features.detach()))?;
+        let Some(adversary) = self.adversary.as_ref() else { return Ok(figures) };
+        let (image_gradient, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
+        let losses = parts
+            .iter()
+            .zip(ranges)
+            .map(|(part, &(start, end))| {
                 // the surrogate sum(x_hat * dg/dx_hat), whose gradient is the generator loss's, shard by shard
                 let surrogate = (&part.image * image_gradient.narrow(0, start, end - start)?)?.sum_all()?;
-                *loss = (&*loss + surrogate.affine(weight, 0.0)?)?;
-            }
-            figures.generator_loss = Some(generator);
-            figures.adaptive_weight = Some(weight);
-            // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
-            figures.loss += weight * generator;
-        }
+                Ok((&part.loss + surrogate.affine(weight, 0.0)?)?)
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
         drop(parts);
         let grads = on_each_shard(&losses, |loss| Ok(loss.backward()?))?;
         self.optimizer.step_sharded(&grads)?;
-        if let Some(adversary) = self.adversary.as_mut().filter(|adversary| adversary.is_on(step)) {
+        figures.generator_loss = Some(generator);
+        figures.adaptive_weight = Some(weight);
+        // the surrogate's value is not the generator loss's: log rec + weighted KL + adaptive weight * g
+        figures.loss += weight * generator;
+        if let Some(adversary) = self.adversary.as_mut() {
             let x = pixels.affine(2.0, -1.0)?;
             figures.discriminator_loss = Some(discriminator_step(adversary, &x, &image)?);
         }
         Ok(figures)
+    }
+
+    /// [`Self::terms`] on the images `start..end` of the batch, the loss and figures scaled by their share of it.
+    fn shard_terms(&self, pixels: &Tensor, eps: &Tensor, step: usize, &(start, end): &(usize, usize)) -> Result<Terms> {
+        let share = (end - start) as f64 / pixels.dim(0)? as f64;
+        let (pixels, eps) = (pixels.narrow(0, start, end - start)?, eps.narrow(0, start, end - start)?);
+        let Terms { loss, figures, image, features } = self.terms(&pixels, &eps, step)?;
+        Ok(Terms { loss: loss.affine(share, 0.0)?, figures: figures.scaled(share), image, features })
     }
 
     /// Shards a batch of `rows` images is split into, each run forward and backward on its own thread: one per
