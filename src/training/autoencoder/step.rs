@@ -149,7 +149,7 @@ impl Trainee {
     ///
     /// Each shard of the batch ([`Self::shard_count`]) runs its forward pass and its loss's backward pass on its own
     /// thread, the loss its share of the batch's mean terms; the optimiser adds the shards' gradients. Once the
-    /// discriminator is on, [`Self::adversarial_step`] puts the generator term between the two passes.
+    /// discriminator is on, the generator term runs between the two passes, on the whole batch.
     pub fn step(&mut self, pixels: &Tensor, eps: &Tensor, step: usize) -> Result<StepFigures> {
         let rows = pixels.dim(0)?;
         let shards = self.shard_count(rows);
