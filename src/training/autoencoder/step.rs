@@ -6,8 +6,8 @@
 //! 4. loss = rec + weighted KL + adaptive weight * g; backprop, the autoencoder's Adam step;
 //! 5. the discriminator's step on x and the (detached) reconstruction, with its own Adam.
 //!
-//! Steps 1, 2 and 4's backward pass run on shards of the batch, one per thread, each shard's graph on its own
-//! thread, when the loss is a mean over the images (no free bits or capacity): the shards' gradients, each weighted
+//! Steps 1 and 2, and step 4's backward pass, run on shards of the batch, one per thread, each shard's graph on its
+//! own thread, when the loss is a mean over the images (no free bits or capacity): the shards' gradients, each weighted
 //! by its share, sum to the batch's, and candle's graph work, single-threaded within one graph, runs on every core
 //! instead of leaving all but one idle between elbo's multi-threaded kernels. Step 3 runs between the forward and
 //! the backward passes on the whole batch's detached reconstruction and features, so the discriminator's batch
@@ -32,7 +32,7 @@ use crate::objective::KlWeighting;
 use crate::optimizer::Optimizer;
 use crate::training::autoencoder::config::AdversarialConfig;
 use crate::training::step::on_each_shard;
-use crate::Result;
+use crate::{Error, Result};
 
 /// The name of the decoder's last layer's weight, where the adaptive weight compares gradients.
 pub const LAST_LAYER: &str = "decoder.conv_out.weight";
@@ -185,7 +185,10 @@ impl Trainee {
         let mut figures = parts.iter().skip(1).fold(parts[0].figures, |sum, part| sum.plus(&part.figures));
         let image = whole_batch(parts.iter().map(|part| part.image.detach()))?;
         let features = whole_batch(parts.iter().map(|part| part.features.detach()))?;
-        let Some(adversary) = self.adversary.as_ref() else { return Ok(figures) };
+        let adversary = self
+            .adversary
+            .as_ref()
+            .ok_or_else(|| Error::invalid_setting("discriminator", "the adversarial step needs one"))?;
         let (image_gradient, generator, weight) = self.generator_term(adversary, &image, &features, pixels)?;
         let losses = parts
             .iter()
