@@ -18,7 +18,8 @@ use crate::kernels::{kernel_threads, simd_level, wide_fn, SimdLevel};
 /// Measured on one thread (AMD EPYC Zen 5, BENCHMARKS.md), for 64 rows of 784 inputs and 400 outputs, the forward
 /// product and the weight gradient together (the nonzeros' count included) took 45% of the two matrix multiplies'
 /// time at 19% nonzeros and 68% at 30% at AVX2, but at AVX-512, whose products run twice as fast, 70% at 10% and
-/// 99% at 19%.
+/// 99% at 19%. Measured again once a forced AVX2 level's products ran as fast as on an AVX2 CPU (e85702d): 52-54%
+/// at 19%, 73-74% at 30% and 95-97% at 40% at AVX2, so the thresholds stand.
 pub fn most_density() -> f64 {
     match simd_level() {
         SimdLevel::Avx512 => 0.1,
