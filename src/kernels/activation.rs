@@ -146,6 +146,74 @@ impl candle_core::CustomOp2 for ActivationGradient {
     }
 }
 
+wide_fn! {
+    /// y = x for x > 0, slope x otherwise, in place.
+    pub(crate) fn leaky_relu_in_place(values: &mut [f32], slope: f32) {
+        values.iter_mut().for_each(|v| *v = leaky(*v, slope));
+    }
+}
+
+/// LeakyReLU of one value: x for x > 0, slope x otherwise.
+#[inline(always)]
+pub(crate) fn leaky(value: f32, slope: f32) -> f32 {
+    if value > 0.0 {
+        value
+    } else {
+        slope * value
+    }
+}
+
+wide_fn! {
+    /// grad *= LeakyReLU'(x), read off the output: 1 where y > 0, slope elsewhere (with slope >= 0, y > 0
+    /// exactly where x > 0).
+    pub(crate) fn leaky_relu_gradient(output: &[f32], grad: &mut [f32], slope: f32) {
+        grad.iter_mut().zip(output).for_each(|(g, &y)| *g = if y > 0.0 { *g } else { slope * *g });
+    }
+}
+
+/// LeakyReLU, y = x for x > 0 and slope x otherwise (slope >= 0), as a differentiable op on contiguous f32 CPU
+/// values: one pass forward, one backward (from the output), where candle's `leaky_relu` composes five ops.
+#[derive(Debug, Clone, Copy)]
+struct LeakyRelu {
+    slope: f32,
+}
+
+impl candle_core::CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "leaky-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let mut values = contiguous_f32(storage, layout, self.name())?.to_vec();
+        leaky_relu_in_place(&mut values, self.slope);
+        Ok((CpuStorage::F32(values), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _input: &Tensor, output: &Tensor, grad_output: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let slope = self.slope;
+        let (output, grad) = (output.contiguous()?, grad_output.contiguous()?);
+        let gradient = super::with_f32(&output, |output| {
+            super::with_f32(&grad, |grad| {
+                let mut gradient = grad.to_vec();
+                leaky_relu_gradient(output, &mut gradient, slope);
+                gradient
+            })
+        })
+        .flatten()
+        .ok_or_else(|| candle_core::Error::Msg("leaky-relu: needs f32 CPU tensors".into()))?;
+        Ok(Some(Tensor::from_vec(gradient, output.shape(), output.device())?))
+    }
+}
+
+/// LeakyReLU with a `slope` >= 0 for negative inputs: one fused op for f32 on the CPU, candle's `leaky_relu`
+/// elsewhere.
+pub(crate) fn leaky_relu(x: &Tensor, slope: f64) -> candle_core::Result<Tensor> {
+    match x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        true => x.contiguous()?.apply_op1(LeakyRelu { slope: slope as f32 }),
+        false => candle_nn::ops::leaky_relu(x, slope),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +237,36 @@ mod tests {
                 })
                 .collect();
             assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{activation:?}");
+        }
+    }
+
+    /// The fused LeakyReLU against candle's composed one, values and input gradients, at every SIMD level. At an
+    /// input of exactly 0 the gradient is the slope's, as torch's `leaky_relu` has it (candle's composed op, a
+    /// maximum plus a minimum, splits it between the two there).
+    #[test]
+    fn leaky_relu_matches_candles_values_and_gradient_at_every_level() {
+        let device = candle_core::Device::Cpu;
+        let values: Vec<f32> =
+            (0..1031).map(|i| if i % 97 == 0 { 0.0 } else { (i as f32 * 0.173).sin() * 9.0 }).collect();
+        let weights = Tensor::from_vec((0..1031).map(|i| (i as f32 * 0.071).cos()).collect(), 1031, &device).unwrap();
+        let x = candle_core::Var::from_vec(values.clone(), 1031, &device).unwrap();
+        let run = |fused: bool| {
+            let y = match fused {
+                true => leaky_relu(x.as_tensor(), 0.2).unwrap(),
+                false => candle_nn::ops::leaky_relu(x.as_tensor(), 0.2).unwrap(),
+            };
+            let grads = (&y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            (y.to_vec1::<f32>().unwrap(), grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap())
+        };
+        let (expected_y, expected_gradient) = run(false);
+        let upstream = weights.to_vec1::<f32>().unwrap();
+        for level in SimdLevel::ALL {
+            let (y, gradient) = with_simd_level(level, || run(true));
+            assert_eq!(y, expected_y, "{level}");
+            for (i, (&got, &want)) in gradient.iter().zip(&expected_gradient).enumerate() {
+                let want = if values[i] == 0.0 { 0.2 * upstream[i] } else { want };
+                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "{level}: {got} against {want} at {i}");
+            }
         }
     }
 

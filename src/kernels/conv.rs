@@ -849,11 +849,13 @@ impl CustomOp3 for Conv2dOp {
         Ok((CpuStorage::F32(values), Shape::from(self.shapes()[1])))
     }
 
+    /// Each gradient is worked out only for an input that wants one: the data batch needs none, nor do weights
+    /// held fixed (a frozen network, or the discriminator seen by the generator's loss).
     fn bwd(
         &self,
         input: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         output: &Tensor,
         grad_output: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -861,18 +863,19 @@ impl CustomOp3 for Conv2dOp {
         let weight_gradient = self.product(Product::Outer, self.weight_shape());
         let (input_gradient, grad_weight) = if self.transposed {
             // input = maps, output = images: d input = W · im2col(d output), dW = sum maps · im2col(d output)^T
-            (self.product(Product::Gather, self.map_shape()), input.apply_op2_no_bwd(&grad, &weight_gradient)?)
+            let grad_weight = weight.track_op().then(|| input.apply_op2_no_bwd(&grad, &weight_gradient));
+            (self.product(Product::Gather, self.map_shape()), grad_weight)
         } else {
             // input = images, output = maps: d input = col2im(W^T · d output), dW = sum d output · im2col(images)^T
-            (self.product(Product::Scatter, self.image_shape()), grad.apply_op2_no_bwd(input, &weight_gradient)?)
+            let grad_weight = weight.track_op().then(|| grad.apply_op2_no_bwd(input, &weight_gradient));
+            (self.product(Product::Scatter, self.image_shape()), grad_weight)
         };
-        // the data batch needs no gradient: skip its product
         let grad_input = match self.flipped_geometry().filter(|_| input.track_op()) {
             Some(geometry) => Some(flipped_convolution(&grad, weight, geometry)?),
             None => input.track_op().then(|| grad.apply_op2_no_bwd(weight, &input_gradient)).transpose()?,
         };
-        let grad_bias = grad.apply_op1_no_bwd(&ChannelSums)?;
-        Ok((grad_input, Some(grad_weight), Some(grad_bias)))
+        let grad_bias = bias.track_op().then(|| grad.apply_op1_no_bwd(&ChannelSums)).transpose()?;
+        Ok((grad_input, grad_weight.transpose()?, grad_bias))
     }
 }
 

@@ -10,11 +10,15 @@ use super::{fast_math, wide_fn};
 
 /// A group's statistics and a channel's affine weight and bias, in f32, as the elementwise loops use them.
 #[derive(Debug, Clone, Copy)]
-struct Affine {
-    mean: f32,
-    rstd: f32,
-    weight: f32,
-    bias: f32,
+pub(super) struct Affine {
+    /// The mean the values are centred on.
+    pub mean: f32,
+    /// 1 / sqrt(var + eps).
+    pub rstd: f32,
+    /// The channel's scale.
+    pub weight: f32,
+    /// The channel's shift.
+    pub bias: f32,
 }
 
 /// Values per block of every sum here: within a block, [`SUM_LANES`] f32 partial sums (each of
@@ -55,7 +59,7 @@ fn lane_sum(block: &[f32; SUM_BLOCK]) -> f64 {
 
 wide_fn! {
     /// sum (x - centre) and sum (x - centre)^2 over `values`.
-    fn centred_sums(values: &[f32], centre: f32) -> (f64, f64) {
+    pub(super) fn centred_sums(values: &[f32], centre: f32) -> (f64, f64) {
         paired_sums(values, values, |value, _| {
             let deviation = value - centre;
             (deviation, deviation * deviation)
@@ -74,7 +78,7 @@ fn statistics(group: &[f32], eps: f64) -> (f64, f64) {
 
 /// y = x_hat * w + b, x_hat = (x - mean) * rstd.
 #[inline(always)]
-fn affine(value: f32, affine: Affine) -> f32 {
+pub(super) fn affine(value: f32, affine: Affine) -> f32 {
     (value - affine.mean) * affine.rstd * affine.weight + affine.bias
 }
 
@@ -116,14 +120,14 @@ wide_fn! {
 
 wide_fn! {
     /// sum g x_hat and sum g over one channel (its d weight and d bias), x_hat = (x - mean) * rstd.
-    fn gradient_sums(g: &[f32], x: &[f32], channel: Affine) -> (f64, f64) {
+    pub(super) fn gradient_sums(g: &[f32], x: &[f32], channel: Affine) -> (f64, f64) {
         paired_sums(g, x, |g, x| (g * ((x - channel.mean) * channel.rstd), g))
     }
 }
 
 wide_fn! {
     /// dx = rstd (g w - mean(g w) - x_hat mean(g w x_hat)), in place over one channel's `dx` holding g.
-    fn finish_backward(dx: &mut [f32], x: &[f32], channel: Affine, means: (f32, f32)) {
+    pub(super) fn finish_backward(dx: &mut [f32], x: &[f32], channel: Affine, means: (f32, f32)) {
         let (mean_g, mean_g_xhat) = means;
         for (slot, &value) in dx.iter_mut().zip(x) {
             let x_hat = (value - channel.mean) * channel.rstd;

@@ -5,6 +5,7 @@
 //! works on f32 slices of candle's CPU storage; other devices and dtypes take candle's own ops.
 
 pub mod activation;
+pub mod batch_norm;
 pub mod block_conv;
 pub mod conv;
 pub mod fast_math;

@@ -167,12 +167,69 @@ impl Layer {
         Ok(Layer { conv, norm })
     }
 
+    /// The layer's convolution, then its norm, if any, and the LeakyReLU. In training mode on the CPU, the norm and
+    /// the LeakyReLU run as one fused op (`kernels::batch_norm`), which updates the running statistics as candle's
+    /// `BatchNorm` does; elsewhere they run as candle's ops.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = crate::model::conv::convolve(&self.conv, x, None)?;
+        let Some(norm) = &self.norm else { return Ok(crate::kernels::activation::leaky_relu(&hidden, LEAKY_SLOPE)?) };
+        let fused = train && hidden.device().is_cpu() && hidden.dtype() == DType::F32;
+        match norm.weight_and_bias().filter(|_| fused) {
+            Some((scale, shift)) => {
+                let (y, moments) =
+                    crate::kernels::batch_norm::batch_norm_leaky_relu(&hidden, scale, shift, norm.eps(), LEAKY_SLOPE)?;
+                update_running_statistics(norm, &moments, hidden.elem_count() / hidden.dim(1)?)?;
+                Ok(y)
+            }
+            None => Ok(crate::kernels::activation::leaky_relu(&norm.forward_t(&hidden, train)?, LEAKY_SLOPE)?),
+        }
+    }
+
+    /// The layer with its weights detached: the same values (the same storage, so updates show), no gradient to
+    /// them; the norm's running statistics are the same variables.
+    fn detached(&self) -> Result<Self> {
+        let conv = Conv2d::new(self.conv.weight().detach(), self.conv.bias().map(Tensor::detach), *self.conv.config());
+        let norm = match &self.norm {
+            None => None,
+            Some(norm) => {
+                let (scale, shift) =
+                    norm.weight_and_bias().ok_or_else(|| Error::invalid_setting("norm", "no affine"))?;
+                Some(BatchNorm::new_with_momentum(
+                    scale.dim(0)?,
+                    norm.running_mean().clone(),
+                    norm.running_var().clone(),
+                    scale.detach(),
+                    shift.detach(),
+                    norm.eps(),
+                    norm.momentum(),
+                )?)
+            }
+        };
+        Ok(Layer { conv, norm })
+    }
+
     /// The layer's trainable tensors: the convolution's weight and bias, the norm's scale and shift.
     fn parameters(&self) -> Vec<&Tensor> {
         let conv = std::iter::once(self.conv.weight()).chain(self.conv.bias());
         let norm = self.norm.iter().filter_map(|norm| norm.weight_and_bias()).flat_map(|(scale, shift)| [scale, shift]);
         conv.chain(norm).collect()
     }
+}
+
+/// running = (1 - momentum) running + momentum batch statistic, for the batch's `[2, C]` moments over `count`
+/// values per channel, the variance made unbiased (x count / (count - 1)), as torch's and candle's `BatchNorm` do in
+/// training mode.
+fn update_running_statistics(norm: &BatchNorm, moments: &Tensor, count: usize) -> Result<()> {
+    if count < 2 {
+        return Err(Error::ShapeMismatch("a batch norm in training mode needs more than one value per channel".into()));
+    }
+    let momentum = norm.momentum();
+    let unbiased = moments.get(1)?.affine(count as f64 / (count - 1) as f64, 0.0)?;
+    for (running, batch) in [(norm.running_mean(), moments.get(0)?), (norm.running_var(), unbiased)] {
+        let updated = ((running * (1.0 - momentum))? + (batch * momentum)?)?;
+        Var::from_tensor(running)?.set(&updated)?;
+    }
+    Ok(())
 }
 
 /// A batch norm over `channels` channels: scale ~ N(1, 0.02), shift 0, running mean 0 and variance 1. The running
@@ -249,13 +306,17 @@ impl PatchDiscriminator {
         }
         let mut hidden = x.clone();
         for layer in &self.layers {
-            hidden = crate::model::conv::convolve(&layer.conv, &hidden, None)?;
-            if let Some(norm) = &layer.norm {
-                hidden = norm.forward_t(&hidden, train)?;
-            }
-            hidden = candle_nn::ops::leaky_relu(&hidden, LEAKY_SLOPE)?;
+            hidden = layer.forward_t(&hidden, train)?;
         }
         crate::model::conv::convolve(&self.head.conv, &hidden, None)
+    }
+
+    /// The same network with its weights detached: the same logits, gradients to the images only (none is worked
+    /// out for the weights), and the same running statistics, which its training passes update. The generator's
+    /// loss runs through it: it needs the images' gradient, not the discriminator's.
+    pub fn detached(&self) -> Result<Self> {
+        let layers = self.layers.iter().map(Layer::detached).collect::<Result<Vec<_>>>()?;
+        Ok(PatchDiscriminator { config: self.config, layers, head: self.head.detached()? })
     }
 
     /// The logits map's `(h', w')` for images of `height` x `width`, `None` if they are too small (for 3 layers:
@@ -517,6 +578,88 @@ mod tests {
         for var in discriminator.trainable_vars() {
             assert!(norm(var.as_tensor()).is_some_and(|n| n > 0.0), "{:?}", var.dims());
         }
+    }
+
+    /// The training pass composed of candle's own ops: `BatchNorm::forward_t` and `leaky_relu` (the oracle).
+    fn composed_training_pass(discriminator: &PatchDiscriminator, x: &Tensor) -> Tensor {
+        let mut hidden = x.clone();
+        for layer in &discriminator.layers {
+            hidden = crate::model::conv::convolve(&layer.conv, &hidden, None).unwrap();
+            if let Some(norm) = &layer.norm {
+                hidden = norm.forward_t(&hidden, true).unwrap();
+            }
+            hidden = candle_nn::ops::leaky_relu(&hidden, LEAKY_SLOPE).unwrap();
+        }
+        crate::model::conv::convolve(&discriminator.head.conv, &hidden, None).unwrap()
+    }
+
+    /// The flat values of `t`.
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Asserts `a` and `b` agree within `tolerance` of the largest magnitude in `b`.
+    fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let gap = a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(a.len() == b.len() && gap <= tolerance * scale, "{what}: {gap} against {scale}");
+    }
+
+    #[test]
+    fn the_fused_training_pass_matches_candles_batch_norm_and_leaky_relu() {
+        let config = DiscriminatorConfig { in_channels: 3, base_channels: 8, layers: 3 };
+        let (fused, fused_map) = PatchDiscriminator::fresh(&config, 11, DType::F32, &Device::Cpu).unwrap();
+        let (plain, plain_map) = PatchDiscriminator::fresh(&config, 11, DType::F32, &Device::Cpu).unwrap();
+        // scales and shifts away from taming's 1 and 0, so that every term of the backward pass shows
+        for map in [&fused_map, &plain_map] {
+            for (name, var) in
+                map.data().lock().unwrap().iter().filter(|(name, var)| var.rank() == 1 && !name.contains("running"))
+            {
+                let channels = var.elem_count();
+                let offset = if name.ends_with("weight") { 0.4 } else { -0.3 };
+                let spread: Vec<f32> = (0..channels).map(|c| offset + 1.3 * c as f32 / channels as f32).collect();
+                var.set(&Tensor::from_vec(spread, channels, &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let x = Var::from_tensor(&images(3, 34, 0.5)).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (3, 1, 2, 2), &Device::Cpu).unwrap();
+        let run = |discriminator: &PatchDiscriminator, logits: Tensor| {
+            let grads = (&logits * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+            let vars = std::iter::once(x.clone()).chain(discriminator.trainable_vars());
+            let gradients: Vec<Vec<f32>> = vars.map(|v| flat(grads.get(v.as_tensor()).unwrap())).collect();
+            (flat(&logits), gradients)
+        };
+        let (logits, gradients) = run(&fused, fused.forward_t(x.as_tensor(), true).unwrap());
+        let (expected_logits, expected_gradients) = run(&plain, composed_training_pass(&plain, x.as_tensor()));
+        assert_close(&logits, &expected_logits, 1e-5, "logits");
+        for (index, (got, want)) in gradients.iter().zip(&expected_gradients).enumerate() {
+            assert_close(got, want, 1e-5, &format!("gradient {index} (0: the images)"));
+        }
+        for name in ["main.3", "main.6", "main.9"]
+            .iter()
+            .flat_map(|n| [format!("{n}.running_mean"), format!("{n}.running_var")])
+        {
+            assert_close(&values(&fused_map, &name), &values(&plain_map, &name), 1e-5, &name);
+        }
+    }
+
+    #[test]
+    fn the_detached_copy_scores_alike_and_passes_gradients_to_the_images_only() {
+        let (discriminator, varmap) = small();
+        let x = Var::from_tensor(&images(2, 32, 0.0)).unwrap();
+        let detached = discriminator.detached().unwrap();
+        let before = values(&varmap, "main.3.running_mean");
+        let logits = detached.forward_t(x.as_tensor(), true).unwrap();
+        assert_ne!(values(&varmap, "main.3.running_mean"), before, "its training pass moves the shared statistics");
+        let grads = logits.sum_all().unwrap().backward().unwrap();
+        assert!(discriminator.trainable_vars().iter().all(|var| grads.get(var.as_tensor()).is_none()));
+        // the same logits and image gradient as the network itself, whose pass sees the statistics moved once more
+        // (a training pass normalises with the batch's own, so the logits do not depend on them)
+        let own = discriminator.forward_t(x.as_tensor(), true).unwrap();
+        let own_grads = own.sum_all().unwrap().backward().unwrap();
+        assert_eq!(flat(&logits), flat(&own));
+        assert_eq!(flat(grads.get(x.as_tensor()).unwrap()), flat(own_grads.get(x.as_tensor()).unwrap()));
+        assert!(detached.trainable_vars().is_empty());
     }
 
     #[test]

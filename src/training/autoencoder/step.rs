@@ -268,7 +268,8 @@ impl Trainee {
         pixels: &Tensor,
     ) -> Result<(Tensor, f64, f64)> {
         let fake = Var::from_tensor(&image.detach())?;
-        let generator = generator_loss(&adversary.discriminator.forward_t(fake.as_tensor(), true)?)?;
+        // through a copy of D with its weights detached, so its backward pass works out no weight gradient
+        let generator = generator_loss(&adversary.discriminator.detached()?.forward_t(fake.as_tensor(), true)?)?;
         let image_gradient = generator.backward()?.remove(fake.as_tensor()).map_or_else(|| image.zeros_like(), Ok)?;
         // the last layer again, on its detached input: gradients at conv_out only
         let last_output = self.model.output_layer(&features.detach())?;
