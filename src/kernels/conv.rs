@@ -92,6 +92,12 @@ impl ConvGeometry {
         padded_stride(self.positions())
     }
 
+    /// (patch rows, positions, row stride) of im2col's columns of one image.
+    #[inline(always)]
+    fn columns_shape(&self) -> (usize, usize, usize) {
+        (self.patch_len(), self.positions(), self.column_stride())
+    }
+
     /// Values of im2col's columns of one image: patch rows of [`Self::column_stride`] values.
     #[inline(always)]
     fn columns_len(&self) -> usize {
@@ -446,27 +452,89 @@ fn summed_transposed(m: usize, patch: usize) -> bool {
     patch >= m
 }
 
-/// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`, rows
-/// `geometry.column_stride()` apart), in the layout [`summed_transposed`] picks ([`weight_gradient_sum`] turns a
-/// transposed sum back). Read transposed, the map's rows are copied to the padded stride first where they are
-/// a multiple of 512 values long (the copy is one m x positions pass; the product reads it patch / 64 times).
-fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], geometry: &ConvGeometry, m: usize) {
-    let (patch, positions, stride) = (geometry.patch_len(), geometry.positions(), geometry.column_stride());
+/// The sizes of one weight-gradient term's columns: (patch rows, positions, the row stride).
+type ColumnsShape = (usize, usize, usize);
+
+/// sum += the weight gradient's term map (`[m, positions]`) · cols^T (`cols` `[patch, positions]`, rows `stride`
+/// apart), in the layout [`summed_transposed`] picks ([`weight_gradient_sum`] turns a transposed sum back). Read
+/// transposed, the map's rows are copied to the padded stride first where they are a multiple of 512 values long
+/// (the copy is one m x positions pass; the product reads it patch / 64 times).
+fn add_outer(sum: &mut [f32], map: &[f32], cols: &[f32], (patch, positions, stride): ColumnsShape, m: usize) {
     if !summed_transposed(m, patch) {
         let (map_rows, cols_t) = (Operand::rows(map, positions), Operand::transposed(cols, stride));
         matmul(sum, map_rows, cols_t, (m, positions, patch), Destination::Accumulate, ONE);
         return;
     }
-    let padded = (stride != positions).then(|| {
-        let mut padded = recycle::stale(m * stride);
-        let rows = padded.chunks_exact_mut(stride).zip(map.chunks_exact(positions));
+    let map_stride = padded_stride(positions);
+    let padded = (map_stride != positions).then(|| {
+        let mut padded = recycle::stale(m * map_stride);
+        let rows = padded.chunks_exact_mut(map_stride).zip(map.chunks_exact(positions));
         rows.for_each(|(row, values)| row[..positions].copy_from_slice(values));
         padded
     });
-    let map_t = padded.as_deref().map_or(Operand::transposed(map, positions), |p| Operand::transposed(p, stride));
+    let map_t = padded.as_deref().map_or(Operand::transposed(map, positions), |p| Operand::transposed(p, map_stride));
     matmul(sum, Operand::rows(cols, stride), map_t, (patch, positions, m), Destination::Accumulate, ONE);
     if let Some(padded) = padded {
         recycle::recycle(padded);
+    }
+}
+
+/// Output positions below which a chunk's weight-gradient terms run as one product: each term's inner dimension
+/// is the positions, and every term reads and writes the whole `m x patch` sum, which for a 4 x 4 kernel over
+/// 256-512 channels is megabytes against a few dozen multiply-adds per value (the patch discriminator's last
+/// layers, 49 and 36 positions; the conv models' 4 x 4 maps).
+const WIDE_TERMS_BELOW: usize = 128;
+
+/// A chunk's weight-gradient terms map_b · cols_b^T added to a sum: one product per example, or, where the
+/// positions are few ([`WIDE_TERMS_BELOW`]), the examples' maps and columns copied side by side (`[m, n
+/// positions]` and `[patch, n positions]`) and added as one product whose inner dimension is the chunk's positions.
+struct ChunkTerms<'a> {
+    sum: &'a mut [f32],
+    /// (patch, positions, stride) of one example's columns.
+    shape: ColumnsShape,
+    m: usize,
+    /// The maps side by side (rows of n positions) and the columns side by side (rows `width` apart, padded),
+    /// and `width`, when the terms are put together.
+    wide: Option<(Vec<f32>, Vec<f32>, usize)>,
+    /// Examples in the chunk.
+    examples: usize,
+}
+
+impl<'a> ChunkTerms<'a> {
+    /// The terms of `examples` examples to add to `sum` (`m x patch` values).
+    fn new(sum: &'a mut [f32], shape: ColumnsShape, m: usize, examples: usize) -> Self {
+        let (patch, positions, _) = shape;
+        let wide = (positions < WIDE_TERMS_BELOW && examples > 1).then(|| {
+            let width = padded_stride(positions * examples);
+            (recycle::stale(m * positions * examples), recycle::stale(patch * width), width)
+        });
+        ChunkTerms { sum, shape, m, wide, examples }
+    }
+
+    /// Adds, or puts in place, example `index`'s term: its map `[m, positions]` and columns `[patch, positions]`
+    /// (rows `stride` apart).
+    fn add(&mut self, index: usize, map: &[f32], cols: &[f32]) {
+        let (patch, positions, stride) = self.shape;
+        let Some((maps, columns, width)) = &mut self.wide else {
+            return add_outer(self.sum, map, cols, self.shape, self.m);
+        };
+        let offset = index * positions;
+        for (row, values) in maps.chunks_exact_mut(positions * self.examples).zip(map.chunks_exact(positions)) {
+            row[offset..][..positions].copy_from_slice(values);
+        }
+        for (row, values) in columns.chunks_exact_mut(*width).zip(cols.chunks(stride)).take(patch) {
+            row[offset..][..positions].copy_from_slice(&values[..positions]);
+        }
+    }
+
+    /// Adds the terms put side by side, if any.
+    fn finish(self) {
+        if let Some((maps, columns, width)) = self.wide {
+            let (patch, positions, _) = self.shape;
+            add_outer(self.sum, &maps, &columns, (patch, positions * self.examples, width), self.m);
+            recycle::recycle(maps);
+            recycle::recycle(columns);
+        }
     }
 }
 
@@ -489,12 +557,14 @@ fn weight_gradient_sum(
 fn outer(geometry: &ConvGeometry, maps: &[f32], images: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions, image_len) = (geometry.patch_len(), geometry.positions(), geometry.image_len());
     weight_gradient_sum(images.len() / image_len.max(1), (m, patch), &mut [], |range, sum, _| {
+        let mut terms = ChunkTerms::new(sum, geometry.columns_shape(), m, range.len());
         with_columns(geometry.columns_len(), |cols| {
-            for b in range {
+            for (index, b) in range.enumerate() {
                 geometry.im2col(&images[b * image_len..][..image_len], cols);
-                add_outer(sum, &maps[b * m * positions..][..m * positions], cols, geometry, m);
+                terms.add(index, &maps[b * m * positions..][..m * positions], cols);
             }
-        })
+        });
+        terms.finish()
     })
 }
 
@@ -531,17 +601,19 @@ fn transposed_gradients(
     let batch = grad.len() / image_len.max(1);
     let mut grad_maps = recycle::stale(if input_gradient_wanted { batch * map_len } else { 0 });
     let grad_weight = weight_gradient_sum(batch, (m, patch), &mut grad_maps, |range, sum, grad_maps| {
+        let mut terms = ChunkTerms::new(sum, geometry.columns_shape(), m, range.len());
         with_columns(geometry.columns_len(), |cols| {
             for (index, b) in range.enumerate() {
                 geometry.im2col(&grad[b * image_len..][..image_len], cols);
-                add_outer(sum, &maps[b * map_len..][..map_len], cols, geometry, m);
+                terms.add(index, &maps[b * map_len..][..map_len], cols);
                 if input_gradient_wanted {
                     let out = &mut grad_maps[index * map_len..][..map_len];
                     let (lhs, rhs) = (Operand::rows(weight, patch), Operand::rows(cols, geometry.column_stride()));
                     matmul(out, lhs, rhs, (m, patch, positions), Destination::Overwrite, ONE);
                 }
             }
-        })
+        });
+        terms.finish()
     });
     (grad_weight, input_gradient_wanted.then_some(grad_maps))
 }
@@ -639,10 +711,12 @@ impl ConvLayer {
         let (geometry, m) = (&self.geometry, self.map_channels);
         let (patch, positions, columns_len) = (geometry.patch_len(), geometry.positions(), geometry.columns_len());
         weight_gradient_sum(maps.len() / (m * positions).max(1), (m, patch), &mut [], |range, sum, _| {
-            for b in range {
+            let mut terms = ChunkTerms::new(sum, geometry.columns_shape(), m, range.len());
+            for (index, b) in range.enumerate() {
                 let cols = &columns[b * columns_len..][..columns_len];
-                add_outer(sum, &maps[b * m * positions..][..m * positions], cols, geometry, m);
+                terms.add(index, &maps[b * m * positions..][..m * positions], cols);
             }
+            terms.finish()
         })
     }
 }
