@@ -1,8 +1,8 @@
 //! BatchNorm in training mode with a LeakyReLU after it, as one differentiable op on contiguous f32 CPU maps: the
 //! patch discriminator's normalised layers. candle's `BatchNorm::forward_train` is about ten composed ops (a
 //! transpose to channels first, two means, broadcasts) and its `leaky_relu` five more, each a pass over the maps
-//! forward and more backward; in the autoencoder's adversarial step they took about as long as the
-//! discriminator's convolutions. `model::discriminator` holds this op to candle's `BatchNorm` and `leaky_relu`
+//! forward and more backward; in the autoencoder's adversarial step they took about two fifths of the
+//! discriminator's time (BENCHMARKS.md, the ninth session). `model::discriminator` holds this op to candle's `BatchNorm` and `leaky_relu`
 //! (values, running statistics and every gradient), and the tests below hold every SIMD level to the same bits.
 //!
 //! A channel's statistics are over the batch and the positions: its values are `batch` planes `channels` planes

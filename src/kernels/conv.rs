@@ -489,9 +489,11 @@ const WIDE_TERMS_BELOW: usize = 128;
 /// positions are few ([`WIDE_TERMS_BELOW`]), the examples' maps and columns copied side by side (`[m, n
 /// positions]` and `[patch, n positions]`) and added as one product whose inner dimension is the chunk's positions.
 struct ChunkTerms<'a> {
+    /// The weight gradient's sum, in [`add_outer`]'s layout.
     sum: &'a mut [f32],
     /// (patch, positions, stride) of one example's columns.
     shape: ColumnsShape,
+    /// Channels on the map side.
     m: usize,
     /// The maps side by side (rows of n positions) and the columns side by side (rows `width` apart, padded),
     /// and `width`, when the terms are put together.

@@ -192,8 +192,9 @@ impl Layer {
         let norm = match &self.norm {
             None => None,
             Some(norm) => {
-                let (scale, shift) =
-                    norm.weight_and_bias().ok_or_else(|| Error::invalid_setting("norm", "no affine"))?;
+                let (scale, shift) = norm.weight_and_bias().ok_or_else(|| {
+                    Error::invalid_setting("discriminator", "a batch norm without its scale and shift")
+                })?;
                 Some(BatchNorm::new_with_momentum(
                     scale.dim(0)?,
                     norm.running_mean().clone(),
