@@ -89,6 +89,39 @@ struct BatchNormLeakyRelu {
     slope: f32,
 }
 
+impl BatchNormLeakyRelu {
+    /// The backward pass over `[batch, C, plane]` values (`sizes`): x, the output y and `dx` holding dL/dy on entry
+    /// and dL/dx on return; `(affine, moments)` as the op's inputs. Returns each channel's (sum g x_hat, sum g),
+    /// its (d w, d b).
+    fn gradients(
+        &self,
+        (x, y, dx): (&[f32], &[f32], &mut [f32]),
+        sizes: (usize, usize, usize),
+        (affine, moments): (&[f32], &[f32]),
+    ) -> Vec<(f64, f64)> {
+        let plane = sizes.2.max(1);
+        dx.par_chunks_mut(plane).zip(y.par_chunks(plane)).for_each(|(g, y)| leaky_relu_gradient(y, g, self.slope));
+        let channel = |c: usize| channel_affine(moments, affine, c, self.eps);
+        // per channel: (sum g x_hat, sum g), plane by plane in the batch's order
+        let sums: Vec<(f64, f64)> = (0..sizes.1)
+            .into_par_iter()
+            .map(|c| {
+                let pairs = planes_of(dx, sizes, c).zip(planes_of(x, sizes, c));
+                pairs.map(|(g, x)| gradient_sums(g, x, channel(c))).fold((0.0, 0.0), |(a, b), (p, q)| (a + p, b + q))
+            })
+            .collect();
+        let count = (sizes.0 * sizes.2).max(1) as f64;
+        dx.par_chunks_exact_mut(plane).zip(x.par_chunks_exact(plane)).enumerate().for_each(|(index, (dx, x))| {
+            let c = index % sizes.1;
+            let (affine, (sum_g_xhat, sum_g)) = (channel(c), sums[c]);
+            let weight = f64::from(affine.weight);
+            // dx = rstd (g w - mean(g w) - x_hat mean(g w x_hat))
+            finish_backward(dx, x, affine, ((weight * sum_g / count) as f32, (weight * sum_g_xhat / count) as f32));
+        });
+        sums
+    }
+}
+
 impl CustomOp3 for BatchNormLeakyRelu {
     fn name(&self) -> &'static str {
         "batch-norm-leaky-relu"
@@ -124,38 +157,17 @@ impl CustomOp3 for BatchNormLeakyRelu {
         output: &Tensor,
         grad_output: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let read = |t: &Tensor| {
-            with_f32(&t.contiguous()?, <[f32]>::to_vec)
-                .ok_or_else(|| candle_core::Error::Msg("batch-norm-leaky-relu: needs f32 CPU tensors".into()))
-        };
-        let (x_values, affine_values, moments_values) = (read(x)?, read(affine)?, read(moments)?);
-        let mut dx = read(grad_output)?;
+        let missing = || candle_core::Error::Msg("batch-norm-leaky-relu: needs f32 CPU tensors".into());
+        let read = |t: &Tensor| with_f32(&t.contiguous()?, <[f32]>::to_vec).ok_or_else(missing);
+        // dx starts as a copy of the upstream gradient and is worked out in place; x and y are read where they are
+        let (affine_values, moments_values, mut dx) = (read(affine)?, read(moments)?, read(grad_output)?);
         let sizes = sizes(x.layout())?;
-        let plane = sizes.2.max(1);
-        let slope = self.slope;
-        with_f32(&output.contiguous()?, |y| {
-            dx.par_chunks_mut(plane).zip(y.par_chunks(plane)).for_each(|(g, y)| leaky_relu_gradient(y, g, slope))
+        let (x, output) = (x.contiguous()?, output.contiguous()?);
+        let sums = with_f32(&x, |x| {
+            with_f32(&output, |y| self.gradients((x, y, &mut dx), sizes, (&affine_values, &moments_values)))
         })
-        .ok_or_else(|| candle_core::Error::Msg("batch-norm-leaky-relu: needs an f32 CPU output".into()))?;
-        let channel = |c: usize| channel_affine(&moments_values, &affine_values, c, self.eps);
-        // per channel: (sum g x_hat, sum g), plane by plane in the batch's order
-        let sums: Vec<(f64, f64)> = (0..sizes.1)
-            .into_par_iter()
-            .map(|c| {
-                let pairs = planes_of(&dx, sizes, c).zip(planes_of(&x_values, sizes, c));
-                pairs.map(|(g, x)| gradient_sums(g, x, channel(c))).fold((0.0, 0.0), |(a, b), (p, q)| (a + p, b + q))
-            })
-            .collect();
-        let count = (sizes.0 * sizes.2).max(1) as f64;
-        dx.par_chunks_exact_mut(plane).zip(x_values.par_chunks_exact(plane)).enumerate().for_each(
-            |(index, (dx, x))| {
-                let c = index % sizes.1;
-                let (affine, (sum_g_xhat, sum_g)) = (channel(c), sums[c]);
-                let weight = f64::from(affine.weight);
-                // dx = rstd (g w - mean(g w) - x_hat mean(g w x_hat))
-                finish_backward(dx, x, affine, ((weight * sum_g / count) as f32, (weight * sum_g_xhat / count) as f32));
-            },
-        );
+        .flatten()
+        .ok_or_else(missing)?;
         let device = x.device();
         let (d_weight, d_bias): (Vec<f32>, Vec<f32>) = sums.iter().map(|&(w, b)| (w as f32, b as f32)).unzip();
         let d_affine = Tensor::from_vec([d_weight, d_bias].concat(), (2, sizes.1), device)?;
