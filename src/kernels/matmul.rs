@@ -279,6 +279,19 @@ unsafe fn multiply_into(
         return;
     }
     let level = simd_level();
+    let in_place = level == SimdLevel::Avx512;
+    gemm::set_lhs_packing_threshold_single_thread(match in_place {
+        true => IN_PLACE_PACKING_THRESHOLD,
+        false => gemm::DEFAULT_LHS_PACKING_THRESHOLD_SINGLE_THREAD,
+    });
+    let repadded;
+    let rhs = match in_place.then(|| unaligned_rows(&rhs, (m, k, n))).flatten() {
+        Some(copy) => {
+            repadded = copy;
+            Operand::rows(&repadded, padded_stride(n))
+        }
+        None => rhs,
+    };
     let gemm_at_level = if level == SimdLevel::detected() { gemm::gemm::<f32> } else { narrower_gemm(level) };
     for_each_block(&lhs, &rhs, (m, n), threads_of(parallelism), |block| {
         // SAFETY: as for OpenBLAS above; the caller vouches for dst.
@@ -306,6 +319,39 @@ unsafe fn multiply_into(
             );
         }
     });
+}
+
+/// The `gemm` crate's single-thread threshold for packing a column-major operand that products at AVX-512 set:
+/// the highest it takes (256, so above 1,536 dst rows), so that they read elbo's operands where they are. By
+/// default `gemm` copies that operand (for a row-major dst: the rhs given row-major) into its packed layout again in
+/// every product whose dst has more than 48 rows, though elbo lays out its im2col columns and activations with
+/// strides that read well in place ([`padded_stride`]): the 19 MB of columns of a 128-channel 64 x 64 convolution
+/// once more per example, or the 5 M-value output weight of a 12,544-logit decoder once per 64-example shard.
+/// Measured back to back on an AMD EPYC Zen 5 (BENCHMARKS.md, tenth session): 1-10% faster at AVX-512; at AVX2
+/// (whose microkernel reads 16 rows, one cache line, per step of the inner dimension) from 12% slower to 5% faster
+/// by run, no gain that held, so products at AVX2 and below set gemm's default back. Packing only copies: the
+/// results are the same to the bit. The threshold is the `gemm` crate's,
+/// so candle's own single-threaded products in the process follow the last level set. Where a rhs's rows would
+/// fall on the same cache sets, [`unaligned_rows`] gives a product at AVX-512 a copy that reads well instead.
+const IN_PLACE_PACKING_THRESHOLD: usize = 256;
+
+/// The dst rows above which the `gemm` crate, left at its default threshold, packed a row-major rhs: its default
+/// threshold (8) times its microkernels' 6 columns, at every SIMD level.
+const PACKED_ABOVE_ROWS: usize = gemm::DEFAULT_LHS_PACKING_THRESHOLD_SINGLE_THREAD * 6;
+
+/// A copy of a row-major `rhs` at [`padded_stride`], for a product of more than [`PACKED_ABOVE_ROWS`] rows that
+/// would read its rows on the same cache sets ([`slow_to_read_down`]); `None` for every other product, which
+/// reads its rhs in place at AVX-512 ([`IN_PLACE_PACKING_THRESHOLD`]) or lets `gemm` pack it.
+fn unaligned_rows(rhs: &Operand, (m, k, n): (usize, usize, usize)) -> Option<Vec<f32>> {
+    if rhs.column_stride != 1 || !slow_to_read_down(rhs.row_stride) || m <= PACKED_ABOVE_ROWS {
+        return None;
+    }
+    let stride = padded_stride(n);
+    let mut copy = vec![0f32; k * stride];
+    for (row, copied) in rhs.values.chunks(rhs.row_stride).zip(copy.chunks_exact_mut(stride)) {
+        copied[..n].copy_from_slice(&row[..n]);
+    }
+    Some(copy)
 }
 
 /// The signature of `gemm::gemm` for f32.
@@ -465,7 +511,8 @@ mod tests {
 
     fn matmul_matches_the_definition_at_this_level() {
         let parallelisms = [gemm::Parallelism::None, gemm::Parallelism::Rayon(2)];
-        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (33, 17, 65), (130, 257, 9), (1, 40, 1)] {
+        // (50, 9, 512): a rhs with rows on the same cache sets, which the product reads through a repadded copy
+        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (33, 17, 65), (130, 257, 9), (1, 40, 1), (50, 9, 512)] {
             let (lhs_values, rhs_values) = (values(m * k, 1), values(k * n, 2));
             for transposed in [(false, false), (true, false), (false, true), (true, true)] {
                 let lhs =
@@ -484,6 +531,26 @@ mod tests {
                     assert_close(&total, &expected);
                 }
             }
+        }
+    }
+
+    /// The copy is made for a row-major rhs of 512-value rows in a product of more than 48 rows, and for no other.
+    #[test]
+    fn a_rhs_is_repadded_only_where_its_rows_share_cache_sets_and_gemm_packed_it() {
+        let rhs_values = values(3 * 1024, 4);
+        for (rows, columns) in [(3, 1024), (3, 511)] {
+            let rhs = Operand::rows(&rhs_values, columns);
+            let copy = unaligned_rows(&rhs, (PACKED_ABOVE_ROWS + 1, rows, columns));
+            assert_eq!(copy.is_some(), columns == 1024, "{columns} columns");
+            if let Some(copy) = copy {
+                let stride = padded_stride(columns);
+                assert!(stride > columns);
+                for row in 0..rows {
+                    assert_eq!(copy[row * stride..][..columns], rhs_values[row * columns..][..columns]);
+                }
+            }
+            assert!(unaligned_rows(&rhs, (PACKED_ABOVE_ROWS, rows, columns)).is_none());
+            assert!(unaligned_rows(&Operand::transposed(&rhs_values, rows), (64, columns, rows)).is_none());
         }
     }
 
