@@ -330,9 +330,9 @@ unsafe fn multiply_into(
 /// Measured back to back on an AMD EPYC Zen 5 (BENCHMARKS.md, tenth session): 1-10% faster at AVX-512; at AVX2
 /// (whose microkernel reads 16 rows, one cache line, per step of the inner dimension) from 12% slower to 5% faster
 /// by run, no gain that held, so products at AVX2 and below set gemm's default back. Packing only copies: the
-/// results are the same to the bit. The threshold is the `gemm` crate's,
-/// so candle's own single-threaded products in the process follow the last level set. Where a rhs's rows would
-/// fall on the same cache sets, [`unaligned_rows`] gives a product at AVX-512 a copy that reads well instead.
+/// results are the same to the bit. The threshold is the `gemm` crate's, so candle's own single-threaded products
+/// in the process follow the last level set. Where a rhs's rows would fall on the same cache sets,
+/// [`unaligned_rows`] gives a product at AVX-512 a copy that reads well instead.
 const IN_PLACE_PACKING_THRESHOLD: usize = 256;
 
 /// The dst rows above which the `gemm` crate, left at its default threshold, packed a row-major rhs: its default
