@@ -280,10 +280,15 @@ unsafe fn multiply_into(
     }
     let level = simd_level();
     let in_place = level == SimdLevel::Avx512;
-    gemm::set_lhs_packing_threshold_single_thread(match in_place {
+    let threshold = match in_place {
         true => IN_PLACE_PACKING_THRESHOLD,
         false => gemm::DEFAULT_LHS_PACKING_THRESHOLD_SINGLE_THREAD,
-    });
+    };
+    // written only when it changes: both threads' products read it, and a store on every product would move its
+    // cache line between the cores
+    if gemm::get_lhs_packing_threshold_single_thread() != threshold {
+        gemm::set_lhs_packing_threshold_single_thread(threshold);
+    }
     let repadded;
     let rhs = match in_place.then(|| unaligned_rows(&rhs, (m, k, n))).flatten() {
         Some(copy) => {
