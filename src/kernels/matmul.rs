@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::kernel_threads;
 use super::simd::{simd_level, SimdLevel};
+use super::transpose::transpose;
 
 #[cfg(feature = "openblas")]
 #[path = "openblas.rs"]
@@ -56,75 +57,6 @@ pub fn slow_to_read_down(columns: usize) -> bool {
 /// about a fifth of one slow product, so make it once and share it between the products that read the same matrix.
 pub fn contiguous_transpose(matrix: &[f32], rows: usize) -> Option<Vec<f32>> {
     slow_to_read_down(matrix.len() / rows.max(1)).then(|| transpose(matrix, rows))
-}
-
-/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]` ([`transpose_into`]).
-pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
-    let columns = matrix.len() / rows.max(1);
-    let mut transposed = vec![0.0; matrix.len()];
-    transpose_into(matrix, columns, (rows, columns), &mut transposed, rows);
-    transposed
-}
-
-/// dest[c * dest_stride + r] = source[r * source_stride + c] for r < `rows`, c < `columns`: blocks of 4 x 4 values
-/// turned in registers, the edges value by value.
-#[inline]
-pub(crate) fn transpose_into(
-    source: &[f32],
-    source_stride: usize,
-    (rows, columns): (usize, usize),
-    dest: &mut [f32],
-    dest_stride: usize,
-) {
-    let (whole_rows, whole_columns) = (rows / 4 * 4, columns / 4 * 4);
-    for row in (0..whole_rows).step_by(4) {
-        for column in (0..whole_columns).step_by(4) {
-            let block: [[f32; 4]; 4] = std::array::from_fn(|offset| {
-                let values = &source[(row + offset) * source_stride + column..][..4];
-                [values[0], values[1], values[2], values[3]]
-            });
-            for (offset, values) in transpose4(block).iter().enumerate() {
-                dest[(column + offset) * dest_stride + row..][..4].copy_from_slice(values);
-            }
-        }
-    }
-    // the values outside whole blocks: the last rows' every column, the other rows' last columns
-    for row in 0..rows {
-        let from = if row < whole_rows { whole_columns } else { 0 };
-        for column in from..columns {
-            dest[column * dest_stride + row] = source[row * source_stride + column];
-        }
-    }
-}
-
-/// The transpose of a 4 x 4 block, in SSE registers (part of x86-64's baseline) where there are some.
-#[inline(always)]
-fn transpose4(block: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{
-            _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
-        };
-        let mut transposed = [[0.0f32; 4]; 4];
-        // SAFETY: each load and store covers one [f32; 4] of the arrays; SSE is part of x86-64's baseline.
-        unsafe {
-            let [a, b, c, d] = block.map(|row| _mm_loadu_ps(row.as_ptr()));
-            let (ab_low, cd_low) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
-            let (ab_high, cd_high) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
-            let rows = [
-                _mm_movelh_ps(ab_low, cd_low),
-                _mm_movehl_ps(cd_low, ab_low),
-                _mm_movelh_ps(ab_high, cd_high),
-                _mm_movehl_ps(cd_high, ab_high),
-            ];
-            for (out, row) in transposed.iter_mut().zip(rows) {
-                _mm_storeu_ps(out.as_mut_ptr(), row);
-            }
-        }
-        transposed
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::array::from_fn(|row| std::array::from_fn(|column| block[column][row]))
 }
 
 /// Values added to a row of [`SLOW_ROW`]'s multiples by [`padded_stride`]: one 64-byte cache line.
@@ -570,20 +502,6 @@ mod tests {
         }
         for (rows, columns) in [(400, 784), (3, 1000), (2, 256)] {
             assert!(contiguous_transpose(&vec![0.0; rows * columns], rows).is_none(), "{rows} x {columns}");
-        }
-    }
-
-    #[test]
-    fn the_blocked_transpose_moves_every_value_on_odd_shapes() {
-        for (rows, columns) in [(1, 1), (3, 5), (4, 4), (9, 6), (13, 37), (64, 784)] {
-            let matrix: Vec<f32> = (0..rows * columns).map(|i| i as f32).collect();
-            let transposed = transpose(&matrix, rows);
-            assert_eq!(transposed.len(), matrix.len());
-            for (i, line) in transposed.chunks_exact(rows).enumerate() {
-                line.iter()
-                    .enumerate()
-                    .for_each(|(o, &value)| assert_eq!(value, matrix[o * columns + i], "{rows}x{columns}"));
-            }
         }
     }
 }

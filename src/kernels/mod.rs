@@ -17,6 +17,7 @@ pub mod recycle;
 pub mod simd;
 pub mod sparse;
 pub mod tcvae;
+pub mod transpose;
 pub mod upsample;
 
 use std::cell::Cell;
@@ -25,11 +26,12 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use parking_lot::RwLockReadGuard;
 
 pub use matmul::{
-    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, slow_to_read_down, transpose, Destination,
-    Operand, MATMUL_BACKEND, PARALLEL_WORK,
+    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, slow_to_read_down, Destination, Operand,
+    MATMUL_BACKEND, PARALLEL_WORK,
 };
 pub(crate) use simd::wide_fn;
 pub use simd::{add_to, simd_level, SimdLevel};
+pub use transpose::transpose;
 
 /// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
 pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, kernel: &str) -> candle_core::Result<&'a [f32]> {

@@ -3,7 +3,7 @@
 //! nonzero values, so their work falls with the input's density, where a matrix multiply does every product of
 //! zeros too. Both read the input column by column ([`SparseColumns`]: one branch-free pass over its values, one over
 //! its nonzeros), and are given up for the matrix multiplies where the input has more nonzeros than
-//! [`most_density`] allows at the SIMD level in use, or the layer fewer than [`FEWEST_OUTPUTS`] outputs. The choice
+//! [`MOST_DENSITY`] allows, or the layer fewer than [`FEWEST_OUTPUTS`] outputs. The choice
 //! is made here alone, per layer and per batch; `elbo train` reports the fused step, of which this is a part.
 //!
 //! Each output value is a sum over the nonzero inputs in index order, a product and an add at a time (never fused
@@ -11,21 +11,18 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::matmul::transpose_into;
-use crate::kernels::{kernel_threads, simd_level, wide_fn, SimdLevel};
+use crate::kernels::transpose::transpose_into;
+use crate::kernels::{kernel_threads, recycle, wide_fn};
 
-/// The largest share of nonzero inputs with which a layer takes the sparse products, at the SIMD level in use.
+/// The largest share of nonzero inputs with which a layer takes the sparse products, at every SIMD level.
 /// Measured on one thread (AMD EPYC Zen 5, BENCHMARKS.md), for 64 rows of 784 inputs and 400 outputs, the forward
-/// product and the weight gradient together (the nonzeros' count included) took 45% of the two matrix multiplies'
-/// time at 19% nonzeros and 68% at 30% at AVX2, but at AVX-512, whose products run twice as fast, 70% at 10% and
-/// 99% at 19%. Measured again once a forced AVX2 level's products ran as fast as on an AVX2 CPU (e85702d): 52-54%
-/// at 19%, 73-74% at 30% and 95-97% at 40% at AVX2, so the thresholds stand.
-pub fn most_density() -> f64 {
-    match simd_level() {
-        SimdLevel::Avx512 => 0.1,
-        SimdLevel::Avx2 | SimdLevel::Scalar => 0.3,
-    }
-}
+/// product and the weight gradient together (the nonzeros' count included) took 52-54% of the two matrix
+/// multiplies' time at 19% nonzeros, 73-74% at 30% and 95-97% at 40% at AVX2, and 97% at 19% at AVX-512, whose
+/// products run twice as fast (so AVX-512 took the sparse products only up to 10% until W^T was made on both
+/// threads). Measured in whole training steps at AVX-512 once W^T was made on both threads (the steps alternating
+/// between the two choices in one process): the sparse first layer 8-12% faster on MNIST (19% nonzeros) and 0-3% on
+/// MNIST with 27% nonzeros; so 30% at every level.
+pub const MOST_DENSITY: f64 = 0.3;
 
 /// Layers with fewer outputs keep the matrix multiplies: counting an input's nonzeros costs about as much as
 /// `FEWEST_OUTPUTS` / 64 of the products it could save.
@@ -153,7 +150,8 @@ impl SparseColumns {
         let (rows, columns) = (self.rows, self.columns());
         let outputs = grad.len() / rows;
         assert_eq!(grad.len(), rows * outputs, "grad must be [rows, outputs]");
-        let mut gradient = vec![0.0f32; outputs * columns];
+        // every value is written: each chunk of outputs by every band of inputs
+        let mut gradient = recycle::stale(outputs * columns);
         let chunk_rows = |(chunk, lines): (usize, &mut [f32])| {
             let (start, width) = (chunk * CHUNK, lines.len() / columns);
             let mut sums = [0.0f32; BAND * CHUNK];

@@ -8,14 +8,13 @@
 //! mostly zeros, `crate::kernels::sparse`); for a convolution the same three products as im2col + GEMM
 //! (`crate::kernels::conv`).
 
-use std::sync::OnceLock;
-
 use candle_core::{DType, Tensor};
 
 use crate::kernels::activation::{silu, silu_gradient, FusedActivation, OutputActivation};
 use crate::kernels::conv::ConvLayer;
 use crate::kernels::sparse::{self, SparseColumns};
-use crate::kernels::{recycle, slow_to_read_down, transpose};
+use crate::kernels::transpose::SharedTranspose;
+use crate::kernels::{recycle, slow_to_read_down};
 use crate::model::conv::ConvParts;
 use crate::model::dense::{
     forward_values, input_gradient, parameter_gradients, sparse_forward_values, sparse_parameter_gradients, Dense,
@@ -162,7 +161,7 @@ impl<'a> Layers<'a> {
                 Some(_) => pairs.next().map(|pair| (pair[0], pair[1]))?,
                 None => (&[][..], &[][..]),
             };
-            let (kind, transposed) = (layer.kind(), OnceLock::new());
+            let (kind, transposed) = (layer.kind(), SharedTranspose::default());
             layers.push(Layer { weight, transposed, bias, activation: layer.activation(), kind });
         }
         let decoder = layers.split_off(self.encoder_len + 2);
@@ -186,12 +185,21 @@ enum Kind {
 /// A layer's parameters as slices, with its activation and kind.
 pub(super) struct Layer<'a> {
     pub(super) weight: &'a [f32],
-    /// A dense weight's W^T, made by the first shard that needs it (for a matrix multiply that reads the weight
+    /// A dense weight's W^T, made once by the shards that need it (for a matrix multiply that reads the weight
     /// slowly in place, [`slow_to_read_down`], or for the sparse products), then read by all.
-    transposed: OnceLock<Vec<f32>>,
+    transposed: SharedTranspose,
     pub(super) bias: &'a [f32],
     activation: FusedActivation,
     kind: Kind,
+}
+
+impl Drop for Layer<'_> {
+    /// Hands W^T back to [`recycle`] for the next step's.
+    fn drop(&mut self) {
+        if let Some(transposed) = self.transposed.take() {
+            recycle::recycle(transposed);
+        }
+    }
 }
 
 /// What a layer's backward pass keeps from its forward pass besides the output.
@@ -255,16 +263,16 @@ impl Layer<'_> {
 
     /// The dense layer's W^T, made once for all shards.
     fn transposed(&self) -> &[f32] {
-        self.transposed.get_or_init(|| transpose(self.weight, self.bias.len()))
+        self.transposed.get(self.weight, self.bias.len())
     }
 
     /// A dense layer's `input` (`rows` rows) as its nonzero values, where the layer has outputs enough and the
-    /// input few enough nonzeros for the sparse products to pay ([`sparse::most_density`]).
+    /// input few enough nonzeros for the sparse products to pay ([`sparse::MOST_DENSITY`]).
     fn sparse_input(&self, input: &[f32], rows: usize) -> Option<SparseColumns> {
         if self.bias.len() < sparse::FEWEST_OUTPUTS || rows == 0 {
             return None;
         }
-        SparseColumns::of(input, input.len() / rows, sparse::most_density())
+        SparseColumns::of(input, input.len() / rows, sparse::MOST_DENSITY)
     }
 
     /// Back through the layer from dL/doutput, with what [`Self::forward`] kept: its parameter gradients (`None`
