@@ -30,7 +30,8 @@ impl SharedTranspose {
         }
         if !self.claimed.swap(true, Ordering::AcqRel) {
             let threads = candle_core::utils::get_num_threads();
-            return self.value.get_or_init(|| with_kernel_threads(threads, || transpose(matrix, rows)));
+            let make = || transpose_in(matrix, rows, recycle::stale(matrix.len()));
+            return self.value.get_or_init(|| with_kernel_threads(threads, make));
         }
         // another thread is making it: run its pending pieces (rayon's work) meanwhile
         loop {
@@ -46,17 +47,21 @@ impl SharedTranspose {
         }
     }
 
-    /// The transpose, if it was made, for [`recycle`].
+    /// The transpose, if it was made (in a buffer from [`recycle`]), to hand back there.
     pub fn take(&mut self) -> Option<Vec<f32>> {
         self.value.take()
     }
 }
 
-/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]`, in a recycled buffer; bands of its
-/// rows on the kernel threads where it is large.
+/// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]`; bands of its rows on the kernel threads
+/// where it is large.
 pub fn transpose(matrix: &[f32], rows: usize) -> Vec<f32> {
+    transpose_in(matrix, rows, vec![0.0; matrix.len()])
+}
+
+/// [`transpose`] written into `transposed` (as long as `matrix`, its values overwritten).
+fn transpose_in(matrix: &[f32], rows: usize, mut transposed: Vec<f32>) -> Vec<f32> {
     let columns = matrix.len() / rows.max(1);
-    let mut transposed = recycle::stale(matrix.len());
     let threads = kernel_threads();
     if threads < 2 || matrix.len() < 4 * PARALLEL_WORK || columns < 2 * BAND_ALIGN {
         transpose_into(matrix, columns, (rows, columns), &mut transposed, rows);
