@@ -195,7 +195,7 @@ fn add_chunk(sparse: &SparseColumns, weights: (&[f32], usize), target: Target, (
 
 wide_fn! {
     /// [`add_chunk`]'s body, compiled for each SIMD level: a full [`CHUNK`] at once in registers, else blocks of
-    /// 16 values, then the rest one by one.
+    /// 16 values, then one of 8, then the rest one by one.
     #[allow(clippy::too_many_arguments)]
     fn add_chunk_wide(sparse: &SparseColumns, weights: &[f32], weights_width: usize, target: &mut [f32], stride: usize, offset: usize, start: usize, width: usize) {
         let mut done = 0;
@@ -206,6 +206,10 @@ wide_fn! {
         while width - done >= 16 {
             scale_into_rows::<16>(sparse, (weights, weights_width, start + done), (target, stride, offset + done));
             done += 16;
+        }
+        if width - done >= 8 {
+            scale_into_rows::<8>(sparse, (weights, weights_width, start + done), (target, stride, offset + done));
+            done += 8;
         }
         for lane in done..width {
             scale_into_rows::<1>(sparse, (weights, weights_width, start + lane), (target, stride, offset + lane));
@@ -246,7 +250,7 @@ fn band_sums(
 
 wide_fn! {
     /// [`band_sums`]'s body, compiled for each SIMD level: a full [`CHUNK`] of sums in registers, else blocks of
-    /// 16, then the rest one by one.
+    /// 16, then one of 8, then the rest one by one.
     #[allow(clippy::too_many_arguments)]
     fn band_sums_wide(sparse: &SparseColumns, matrix: &[f32], matrix_width: usize, sums: &mut [f32; BAND * CHUNK], first: usize, count: usize, start: usize, width: usize) {
         for (offset, column_sums) in sums.chunks_exact_mut(CHUNK).take(count).enumerate() {
@@ -259,6 +263,10 @@ wide_fn! {
             while width - done >= 16 {
                 weighted_rows::<16>(&mut column_sums[done..], (matrix, matrix_width, start + done), row_indices, values);
                 done += 16;
+            }
+            if width - done >= 8 {
+                weighted_rows::<8>(&mut column_sums[done..], (matrix, matrix_width, start + done), row_indices, values);
+                done += 8;
             }
             for lane in done..width {
                 weighted_rows::<1>(&mut column_sums[lane..], (matrix, matrix_width, start + lane), row_indices, values);
@@ -340,8 +348,11 @@ mod tests {
     #[test]
     fn the_sparse_products_match_the_plain_sums_on_odd_shapes_at_every_level_and_thread_count() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        // outputs below, at and across the chunk of 64; columns across a band of 16; an all-zero row and column
-        for (rows, columns, outputs) in [(5, 37, 3), (7, 33, 64), (9, 50, 131), (64, 784, 400)] {
+        // outputs below, at and across the chunk of 64 (and its blocks of 16 and 8); columns across a band of 16; an
+        // all-zero row and column
+        for (rows, columns, outputs) in
+            [(5, 37, 3), (7, 33, 64), (6, 40, 77), (9, 50, 131), (8, 30, 200), (64, 784, 400)]
+        {
             let mut x = sparse_matrix(&mut rng, rows, columns, 0.15);
             x[..columns].fill(0.0);
             (0..rows).for_each(|r| x[r * columns + 1] = 0.0);
