@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::transpose::transpose_into;
-use crate::kernels::{kernel_threads, recycle, wide_fn};
+use crate::kernels::{kernel_threads, wide_fn};
 
 /// The largest share of nonzero inputs with which a layer takes the sparse products, at every SIMD level.
 /// Measured on one thread (AMD EPYC Zen 5, BENCHMARKS.md), for 64 rows of 784 inputs and 400 outputs, the forward
@@ -150,8 +150,7 @@ impl SparseColumns {
         let (rows, columns) = (self.rows, self.columns());
         let outputs = grad.len() / rows;
         assert_eq!(grad.len(), rows * outputs, "grad must be [rows, outputs]");
-        // every value is written: each chunk of outputs by every band of inputs
-        let mut gradient = recycle::stale(outputs * columns);
+        let mut gradient = vec![0.0f32; outputs * columns];
         let chunk_rows = |(chunk, lines): (usize, &mut [f32])| {
             let (start, width) = (chunk * CHUNK, lines.len() / columns);
             let mut sums = [0.0f32; BAND * CHUNK];

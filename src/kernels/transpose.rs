@@ -15,7 +15,8 @@ use super::{kernel_threads, recycle, with_kernel_threads, PARALLEL_WORK};
 /// A matrix's transpose, made once for every thread that asks for it: the first to ask makes it on all the kernel
 /// threads, and the others, instead of waiting idle as on a `OnceLock`, run pieces of that work until it is done.
 /// A dense layer's W^T is asked for by each shard of a batch at about the same time; made by one thread while the
-/// other waited, it took ~2% of the samples of an MLP's step at AVX2 and as much again of idle time.
+/// other waited, it took ~2% of the samples of an MLP's step at AVX2 and as much again of idle time. (Made in bands
+/// on both threads where the pool has two; on one thread in larger pools, see [`Self::get`].)
 #[derive(Debug, Default)]
 pub struct SharedTranspose {
     value: OnceLock<Vec<f32>>,
@@ -29,7 +30,10 @@ impl SharedTranspose {
             return value;
         }
         if !self.claimed.swap(true, Ordering::AcqRel) {
-            let threads = candle_core::utils::get_num_threads();
+            // in bands on both threads of a pool of two, where the only other thread that can take a band is the
+            // other shard's, waiting for it; in a larger pool, this thread, waiting for its bands, could take up a
+            // shard that has not started yet, which would then wait for the transpose this thread is making
+            let threads = if rayon::current_num_threads() == 2 { 2 } else { 1 };
             let make = || transpose_in(matrix, rows, recycle::stale(matrix.len()));
             return self.value.get_or_init(|| with_kernel_threads(threads, make));
         }
@@ -268,6 +272,14 @@ mod tests {
         let (first, second) = pool.install(|| rayon::join(ask, ask));
         assert_eq!(first, second, "both threads read the one transpose");
         assert_transposed(&matrix, shared.get(&matrix, rows), (rows, columns), "on a pool");
+        // a larger pool, every thread a shard asking at once: made on one thread, the others running what they find
+        let wide = rayon::ThreadPoolBuilder::new().num_threads(4).build().expect("a pool of 4 threads");
+        for _ in 0..20 {
+            let shared = SharedTranspose::default();
+            let ask = |_| with_kernel_threads(1, || shared.get(&matrix, rows).as_ptr() as usize);
+            let pointers: Vec<usize> = wide.install(|| (0..4).into_par_iter().map(ask).collect());
+            assert!(pointers.windows(2).all(|pair| pair[0] == pair[1]), "one transpose for 4 shards");
+        }
         let alone = SharedTranspose::default();
         assert_transposed(&matrix, alone.get(&matrix, rows), (rows, columns), "off rayon's threads");
     }
