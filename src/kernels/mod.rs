@@ -1,5 +1,6 @@
 //! The hot CPU kernels, each beside its plain twin (the tests' oracle): matrix multiplies (and a dense layer's
-//! products on mostly-zero inputs), the SIMD level they run at, branch-free math functions, fused activations,
+//! products on mostly-zero inputs), transposes (a dense layer's W^T made once by a batch's shards together), the
+//! SIMD level they run at, branch-free math functions, fused activations,
 //! likelihood terms with their gradients, convolutions as im2col + GEMM, GroupNorm and nearest upsampling with their
 //! gradients, beta-TCVAE's KL decomposition with its gradient, and the in-place optimiser updates. Everything here
 //! works on f32 slices of candle's CPU storage; other devices and dtypes take candle's own ops.
