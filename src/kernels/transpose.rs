@@ -34,8 +34,7 @@ impl SharedTranspose {
             // other shard's, waiting for it; in a larger pool, this thread, waiting for its bands, could take up a
             // shard that has not started yet, which would then wait for the transpose this thread is making
             let threads = if rayon::current_num_threads() == 2 { 2 } else { 1 };
-            let make = || transpose_in(matrix, rows, recycle::stale(matrix.len()));
-            return self.value.get_or_init(|| with_kernel_threads(threads, make));
+            return self.value.get_or_init(|| with_kernel_threads(threads, || made(matrix, rows)));
         }
         // another thread is making it: run its pending pieces (rayon's work) meanwhile
         loop {
@@ -46,15 +45,24 @@ impl SharedTranspose {
                 Some(rayon::Yield::Executed) => {}
                 Some(rayon::Yield::Idle) => std::thread::yield_now(),
                 // not on a rayon thread: wait for the maker (the closure runs only if it never started)
-                None => return self.value.get_or_init(|| transpose(matrix, rows)),
+                None => return self.value.get_or_init(|| made(matrix, rows)),
             }
         }
     }
+}
 
-    /// The transpose, if it was made (in a buffer from [`recycle`]), to hand back there.
-    pub fn take(&mut self) -> Option<Vec<f32>> {
-        self.value.take()
+impl Drop for SharedTranspose {
+    /// Hands the transpose's buffer back to [`recycle`], for the next step's.
+    fn drop(&mut self) {
+        if let Some(value) = self.value.take() {
+            recycle::recycle(value);
+        }
     }
+}
+
+/// The transpose of `matrix` in a buffer from [`recycle`].
+fn made(matrix: &[f32], rows: usize) -> Vec<f32> {
+    transpose_in(matrix, rows, recycle::stale(matrix.len()))
 }
 
 /// The transpose of a row-major `matrix` with `rows` rows, `[columns, rows]`; bands of its rows on the kernel threads

@@ -193,15 +193,6 @@ pub(super) struct Layer<'a> {
     kind: Kind,
 }
 
-impl Drop for Layer<'_> {
-    /// Hands W^T back to [`recycle`] for the next step's.
-    fn drop(&mut self) {
-        if let Some(transposed) = self.transposed.take() {
-            recycle::recycle(transposed);
-        }
-    }
-}
-
 /// What a layer's backward pass keeps from its forward pass besides the output.
 #[derive(Default)]
 pub(super) struct Kept {
