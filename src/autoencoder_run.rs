@@ -14,14 +14,14 @@ use crate::data::Dataset;
 use crate::evaluation::CompressionReport;
 use crate::model::autoencoder_kl::load_trainable;
 use crate::model::discriminator::PatchDiscriminator;
-use crate::model::{AutoencoderKl, AutoencoderKlConfig};
-use crate::objective::autoencoder::Reconstruction;
+use crate::model::{AutoencoderKl, AutoencoderKlConfig, Lpips};
+use crate::objective::autoencoder::{Perceptual, Reconstruction};
 use crate::optimizer::Optimizer;
 use crate::outputs::autoencoder_log::{checkpoint_parts, AutoencoderLogger};
 use crate::outputs::checkpoint_file::load_checkpoint_parts;
 use crate::outputs::grid::{image_grid, save_png};
 use crate::outputs::{read_json, RunDir, RunFile};
-use crate::training::autoencoder::config::model_for;
+use crate::training::autoencoder::config::{model_for, PerceptualConfig};
 use crate::training::autoencoder::step::LAST_LAYER;
 use crate::training::autoencoder::trainer::EVAL_BATCH;
 use crate::training::autoencoder::{
@@ -162,6 +162,12 @@ fn build_model(config: &AutoencoderRunConfig, device: &Device) -> Result<(Autoen
     let image_values = config.model.in_channels * training.crops.size * training.crops.size;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let reconstruction = Reconstruction::new(&training.reconstruction, image_values, vb.pp("loss"))?;
+    let reconstruction = match &training.perceptual {
+        Some(PerceptualConfig { lpips, weight }) => {
+            reconstruction.with_perceptual(Perceptual { network: Lpips::load(lpips, device)?, weight: *weight })?
+        }
+        None => reconstruction,
+    };
     Ok((model, reconstruction, varmap))
 }
 

@@ -1,7 +1,7 @@
 //! Training latent diffusion's KL autoencoder: a short run on a few crops raises the held-out PSNR, the model it
 //! writes in diffusers' layout loads back with the same outputs, `--train-decoder-only` leaves every encoder weight
-//! bit for bit, the discriminator comes on at its start step with finite adaptive weights, and a stopped run resumes
-//! exactly.
+//! bit for bit, the discriminator comes on at its start step with finite adaptive weights, LPIPS joins the
+//! reconstruction as latent diffusion adds it, and a stopped run resumes exactly.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +14,11 @@ use elbo::outputs::autoencoder_log::read_autoencoder_metrics;
 use elbo::outputs::{RunDir, RunFile};
 use elbo::training::autoencoder::config::small_model;
 use elbo::training::autoencoder::{
-    AdversarialConfig, AutoencoderObserver, AutoencoderStepRecord, AutoencoderTrainConfig,
+    AdversarialConfig, AutoencoderObserver, AutoencoderStepRecord, AutoencoderTrainConfig, PerceptualConfig,
 };
+
+#[path = "common/lpips_network.rs"]
+mod lpips_network;
 
 /// Writes three 72 x 80 RGB photos of smooth colour gradients with a bright square each into `dir/photos`, and
 /// returns that folder (runs go beside it: a folder of photos is read with its subfolders).
@@ -186,6 +189,48 @@ fn the_discriminator_comes_on_at_its_start_step() {
     }
     let checkpoint = candle_core::safetensors::load(out.join(RunFile::Checkpoint.name()), &Device::Cpu).unwrap();
     assert!(checkpoint.keys().any(|name| name.starts_with("loss.discriminator.main.0")));
+}
+
+/// With an LPIPS network, the first step's reconstruction term is the pixel term's plus weight x LPIPS on every value
+/// of each crop (the learned scale starts at 1, so nothing divides it): the same seed gives the same crops, noise and
+/// initial weights. LPIPS has its own column; once the discriminator is on, the adaptive weight, whose gradient at
+/// the decoder's last layer now runs through LPIPS, stays finite. LPIPS without the learned-scale L1 is refused.
+#[test]
+fn the_perceptual_term_joins_the_reconstruction_inside_the_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = write_photos(dir.path());
+    let lpips = dir.path().join("lpips.safetensors");
+    candle_core::safetensors::save(&lpips_network::formula_network(), &lpips).unwrap();
+    let plain = config(&photos, 2);
+    let mut perceptual = plain.clone();
+    perceptual.training.perceptual = Some(PerceptualConfig { lpips, weight: 2.0 });
+    perceptual.training.adversarial = Some(AdversarialConfig::from_step(1, 1e-3));
+    let first_rows = |config: &AutoencoderRunConfig, name: &str| {
+        let out = dir.path().join(name);
+        train(config, &out);
+        let rows = read_autoencoder_metrics(&out.join(RunFile::Metrics.name())).unwrap();
+        rows.into_iter().filter(|row| row.kind == "step").collect::<Vec<_>>()
+    };
+    let (without, with) = (first_rows(&plain, "plain"), first_rows(&perceptual, "perceptual"));
+    assert_eq!(without[0].perceptual, None);
+    let distance = with[0].perceptual.expect("an LPIPS column");
+    assert!(distance > 0.0 && with[1].perceptual.is_some());
+    // sum((|x - x_hat| + w LPIPS) / e^0 + 0) / B = the pixel term + w * mean LPIPS * values per crop
+    let expected = without[0].reconstruction + 2.0 * distance * (3 * 32 * 32) as f64;
+    assert!((with[0].reconstruction - expected).abs() <= 1e-4 * expected, "{} vs {expected}", with[0].reconstruction);
+    let weight = with[1].adaptive_weight.expect("the discriminator on at the second step");
+    assert!(weight.is_finite() && weight > 0.0, "adaptive weight {weight}");
+    let mut bernoulli = perceptual.clone();
+    bernoulli.training.reconstruction = elbo::objective::autoencoder::ReconstructionTerm::Likelihood {
+        likelihood: elbo::model::LikelihoodConfig::Bernoulli,
+    };
+    let refused = train_autoencoder_run(
+        &bernoulli,
+        &RunDir::create(&dir.path().join("b")).unwrap(),
+        &Device::Cpu,
+        &mut StopAfter::default(),
+    );
+    assert!(refused.unwrap_err().to_string().contains("lpips"));
 }
 
 #[test]

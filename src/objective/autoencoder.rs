@@ -11,8 +11,8 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::ldm::laplace_reconstruction;
-use crate::model::{Likelihood, LikelihoodConfig};
-use crate::Result;
+use crate::model::{Likelihood, LikelihoodConfig, Lpips};
+use crate::{Error, Result};
 
 /// Which reconstruction term a KL autoencoder is trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -55,6 +55,16 @@ impl ReconstructionTerm {
     }
 }
 
+/// Latent diffusion's perceptual term: `weight * LPIPS(x, x_hat)` per image, added to the L1 error of each of its
+/// values (LDM's `perceptual_weight`, 1.0 in its configs).
+#[derive(Debug, Clone)]
+pub struct Perceptual {
+    /// The LPIPS network.
+    pub network: Lpips,
+    /// The term's weight.
+    pub weight: f64,
+}
+
 /// A reconstruction term with its parameters, ready to score decoder outputs.
 #[derive(Debug, Clone)]
 pub enum Reconstruction {
@@ -62,6 +72,8 @@ pub enum Reconstruction {
     Laplace {
         /// s = log b of the Laplace scale b (LDM's `logvar`).
         log_scale: Tensor,
+        /// Latent diffusion's perceptual term, when the run has an LPIPS network.
+        perceptual: Option<Perceptual>,
     },
     /// One of elbo's likelihoods.
     Likelihood(Likelihood),
@@ -73,7 +85,8 @@ impl Reconstruction {
         config.validate()?;
         Ok(match config {
             ReconstructionTerm::Laplace => {
-                Reconstruction::Laplace { log_scale: vb.get_with_hints(1, "logvar", Init::Const(0.0))? }
+                let log_scale = vb.get_with_hints(1, "logvar", Init::Const(0.0))?;
+                Reconstruction::Laplace { log_scale, perceptual: None }
             }
             ReconstructionTerm::Likelihood { likelihood } => {
                 Reconstruction::Likelihood(Likelihood::new(likelihood, image_values, vb)?)
@@ -81,22 +94,46 @@ impl Reconstruction {
         })
     }
 
+    /// The Laplace term with latent diffusion's perceptual term added; an error for the other terms, which have no
+    /// place for it.
+    pub fn with_perceptual(self, perceptual: Perceptual) -> Result<Self> {
+        match self {
+            Reconstruction::Laplace { log_scale, .. } => {
+                Ok(Reconstruction::Laplace { log_scale, perceptual: Some(perceptual) })
+            }
+            Reconstruction::Likelihood(_) => Err(Error::invalid_setting(
+                "lpips",
+                "the perceptual term joins latent diffusion's learned-scale L1 (the laplace reconstruction term);                  it has no place in a likelihood",
+            )),
+        }
+    }
+
     /// The batch mean of -log p(x|z) per example (summed over every value) of decoder `output` `[batch, C', H, W]`
     /// for `pixels` p in [0, 1] `[batch, C, H, W]`.
     pub fn loss(&self, output: &Tensor, pixels: &Tensor) -> Result<Tensor> {
+        Ok(self.loss_and_distance(output, pixels)?.0)
+    }
+
+    /// [`Self::loss`], with the batch's mean LPIPS distance (unweighted) when the term has the perceptual part.
+    pub fn loss_and_distance(&self, output: &Tensor, pixels: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         match self {
-            // LDM: sum(|x - x_hat| / exp(s) + s) / batch, x = 2p - 1
-            Reconstruction::Laplace { log_scale } => {
-                laplace_reconstruction(&pixels.affine(2.0, -1.0)?, output, log_scale)
+            // LDM: sum((|x - x_hat| + p_weight * LPIPS(x, x_hat)) / exp(s) + s) / batch, x = 2p - 1
+            Reconstruction::Laplace { log_scale, perceptual } => {
+                let x = pixels.affine(2.0, -1.0)?;
+                let Some(Perceptual { network, weight }) = perceptual else {
+                    return Ok((laplace_reconstruction(&x, output, log_scale, None)?, None));
+                };
+                let distance = network.distance(&x, output)?;
+                let weighted = distance.affine(*weight, 0.0)?;
+                Ok((laplace_reconstruction(&x, output, log_scale, Some(&weighted))?, Some(distance.mean_all()?)))
             }
             Reconstruction::Likelihood(likelihood) => {
                 let target = match likelihood {
                     Likelihood::Gaussian(_) => pixels.affine(2.0, -1.0)?,
                     Likelihood::Bernoulli | Likelihood::Categorical(_) => pixels.clone(),
                 };
-                Ok(likelihood
-                    .negative_log_prob(&flat_output(likelihood, output)?, &target.flatten_from(1)?)?
-                    .mean_all()?)
+                let nll = likelihood.negative_log_prob(&flat_output(likelihood, output)?, &target.flatten_from(1)?)?;
+                Ok((nll.mean_all()?, None))
             }
         }
     }
@@ -118,7 +155,7 @@ impl Reconstruction {
     /// the term has no single learned scale.
     pub fn log_scale(&self) -> Result<Option<f64>> {
         let tensor = match self {
-            Reconstruction::Laplace { log_scale } => log_scale,
+            Reconstruction::Laplace { log_scale, .. } => log_scale,
             Reconstruction::Likelihood(Likelihood::Gaussian(gaussian)) => match gaussian.learned_log_var() {
                 Some(log_var) if log_var.elem_count() == 1 => log_var,
                 _ => return Ok(None),

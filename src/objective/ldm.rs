@@ -8,13 +8,15 @@
 //! ```text
 //! factor      = discriminator_factor * adopt_weight(step, discriminator_start)
 //! autoencoder = nll + kl_weight * kl + adaptive_weight(|grad nll|, |grad g|, discriminator_weight) * factor * g
-//!               where nll = laplace_reconstruction(x, x_hat, log_scale), g = generator_loss(D(x_hat))
+//!               where nll = laplace_reconstruction(x, x_hat, log_scale, p_weight * LPIPS(x, x_hat) when asked),
+//!               g = generator_loss(D(x_hat))
 //! discriminator = factor * discriminator_loss(kind, D(x), D(x_hat))   (x_hat detached)
 //! ```
 //!
-//! The gradients are taken at the decoder's last layer weight with [`gradient_norm`]. Latent diffusion adds an LPIPS
-//! perceptual distance to the reconstruction error; this crate has no LPIPS, so the reconstruction here is the pixel
-//! term alone.
+//! The gradients are taken at the decoder's last layer weight with [`gradient_norm`]. Latent diffusion adds the LPIPS
+//! perceptual distance to the reconstruction error, `|x - x_hat| + perceptual_weight * LPIPS(x, x_hat)`, inside the
+//! learned scale; [`laplace_reconstruction`] takes it when the run has an LPIPS network
+//! ([`crate::model::Lpips`], from a file the user supplies).
 
 use candle_core::{DType, Tensor, Var};
 
@@ -75,11 +77,23 @@ fn absolute_error(x: &Tensor, reconstruction: &Tensor) -> Result<Tensor> {
 /// averaged over the batch (the first dimension). `log_scale` (latent diffusion's `logvar`, a scalar parameter
 /// there) broadcasts against the images.
 ///
-/// Latent diffusion adds `perceptual_weight * LPIPS(x, x_hat)` to the absolute error; without an LPIPS network this
-/// is the pixel term alone. See [`mean_absolute_error`] for the plain L1 figure to log.
-pub fn laplace_reconstruction(x: &Tensor, reconstruction: &Tensor, log_scale: &Tensor) -> Result<Tensor> {
-    let error = absolute_error(x, reconstruction)?;
+/// `perceptual`, when given, is `perceptual_weight * LPIPS(x, x_hat)` per image (`[batch]`), which latent diffusion
+/// adds to every value's absolute error before the scale divides it (`rec_loss = |x - x_hat| + p_weight * p_loss`).
+/// See [`mean_absolute_error`] for the plain L1 figure to log.
+pub fn laplace_reconstruction(
+    x: &Tensor,
+    reconstruction: &Tensor,
+    log_scale: &Tensor,
+    perceptual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut error = absolute_error(x, reconstruction)?;
     let batch = x.dim(0)? as f64;
+    if let Some(per_image) = perceptual {
+        // rec_loss = |x - x_hat| + perceptual_weight * LPIPS(x, x_hat), each image's distance on each of its values
+        let mut shape = vec![1; x.rank()];
+        shape[0] = x.dim(0)?;
+        error = error.broadcast_add(&per_image.reshape(shape)?)?;
+    }
     // nll = |x - x_hat| / exp(log_scale) + log_scale; returned as sum(nll) / batch.
     let nll = error.broadcast_div(&log_scale.exp()?)?.broadcast_add(log_scale)?;
     Ok((nll.sum_all()? / batch)?)
@@ -210,24 +224,35 @@ mod tests {
         let (x, reconstruction) = images();
         let log_scale = Tensor::new(0.5f64, &Device::Cpu).unwrap();
         // (4.5 / e^0.5 + 6 x 0.5) / 2 = (2.729388 + 3) / 2 = 2.864694.
-        let nll = laplace_reconstruction(&x, &reconstruction, &log_scale).unwrap();
+        let nll = laplace_reconstruction(&x, &reconstruction, &log_scale, None).unwrap();
         assert_close(scalar(&nll), (4.5 * (-0.5f64).exp() + 3.0) / 2.0, 1e-12);
         assert_close(scalar(&nll), 2.864694, 1e-6);
         // mean(|x - x_hat|) = 4.5 / 6.
         assert_close(scalar(&mean_absolute_error(&x, &reconstruction).unwrap()), 0.75, 1e-12);
     }
 
+    /// The perceptual distance joins each value's error inside the scale: with p = (0.1, 0.2) per image on 3 values
+    /// each, sum(|x - x_hat| + p) = 4.5 + 3 x 0.3 = 5.4, so (5.4 / e^0.5 + 3) / 2.
+    #[test]
+    fn the_perceptual_term_is_added_to_every_value_of_its_image_inside_the_scale() {
+        let (x, reconstruction) = images();
+        let log_scale = Tensor::new(0.5f64, &Device::Cpu).unwrap();
+        let perceptual = Tensor::new(&[0.1f64, 0.2], &Device::Cpu).unwrap();
+        let nll = laplace_reconstruction(&x, &reconstruction, &log_scale, Some(&perceptual)).unwrap();
+        assert_close(scalar(&nll), (5.4 * (-0.5f64).exp() + 3.0) / 2.0, 1e-12);
+    }
+
     #[test]
     fn laplace_reconstruction_gradient_wrt_log_scale() {
         let (x, reconstruction) = images();
         let log_scale = Var::new(0.5f64, &Device::Cpu).unwrap();
-        let nll = laplace_reconstruction(&x, &reconstruction, log_scale.as_tensor()).unwrap();
+        let nll = laplace_reconstruction(&x, &reconstruction, log_scale.as_tensor(), None).unwrap();
         let gradient = scalar(nll.backward().unwrap().get(log_scale.as_tensor()).unwrap());
         // d/dlog_scale = -sum(|x - x_hat|) / e^log_scale / B + numel / B = (-4.5 e^-0.5 + 6) / 2 = 1.635306.
         assert_close(gradient, (-4.5 * (-0.5f64).exp() + 6.0) / 2.0, 1e-12);
         let at = |value: f64| {
             let log_scale = Tensor::new(value, &Device::Cpu).unwrap();
-            scalar(&laplace_reconstruction(&x, &reconstruction, &log_scale).unwrap())
+            scalar(&laplace_reconstruction(&x, &reconstruction, &log_scale, None).unwrap())
         };
         let step = 1e-5;
         assert_close(gradient, (at(0.5 + step) - at(0.5 - step)) / (2.0 * step), 1e-8);
@@ -238,7 +263,7 @@ mod tests {
         let (x, _) = images();
         let log_scale = Tensor::new(0.0f64, &Device::Cpu).unwrap();
         let wrong = Tensor::zeros((3, 2), DType::F64, &Device::Cpu).unwrap();
-        assert!(matches!(laplace_reconstruction(&x, &wrong, &log_scale), Err(Error::ShapeMismatch(_))));
+        assert!(matches!(laplace_reconstruction(&x, &wrong, &log_scale, None), Err(Error::ShapeMismatch(_))));
         assert!(matches!(mean_absolute_error(&x, &wrong), Err(Error::ShapeMismatch(_))));
     }
 

@@ -1,5 +1,6 @@
 //! `metrics.csv` of a KL autoencoder's run: one row per step and one per held-out evaluation, every term in its own
-//! column (reconstruction, L1, KL, weighted KL, generator and discriminator losses, adaptive weight, log-scale),
+//! column (reconstruction, L1, KL, weighted KL, generator and discriminator losses, adaptive weight, log-scale,
+//! LPIPS),
 //! and the held-out PSNR, SSIM and rate. Rows are flushed at every checkpoint; the checkpoint holds the
 //! autoencoder, the discriminator and both optimisers in one file; at each evaluation the weights are also written
 //! as `model.safetensors` and in diffusers' layout under `diffusers/`.
@@ -48,6 +49,9 @@ pub struct AutoencoderRow {
     pub adaptive_weight: Option<f64>,
     /// The reconstruction term's learned log-scale (LDM's `logvar`).
     pub log_scale: Option<f64>,
+    /// The batch's mean LPIPS distance, unweighted (steps of a run with the perceptual term).
+    #[serde(default)]
+    pub perceptual: Option<f64>,
     /// Held-out PSNR, dB.
     pub psnr: Option<f64>,
     /// Held-out SSIM.
@@ -80,6 +84,7 @@ impl AutoencoderRow {
             discriminator_loss: figures.discriminator_loss,
             adaptive_weight: figures.adaptive_weight,
             log_scale: figures.log_scale,
+            perceptual: figures.perceptual,
             learning_rate: Some(record.learning_rate),
             wall_seconds: record.wall_seconds,
             ..AutoencoderRow::default()

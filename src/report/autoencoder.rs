@@ -25,7 +25,7 @@ struct Plot {
     y_label: &'static str,
 }
 
-const PLOTS: [Plot; 10] = [
+const PLOTS: [Plot; 11] = [
     Plot {
         value: |r| Some(r.reconstruction),
         kind: "step",
@@ -41,6 +41,7 @@ const PLOTS: [Plot; 10] = [
     },
     Plot { value: |r| r.l1, kind: "step", title: "L1 |x - x_hat| per value", y_label: "on [-1, 1]" },
     Plot { value: |r| r.log_scale, kind: "step", title: "Learned log-scale", y_label: "log b" },
+    Plot { value: |r| r.perceptual, kind: "step", title: "LPIPS(x, x_hat)", y_label: "distance" },
     Plot { value: |r| r.generator_loss, kind: "step", title: "Generator loss -D(x_hat)", y_label: "mean logit" },
     Plot { value: |r| r.discriminator_loss, kind: "step", title: "Discriminator loss", y_label: "loss" },
     Plot { value: |r| r.adaptive_weight, kind: "step", title: "Adaptive weight", y_label: "weight" },

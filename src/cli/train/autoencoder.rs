@@ -14,8 +14,8 @@ use elbo::model::{GaussianVariance, LikelihoodConfig};
 use elbo::objective::autoencoder::ReconstructionTerm;
 use elbo::objective::ldm::DiscriminatorLoss;
 use elbo::outputs::{Existing, RunDir};
-use elbo::training::autoencoder::config::{small_model, LDM_KL_WEIGHT};
-use elbo::training::autoencoder::{AdversarialConfig, AutoencoderTrainConfig};
+use elbo::training::autoencoder::config::{small_model, LDM_KL_WEIGHT, LDM_PERCEPTUAL_WEIGHT};
+use elbo::training::autoencoder::{AdversarialConfig, AutoencoderTrainConfig, PerceptualConfig};
 
 use super::TrainArgs;
 use crate::cli::compute_args::parse_device;
@@ -67,6 +67,13 @@ pub struct AutoencoderArgs {
     /// autoencoder-kl: the discriminator's learning rate (default: --lr).
     #[arg(long)]
     discriminator_lr: Option<f64>,
+    /// autoencoder-kl: latent diffusion's perceptual term, LPIPS(x, x_hat) inside the learned-scale L1, with the
+    /// LPIPS VGG16 network in this safetensors file (scripts/export_lpips.py writes it; elbo downloads nothing).
+    #[arg(long, value_name = "FILE")]
+    lpips: Option<PathBuf>,
+    /// autoencoder-kl: the perceptual term's weight (latent diffusion's perceptual_weight).
+    #[arg(long, default_value_t = LDM_PERCEPTUAL_WEIGHT)]
+    perceptual_weight: f64,
     /// autoencoder-kl: start from this diffusers AutoencoderKL directory (config.json and
     /// diffusion_pytorch_model.safetensors, e.g. a Stable Diffusion checkpoint's vae/ folder); its configuration
     /// replaces the architecture flags.
@@ -147,6 +154,7 @@ fn config_from_flags(args: &TrainArgs, given: &[String]) -> anyhow::Result<Autoe
             loss: flags.discriminator_loss,
             ..AdversarialConfig::from_step(start, flags.discriminator_lr.unwrap_or(learning_rate))
         }),
+        perceptual: flags.lpips.clone().map(|lpips| PerceptualConfig { lpips, weight: flags.perceptual_weight }),
         crops: CropConfig { size: flags.random_crop, flip: !flags.no_flip, ..CropConfig::default() },
         held_out_photos: flags.held_out_photos,
         held_out_crops_per_photo: flags.held_out_crops,
@@ -194,13 +202,14 @@ fn print_plan(config: &AutoencoderRunConfig, out: &Path) {
     );
     println!(
         "model: KL autoencoder, blocks {:?}, {} ResNet(s) per block, {} latent channels at H/{}, attention {}; \
-         reconstruction {}, KL weight {}, {}",
+         reconstruction {}{}, KL weight {}, {}",
         model.block_out_channels,
         model.layers_per_block,
         model.latent_channels,
         model.downsampling(),
         if model.mid_block_add_attention { "on" } else { "off" },
         training.reconstruction.name(),
+        training.perceptual.as_ref().map_or(String::new(), |p| format!(" + {} x LPIPS", p.weight)),
         training.kl.beta,
         training
             .adversarial

@@ -32,6 +32,20 @@ pub struct AdversarialConfig {
     pub learning_rate: f64,
 }
 
+/// Latent diffusion's perceptual term: LPIPS between each crop and its reconstruction, added inside the learned-scale
+/// L1 (`rec_loss = |x - x_hat| + weight * LPIPS(x, x_hat)`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerceptualConfig {
+    /// The LPIPS network's safetensors file (`scripts/export_lpips.py` writes it); read again on resume.
+    pub lpips: PathBuf,
+    /// The term's weight (LDM's `perceptual_weight`, 1.0 in its configs).
+    pub weight: f64,
+}
+
+/// LDM's `perceptual_weight`.
+pub const LDM_PERCEPTUAL_WEIGHT: f64 = 1.0;
+
 /// Settings of a KL autoencoder's training run. Saved in the run's `config.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +66,9 @@ pub struct AutoencoderTrainConfig {
     /// The discriminator, from a start step on; `None`: reconstruction + KL only.
     #[serde(default)]
     pub adversarial: Option<AdversarialConfig>,
+    /// The LPIPS term inside the reconstruction, when the user supplies the network; `None`: the pixel term alone.
+    #[serde(default)]
+    pub perceptual: Option<PerceptualConfig>,
     /// The training crops.
     pub crops: CropConfig,
     /// Photos held out of training; the held-out crops are cut from them.
@@ -86,6 +103,7 @@ impl Default for AutoencoderTrainConfig {
             reconstruction: ReconstructionTerm::Laplace,
             kl: KlWeighting { beta: LDM_KL_WEIGHT, ..KlWeighting::default() },
             adversarial: None,
+            perceptual: None,
             crops: CropConfig::default(),
             held_out_photos: 1,
             held_out_crops_per_photo: 8,
@@ -115,6 +133,17 @@ impl AutoencoderTrainConfig {
         self.kl.validate()?;
         if let Some(every) = self.checkpoint_every {
             every.validate()?;
+        }
+        if let Some(perceptual) = &self.perceptual {
+            if !(perceptual.weight.is_finite() && perceptual.weight > 0.0) {
+                return Err(Error::invalid_setting("perceptual-weight", "must be a positive number"));
+            }
+            if self.reconstruction != ReconstructionTerm::Laplace {
+                return Err(Error::invalid_setting(
+                    "lpips",
+                    "the perceptual term joins latent diffusion's learned-scale L1: use --likelihood laplace",
+                ));
+            }
         }
         if let Some(adversarial) = &self.adversarial {
             adversarial.validate()?;

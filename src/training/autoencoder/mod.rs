@@ -11,7 +11,7 @@ pub mod config;
 pub mod step;
 pub mod trainer;
 
-pub use config::{AdversarialConfig, AutoencoderTrainConfig};
+pub use config::{AdversarialConfig, AutoencoderTrainConfig, PerceptualConfig};
 pub use step::{Adversary, StepFigures, Trainee};
 pub use trainer::{
     train_autoencoder, AutoencoderObserver, AutoencoderOutcome, AutoencoderProgress, AutoencoderStepRecord, EvalRecord,

@@ -1,6 +1,7 @@
 //! One training step of a KL autoencoder, latent diffusion's recipe:
 //! 1. encode x -> (mu, log sigma^2); z = mu + sigma * eps, eps ~ N(0, I) drawn outside the network;
-//! 2. decode z, -log p(x|z) (the learned-scale L1, or one of elbo's likelihoods), the closed-form KL;
+//! 2. decode z, -log p(x|z) (the learned-scale L1, with LPIPS inside it when the run has the network, or one of
+//!    elbo's likelihoods), the closed-form KL;
 //! 3. from the adversarial start step: the generator term -mean D(x_hat), weighted by the adaptive weight
 //!    ||grad_last rec|| / (||grad_last g|| + 1e-4) (both gradients at the decoder's last layer);
 //! 4. loss = rec + weighted KL + adaptive weight * g; backprop, the autoencoder's Adam step;
@@ -58,6 +59,8 @@ pub struct StepFigures {
     pub adaptive_weight: Option<f64>,
     /// The reconstruction term's learned log-scale, when it has one.
     pub log_scale: Option<f64>,
+    /// The batch's mean LPIPS distance (before its weight), when the reconstruction has the perceptual term.
+    pub perceptual: Option<f64>,
 }
 
 /// The discriminator, its variables and optimiser, and its settings.
@@ -121,6 +124,7 @@ impl StepFigures {
             kl: share * self.kl,
             weighted_kl: share * self.weighted_kl,
             loss: share * self.loss,
+            perceptual: self.perceptual.map(|distance| share * distance),
             ..self
         }
     }
@@ -133,6 +137,7 @@ impl StepFigures {
             kl: self.kl + other.kl,
             weighted_kl: self.weighted_kl + other.weighted_kl,
             loss: self.loss + other.loss,
+            perceptual: self.perceptual.zip(other.perceptual).map(|(a, b)| a + b),
             ..self
         }
     }
@@ -241,7 +246,7 @@ impl Trainee {
         let z = posterior.reparameterize(eps)?;
         let features = self.model.decode_features(&z)?;
         let output = self.model.output_layer(&features)?;
-        let reconstruction = self.reconstruction.loss(&output, pixels)?;
+        let (reconstruction, distance) = self.reconstruction.loss_and_distance(&output, pixels)?;
         let image = self.reconstruction.image(&output)?;
         let kl_per_value = posterior.kl_per_dimension()?.flatten_from(1)?;
         let weighted_kl = self.kl.weighted_kl(&kl_per_value, step)?;
@@ -251,6 +256,7 @@ impl Trainee {
             kl: scalar(&kl_per_value.sum(1)?.mean_all()?)?,
             weighted_kl: scalar(&weighted_kl)?,
             log_scale: self.reconstruction.log_scale()?,
+            perceptual: distance.as_ref().map(scalar).transpose()?,
             ..StepFigures::default()
         };
         let figures = StepFigures { loss: figures.reconstruction + figures.weighted_kl, ..figures };
