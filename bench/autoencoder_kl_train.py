@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch twin of elbo's AutoencoderKL trainer: trains a diffusers AutoencoderKL on random crops of photos with the
-LDM recipe (latent-diffusion's LPIPSWithDiscriminator with perceptual weight 0), then reports speed and quality.
+LDM recipe (latent-diffusion's LPIPSWithDiscriminator; perceptual weight 0 unless --lpips), then reports speed and
+quality.
 
 Model: "KL-f4" by default, block_out_channels 64, 128, 128, one ResNet per block, 4 latent channels, attention in
 the mid block (latent 4 x H/4 x W/4).
@@ -14,6 +15,9 @@ Loss per step, batch B (LDM):
   posterior = encode(x); z = posterior.sample(); x_hat = decode(z)
   nll_loss = sum(|x - x_hat| / exp(logvar) + logvar) / B   (one learned scalar logvar, 0 at the start; LDM's own
              optimiser leaves it out, so it stays 0 there: --fixed-logvar does that)
+             with --lpips FILE: |x - x_hat| + --perceptual-weight * LPIPS(x, x_hat) in its place (LDM's rec_loss),
+             LPIPS the `lpips` package's VGG network (pip install lpips torchvision) with the weights of FILE
+             (elbo's --lpips file, as scripts/export_lpips.py writes it)
   kl_loss  = sum(posterior.kl()) / B
   loss     = nll_loss + kl_weight * kl_loss + d_weight * factor * g_loss
 with, from --discriminator-start on (factor 1, else 0 and no discriminator at all), taming's NLayerDiscriminator
@@ -190,6 +194,8 @@ def main():
     p.add_argument("--discriminator-start", type=int, help="step the discriminator starts at (default: never)")
     p.add_argument("--discriminator-weight", type=float, default=0.5)
     p.add_argument("--discriminator-loss", choices=["hinge", "vanilla"], default="hinge")
+    p.add_argument("--lpips", help="LPIPS weights (safetensors): add LDM's perceptual term")
+    p.add_argument("--perceptual-weight", type=float, default=1.0)
     p.add_argument("--channels", default="64,128,128", help="block_out_channels")
     p.add_argument("--layers", type=int, default=1, help="layers_per_block")
     p.add_argument("--latent", type=int, default=4, help="latent_channels")
@@ -235,6 +241,17 @@ def main():
         disc = NLayerDiscriminator().train()
         disc_optimizer = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.9))
     last_layer = model.decoder.conv_out.weight
+    perceptual = None
+    if args.lpips:
+        import lpips
+        from safetensors.torch import load_file
+        perceptual = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False).eval()
+        missing = perceptual.load_state_dict(load_file(args.lpips), strict=False).missing_keys
+        # the scaling layer's constants are buffers of the package's own; lins.k is another name of lin k
+        if any(not key.startswith(("scaling_layer.", "lins.")) for key in missing):
+            raise SystemExit(f"{args.lpips}: missing LPIPS tensors {missing}")
+        for parameter in perceptual.parameters():
+            parameter.requires_grad_(False)
 
     log = open(args.log, "w", newline="") if args.log else None
     writer = csv.writer(log) if log else None
@@ -246,7 +263,9 @@ def main():
         x = 2 * data.batch(args.batch) - 1
         posterior = model.encode(x).latent_dist
         x_hat = model.decode(posterior.sample()).sample
-        rec = (x - x_hat).abs()
+        rec = l1 = (x - x_hat).abs()
+        if perceptual is not None:
+            rec = rec + args.perceptual_weight * perceptual(x.contiguous(), x_hat.contiguous())
         nll_loss = (rec / torch.exp(logvar) + logvar).sum() / args.batch
         kl_loss = posterior.kl().sum() / args.batch
         loss = nll_loss + args.kl_weight * kl_loss
@@ -270,7 +289,7 @@ def main():
             timed, timed_images = timed + seconds, timed_images + args.batch
         if writer:
             value = lambda t: "" if t is None else f"{t.item():.6g}"
-            writer.writerow([step + 1, f"{nll_loss.item():.6g}", f"{rec.mean().item():.6g}",
+            writer.writerow([step + 1, f"{nll_loss.item():.6g}", f"{l1.mean().item():.6g}",
                              f"{kl_loss.item():.6g}", f"{logvar.item():.6g}", value(g_loss), value(d_loss),
                              value(d_weight), f"{seconds:.4f}"])
         if args.eval_every and crops is not None and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
@@ -282,7 +301,7 @@ def main():
     result = {"impl": "pytorch", "settings": vars(args), "torch": torch.__version__,
               "parameters": sum(p.numel() for p in model.parameters()),
               "images_per_s": timed_images / timed if timed else None, "timed_steps": args.steps - args.warmup,
-              "final": {"nll_loss": nll_loss.item(), "l1": rec.mean().item(), "kl": kl_loss.item(),
+              "final": {"nll_loss": nll_loss.item(), "l1": l1.mean().item(), "kl": kl_loss.item(),
                         "logvar": logvar.item()}}
     if crops is not None:
         result["eval"] = dict(step=args.steps, **evaluate(model, crops, args.batch))

@@ -329,14 +329,22 @@ fn complete(
 
 /// The held-out figures of the trained autoencoder run in `run` (its `model.safetensors` on its own held-out crops,
 /// cut again from its photos), with the names of the photos they come from (empty: crops of the training photos).
-pub fn evaluate_autoencoder_run(run: &RunDir, device: &Device) -> Result<(CompressionReport, Vec<String>)> {
+/// LPIPS with the network in the file `lpips` when given, else with the run's own perceptual network if it has one.
+pub fn evaluate_autoencoder_run(
+    run: &RunDir,
+    lpips: Option<&Path>,
+    device: &Device,
+) -> Result<(CompressionReport, Vec<String>)> {
     let mut config: AutoencoderRunConfig = read_json(&run.config_path())?;
     config.training.init_from = None; // the run's own weights, below
     let images = run_images(&config)?;
     let (model, reconstruction, mut varmap) = build_model(&config, device)?;
     varmap.load(run.weights_path()).map_err(|e| Error::bad_input(run.weights_path(), "weights", e.to_string()))?;
+    let given = lpips.map(|path| Lpips::load(path, device)).transpose()?;
+    let network = given.as_ref().or(reconstruction.perceptual_network());
+    let held_out = &images.held_out;
     let report =
-        crate::evaluation::evaluate_compression(&model, &reconstruction, &images.held_out, EVAL_BATCH, device)?;
+        crate::evaluation::evaluate_compression(&model, &reconstruction, held_out, (EVAL_BATCH, network), device)?;
     Ok((report, images.held_out_names))
 }
 

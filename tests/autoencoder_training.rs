@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use elbo::autoencoder_run::{resume_autoencoder_run, train_autoencoder_run, AutoencoderRunConfig};
+use elbo::autoencoder_run::{
+    evaluate_autoencoder_run, resume_autoencoder_run, train_autoencoder_run, AutoencoderRunConfig,
+};
 use elbo::data::crops::CropConfig;
 use elbo::model::autoencoder_kl::{self, SampleSize};
 use elbo::model::AutoencoderKlConfig;
@@ -205,13 +207,21 @@ fn the_perceptual_term_joins_the_reconstruction_inside_the_scale() {
     let mut perceptual = plain.clone();
     perceptual.training.perceptual = Some(PerceptualConfig { lpips, weight: 2.0 });
     perceptual.training.adversarial = Some(AdversarialConfig::from_step(1, 1e-3));
-    let first_rows = |config: &AutoencoderRunConfig, name: &str| {
+    let step_rows = |config: &AutoencoderRunConfig, name: &str| {
         let out = dir.path().join(name);
         train(config, &out);
         let rows = read_autoencoder_metrics(&out.join(RunFile::Metrics.name())).unwrap();
-        rows.into_iter().filter(|row| row.kind == "step").collect::<Vec<_>>()
+        let held_out = rows.iter().find(|row| row.kind == "eval").and_then(|row| row.perceptual);
+        (rows.into_iter().filter(|row| row.kind == "step").collect::<Vec<_>>(), held_out)
     };
-    let (without, with) = (first_rows(&plain, "plain"), first_rows(&perceptual, "perceptual"));
+    let ((without, no_held_out), (with, held_out)) = (step_rows(&plain, "plain"), step_rows(&perceptual, "perceptual"));
+    assert!(no_held_out.is_none() && held_out.is_some_and(|distance| distance > 0.0));
+    // `elbo eval --lpips FILE` of the run trained without it
+    let plain_run = RunDir::open(&dir.path().join("plain")).unwrap();
+    let lpips_file = perceptual.training.perceptual.as_ref().map(|p| p.lpips.clone()).unwrap();
+    let (report, _) = evaluate_autoencoder_run(&plain_run, Some(&lpips_file), &Device::Cpu).unwrap();
+    assert!(report.lpips.is_some_and(|distance| distance > 0.0));
+    assert!(evaluate_autoencoder_run(&plain_run, None, &Device::Cpu).unwrap().0.lpips.is_none());
     assert_eq!(without[0].perceptual, None);
     let distance = with[0].perceptual.expect("an LPIPS column");
     assert!(distance > 0.0 && with[1].perceptual.is_some());

@@ -29,12 +29,22 @@ pub struct EvalArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// autoencoder-kl runs: the LPIPS VGG16 network (scripts/export_lpips.py writes it) for the held-out crops'
+    /// perceptual distance; without it, the run's own when it trained with one.
+    #[arg(long, value_name = "FILE")]
+    lpips: Option<std::path::PathBuf>,
 }
 
 /// Runs `elbo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if elbo::autoencoder_run::is_autoencoder_run(&args.run.run) {
         return autoencoder(&args);
+    }
+    if args.lpips.is_some() {
+        anyhow::bail!(
+            "--lpips scores the reconstructions of an autoencoder-kl run; {} is a VAE run",
+            args.run.run.display()
+        );
     }
     let (loaded, device) = args.run.open()?;
     let mut dataset = args.input.dataset(&loaded)?;
@@ -68,7 +78,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 fn autoencoder(args: &EvalArgs) -> anyhow::Result<()> {
     let (_, device) = args.run.compute.apply()?;
     let run = elbo::outputs::RunDir::open(&args.run.run)?;
-    let (report, photos) = elbo::autoencoder_run::evaluate_autoencoder_run(&run, &device)?;
+    let (report, photos) = elbo::autoencoder_run::evaluate_autoencoder_run(&run, args.lpips.as_deref(), &device)?;
     let photos = if photos.is_empty() { "the training photos".to_string() } else { photos.join(", ") };
     if args.json {
         let mut value = serde_json::to_value(report)?;
@@ -87,6 +97,9 @@ fn autoencoder(args: &EvalArgs) -> anyhow::Result<()> {
         ("", format!("{:.4} bits per latent value", report.bits_per_latent_value)),
     ];
     rows.iter().for_each(|(name, value)| println!("  {name:<18}{value}"));
+    if let Some(distance) = report.lpips {
+        println!("  {:<18}{distance:.4}", "LPIPS");
+    }
     println!(
         "  latent            {channels} x {height} x {width}: {:.1} input values per latent value",
         report.compression_ratio

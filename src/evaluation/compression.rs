@@ -1,13 +1,14 @@
 //! A KL autoencoder judged as a compression model, on held-out images: distortion (PSNR and SSIM of the
 //! reconstruction from the posterior mean, on [0, 1] pixels), rate (the KL, the cost in bits of sending the latent
-//! under the prior with bits-back coding, per image pixel and per latent value) and the compression ratio.
+//! under the prior with bits-back coding, per image pixel and per latent value) and the compression ratio; and, given
+//! an LPIPS network, the perceptual distance of the reconstructions.
 
 use candle_core::{Device, Tensor};
 
 use super::image_quality::{psnr, ssim, ImageSize};
 use crate::data::Dataset;
 use crate::model::autoencoder_kl::kl_per_example;
-use crate::model::AutoencoderKl;
+use crate::model::{AutoencoderKl, Lpips};
 use crate::objective::autoencoder::Reconstruction;
 use crate::{Error, Result};
 
@@ -36,15 +37,18 @@ pub struct CompressionReport {
     /// gives a diffusion model latents of unit variance (how Stable Diffusion's 0.18215 was found).
     #[serde(default)]
     pub latent_std: f64,
+    /// LPIPS(x, x_hat) of the reconstructions (clamped to the image range), when a network was given.
+    #[serde(default)]
+    pub lpips: Option<f64>,
 }
 
 /// Evaluates `model` with its reconstruction term on the images of `images` (`[C, H, W]` examples in [0, 1]),
-/// `batch_size` at a time.
+/// `batch_size` at a time; with `lpips`, the reconstructions' perceptual distance too.
 pub fn evaluate_compression(
     model: &AutoencoderKl,
     reconstruction: &Reconstruction,
     images: &Dataset,
-    batch_size: usize,
+    (batch_size, lpips): (usize, Option<&Lpips>),
     device: &Device,
 ) -> Result<CompressionReport> {
     let shape = images.shape;
@@ -53,7 +57,7 @@ pub fn evaluate_compression(
         return Err(Error::bad_input(images.source.as_str(), "images", problem));
     }
     let size = ImageSize { channels: shape.channels, height: shape.height, width: shape.width };
-    let mut sums = [0f64; 4]; // psnr, ssim, reconstruction, kl
+    let mut sums = [0f64; 5]; // psnr, ssim, reconstruction, kl, LPIPS
     let mut moments = [0f64; 3]; // count, sum and sum of squares of the posterior means' values
     let mut latent_shape = [0; 3];
     let mut values = Vec::new();
@@ -69,8 +73,12 @@ pub fn evaluate_compression(
             moments = [moments[0] + 1.0, moments[1] + f64::from(value), moments[2] + f64::from(value).powi(2)];
         }
         let output = model.decode(&posterior.mu)?;
-        let decoded =
-            reconstruction.image(&output)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?;
+        let decoded_pixels = reconstruction.image(&output)?.affine(0.5, 0.5)?.clamp(0f32, 1f32)?;
+        if let Some(network) = lpips {
+            let distance = network.distance(&pixels.affine(2.0, -1.0)?, &decoded_pixels.affine(2.0, -1.0)?)?;
+            sums[4] += f64::from(distance.sum_all()?.to_scalar::<f32>()?);
+        }
+        let decoded = decoded_pixels.flatten_all()?.to_vec1::<f32>()?;
         for (input, output) in values.chunks(size.len()).zip(decoded.chunks(size.len())) {
             sums[0] += psnr(input, output, size)?;
             sums[1] += ssim(input, output, size)?;
@@ -94,5 +102,6 @@ pub fn evaluate_compression(
         latent_shape,
         // std = sqrt(E[mu^2] - E[mu]^2)
         latent_std: (moments[2] / moments[0] - (moments[1] / moments[0]).powi(2)).max(0.0).sqrt(),
+        lpips: lpips.map(|_| sums[4] / n),
     })
 }

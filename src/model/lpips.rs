@@ -151,3 +151,25 @@ fn unit_features(features: &Tensor) -> Result<Tensor> {
     let norm = features.sqr()?.sum_keepdim(1)?.sqrt()?;
     Ok(features.broadcast_div(&(norm + NORM_EPS)?)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// Each 2 x 2 window gives its maximum, an odd last column is dropped, and the gradient reaches each window's
+    /// maximum whole (candle's `max_pool2d` gave it a quarter) and nothing else.
+    #[test]
+    fn max_pool_takes_each_window_maximum_and_hands_it_the_whole_gradient() {
+        let values =
+            [1.0f32, 5.0, 2.0, 0.0, 9.0, 3.0, 4.0, 7.0, 8.0, 9.0, 6.0, 2.0, 1.0, 3.0, 9.0, 0.0, 0.5, 4.0, 2.0, 9.0];
+        let x = Var::from_tensor(&Tensor::from_slice(&values, (1, 1, 4, 5), &Device::Cpu).unwrap()).unwrap();
+        let pooled = max_pool(x.as_tensor()).unwrap();
+        assert_eq!(pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5.0, 8.0, 6.0, 4.0]);
+        let gradient = pooled.sum_all().unwrap().backward().unwrap().remove(x.as_tensor()).unwrap();
+        let expected =
+            [0.0f32, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+        assert_eq!(gradient.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+    }
+}

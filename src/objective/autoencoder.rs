@@ -114,6 +114,14 @@ impl Reconstruction {
         Ok(self.loss_and_distance(output, pixels)?.0)
     }
 
+    /// The LPIPS network of the perceptual term, when the term has one.
+    pub fn perceptual_network(&self) -> Option<&Lpips> {
+        match self {
+            Reconstruction::Laplace { perceptual: Some(perceptual), .. } => Some(&perceptual.network),
+            _ => None,
+        }
+    }
+
     /// [`Self::loss`], with the batch's mean LPIPS distance (unweighted) when the term has the perceptual part.
     pub fn loss_and_distance(&self, output: &Tensor, pixels: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         match self {

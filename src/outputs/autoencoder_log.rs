@@ -49,7 +49,8 @@ pub struct AutoencoderRow {
     pub adaptive_weight: Option<f64>,
     /// The reconstruction term's learned log-scale (LDM's `logvar`).
     pub log_scale: Option<f64>,
-    /// The batch's mean LPIPS distance, unweighted (steps of a run with the perceptual term).
+    /// LPIPS(x, x_hat): the batch's mean, unweighted (steps of a run with the perceptual term), or the held-out
+    /// crops' (evaluations of such a run).
     #[serde(default)]
     pub perceptual: Option<f64>,
     /// Held-out PSNR, dB.
@@ -103,6 +104,7 @@ impl AutoencoderRow {
             ssim: Some(report.ssim),
             bits_per_pixel: Some(report.bits_per_pixel),
             bits_per_latent_value: Some(report.bits_per_latent_value),
+            perceptual: report.lpips,
             wall_seconds: record.wall_seconds,
             images_per_second: Some(record.images_per_second),
             ..AutoencoderRow::default()

@@ -25,7 +25,7 @@ struct Plot {
     y_label: &'static str,
 }
 
-const PLOTS: [Plot; 11] = [
+const PLOTS: [Plot; 12] = [
     Plot {
         value: |r| Some(r.reconstruction),
         kind: "step",
@@ -46,6 +46,7 @@ const PLOTS: [Plot; 11] = [
     Plot { value: |r| r.discriminator_loss, kind: "step", title: "Discriminator loss", y_label: "loss" },
     Plot { value: |r| r.adaptive_weight, kind: "step", title: "Adaptive weight", y_label: "weight" },
     Plot { value: |r| r.psnr, kind: "eval", title: "Held-out PSNR", y_label: "dB" },
+    Plot { value: |r| r.perceptual, kind: "eval", title: "Held-out LPIPS", y_label: "distance" },
     Plot { value: |r| r.bits_per_pixel, kind: "eval", title: "Held-out rate (KL)", y_label: "bits per pixel" },
 ];
 

@@ -135,8 +135,9 @@ pub fn train_autoencoder(
         let stop = observers.iter().any(|observer| observer.should_stop());
         let evaluate = state.progress.step.is_multiple_of(config.eval_every) || state.progress.step == config.steps;
         if evaluate {
-            let report =
-                evaluate_compression(&trainee.model, &trainee.reconstruction, images.held_out, EVAL_BATCH, device)?;
+            let (model, reconstruction) = (&trainee.model, &trainee.reconstruction);
+            let network = reconstruction.perceptual_network();
+            let report = evaluate_compression(model, reconstruction, images.held_out, (EVAL_BATCH, network), device)?;
             let eval = EvalRecord {
                 step: state.progress.step,
                 report,
