@@ -548,4 +548,11 @@ fn a_kl_autoencoder_trains_on_photos_evaluates_resumes_and_plots_its_rate_distor
     assert_fails_with(&train("bad", &["--random-crop", "15"]), &["random-crop", "15"]);
     assert_fails_with(&train("bad", &["--random-crop", "16", "--discriminator-start", "0"]), &["at least 24"]);
     assert_fails_with(&elbo(&["train", "--likelihood", "laplace"], dir.path()), &["autoencoder-kl"]);
+    // LPIPS: a file that is not an LPIPS network, or the term beside a likelihood, refused before any run directory
+    let not_lpips = ["--random-crop", "24", "--lpips", "kl/model.safetensors"];
+    assert_fails_with(&train("bad-lpips", &not_lpips), &["kl/model.safetensors", "net.slice1.0.weight"]);
+    let beside = ["--random-crop", "24", "--lpips", "kl/model.safetensors", "--likelihood", "bernoulli"];
+    assert_fails_with(&train("bad-lpips", &beside), &["lpips", "laplace"]);
+    assert!(!dir.path().join("bad-lpips").exists());
+    assert_fails_with(&elbo(&["eval", "--run", "kl", "--lpips", "missing.safetensors"], dir.path()), &["missing"]);
 }

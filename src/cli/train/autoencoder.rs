@@ -10,7 +10,7 @@ use elbo::autoencoder_run::{
     resume_autoencoder_run, train_autoencoder_run, AutoencoderRunConfig, AutoencoderRunSummary,
 };
 use elbo::data::crops::CropConfig;
-use elbo::model::{GaussianVariance, LikelihoodConfig};
+use elbo::model::{GaussianVariance, LikelihoodConfig, Lpips};
 use elbo::objective::autoencoder::ReconstructionTerm;
 use elbo::objective::ldm::DiscriminatorLoss;
 use elbo::outputs::{Existing, RunDir};
@@ -92,6 +92,11 @@ const STEPS: usize = 2000;
 pub fn run(args: &TrainArgs, given: &[String]) -> anyhow::Result<ExitCode> {
     let config = config_from_flags(args, given)?;
     let device = parse_device(&config.device).map_err(anyhow::Error::msg)?.open()?;
+    // settings and the LPIPS file checked before a run directory is made for them
+    config.validate()?;
+    if let Some(perceptual) = &config.training.perceptual {
+        Lpips::load(&perceptual.lpips, &device)?;
+    }
     let out = args.out.clone().unwrap_or_else(|| next_free_run_dir(&config.photos));
     let existing = if args.overwrite { Existing::Overwrite } else { Existing::Refuse };
     let run = RunDir::create_with(&out, existing)?;
@@ -226,8 +231,9 @@ fn print_plan(config: &AutoencoderRunConfig, out: &Path) {
 fn finish(summary: &AutoencoderRunSummary, progress: &Progress, out: &Path) -> ExitCode {
     let exit = super::exit_code(progress, out);
     if let Some(report) = &summary.held_out {
+        let lpips = report.lpips.map_or(String::new(), |distance| format!(", LPIPS {distance:.4}"));
         println!(
-            "held-out crops: PSNR {:.2} dB, SSIM {:.4}, rate {:.4} bits per pixel ({:.4} per latent value)",
+            "held-out crops: PSNR {:.2} dB, SSIM {:.4}{lpips}, rate {:.4} bits per pixel ({:.4} per latent value)",
             report.psnr, report.ssim, report.bits_per_pixel, report.bits_per_latent_value
         );
     }
