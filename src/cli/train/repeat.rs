@@ -117,6 +117,8 @@ const CHANGES: &[(&str, Change)] = &[
     ("discriminator_weight", Change::Autoencoder),
     ("discriminator_loss", Change::Autoencoder),
     ("discriminator_lr", Change::Autoencoder),
+    ("lpips", Change::Autoencoder),
+    ("perceptual_weight", Change::Autoencoder),
     ("init_from", Change::Autoencoder),
     ("train_decoder_only", Change::Autoencoder),
     ("image_fit", Change::EditField("data")),

@@ -277,7 +277,8 @@ impl Trainee {
         // through a copy of D with its weights detached, so its backward pass works out no weight gradient
         let generator = generator_loss(&adversary.discriminator.detached()?.forward_t(fake.as_tensor(), true)?)?;
         let image_gradient = generator.backward()?.remove(fake.as_tensor()).map_or_else(|| image.zeros_like(), Ok)?;
-        // the last layer again, on its detached input: gradients at conv_out only
+        // the last layer again, on its detached input: gradients at conv_out only (with LPIPS in the reconstruction
+        // term, its network runs again on the whole batch here, as the gradient of LDM's nll_loss goes through it)
         let last_output = self.model.output_layer(&features.detach())?;
         let reconstruction_norm = gradient_norm(&self.reconstruction.loss(&last_output, pixels)?, &self.last_layer)?;
         let last_image = self.reconstruction.image(&last_output)?;
