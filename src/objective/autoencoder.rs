@@ -103,7 +103,8 @@ impl Reconstruction {
             }
             Reconstruction::Likelihood(_) => Err(Error::invalid_setting(
                 "lpips",
-                "the perceptual term joins latent diffusion's learned-scale L1 (the laplace reconstruction term);                  it has no place in a likelihood",
+                "the perceptual term joins latent diffusion's learned-scale L1 (the laplace reconstruction term); \
+                 it has no place in a likelihood",
             )),
         }
     }
