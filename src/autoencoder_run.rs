@@ -344,7 +344,7 @@ pub fn evaluate_autoencoder_run(
     let network = given.as_ref().or(reconstruction.perceptual_network());
     let held_out = &images.held_out;
     let report =
-        crate::evaluation::evaluate_compression(&model, &reconstruction, held_out, (EVAL_BATCH, network), device)?;
+        crate::evaluation::evaluate_compression(&model, &reconstruction, held_out, EVAL_BATCH, network, device)?;
     Ok((report, images.held_out_names))
 }
 

@@ -48,7 +48,8 @@ pub fn evaluate_compression(
     model: &AutoencoderKl,
     reconstruction: &Reconstruction,
     images: &Dataset,
-    (batch_size, lpips): (usize, Option<&Lpips>),
+    batch_size: usize,
+    lpips: Option<&Lpips>,
     device: &Device,
 ) -> Result<CompressionReport> {
     let shape = images.shape;

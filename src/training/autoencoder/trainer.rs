@@ -137,7 +137,7 @@ pub fn train_autoencoder(
         if evaluate {
             let (model, reconstruction) = (&trainee.model, &trainee.reconstruction);
             let network = reconstruction.perceptual_network();
-            let report = evaluate_compression(model, reconstruction, images.held_out, (EVAL_BATCH, network), device)?;
+            let report = evaluate_compression(model, reconstruction, images.held_out, EVAL_BATCH, network, device)?;
             let eval = EvalRecord {
                 step: state.progress.step,
                 report,
