@@ -1,5 +1,6 @@
 //! An inference kernel for stride-1 convolutions on the CPU: im2col one block of output rows at a time into a
-//! reused buffer, and one GEMM per block.
+//! reused buffer, and one GEMM per block (3 x 3 kernels over a batch of at least one image per thread take
+//! [`super::winograd`] instead).
 //!
 //! With the maps zero-padded, the patch row c * k^2 + dy * k + dx of output position (y, x) is padded[c, y + dy,
 //! x + dx], so each row of a block's patch matrix is a run of whole padded rows copied as they are. Then
@@ -19,6 +20,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::conv::copy_short;
+use super::winograd::Winograd;
 use super::{gemm_parallelism, matmul, padded_stride, with_f32, worth_parallel, Destination, Operand};
 
 /// Patch values per block: 2^21 (8 MiB).
@@ -59,8 +61,11 @@ pub fn convolve_stride_one(
         return Ok(None);
     };
     let sides = Sides { channels, height, width, out_h, out_w };
-    let out = with_f32(x, |input| {
-        SCRATCH.with_borrow_mut(|scratch| run(input, &taps, bias.as_deref(), geometry, sides, scratch))
+    let winograd =
+        (kernel == 3).then(|| Winograd::new(channels, (height, width), padding, out_channels)?.for_batch(batch));
+    let out = with_f32(x, |input| match winograd.flatten() {
+        Some(winograd) => with_bias(winograd.convolve(input, &taps), bias.as_deref(), out_h * out_w),
+        None => SCRATCH.with_borrow_mut(|scratch| run(input, &taps, bias.as_deref(), geometry, sides, scratch)),
     });
     let Some(out) = out else { return Ok(None) };
     Ok(Some(Tensor::from_vec(out, (batch, out_channels, out_h, out_w), x.device())?))
@@ -141,6 +146,16 @@ fn run(
         }
     }
     out
+}
+
+/// `maps` (`[batch, O, plane]`) + the bias of each channel, if any.
+fn with_bias(mut maps: Vec<f32>, bias: Option<&[f32]>, plane: usize) -> Vec<f32> {
+    if let Some(bias) = bias {
+        for (channel_plane, &b) in maps.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
+            channel_plane.iter_mut().for_each(|value| *value += b);
+        }
+    }
+    maps
 }
 
 /// The patches of output rows `first_row .. first_row + rows` into `patches` (C k^2 rows of rows * Wo values, each
