@@ -189,7 +189,8 @@ impl Winograd {
         let tasks = maps.par_chunks(per_task * self.map_len()).zip(images.par_chunks(per_task * self.image_len()));
         let partial_sums: Vec<Vec<f32>> = tasks
             .map(|(maps, images)| {
-                let mut sum = vec![0f32; len];
+                // a recycled buffer: fresh ones for every call were pages for the kernel to clear
+                let mut sum = super::recycle::zeroed(len);
                 with_scratch(|scratch| {
                     for block in self.blocks(images.len() / self.image_len()) {
                         self.add_block_gradient(maps, images, block, &mut sum, scratch);
@@ -200,8 +201,13 @@ impl Winograd {
             .collect();
         let mut parts = partial_sums.into_iter();
         let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
-        parts.for_each(|part| add_to(&mut total, &part));
-        self.gradient_of_weight(&total)
+        parts.for_each(|part| {
+            add_to(&mut total, &part);
+            super::recycle::recycle(part);
+        });
+        let gradient = self.gradient_of_weight(&total);
+        super::recycle::recycle(total);
+        gradient
     }
 
     /// Adds one block's dU_xi = Ŷ_xi · V_xi^T to `sum` (`[16, m, C]`), Ŷ = A dY A^T.
