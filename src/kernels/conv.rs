@@ -432,7 +432,7 @@ const OUTER_CHUNK: usize = 8;
 /// The sum over `examples` of what `add_chunk(range, sum, outputs)` adds to a `len`-value sum for each chunk of
 /// [`OUTER_CHUNK`] examples, the chunks on the threads and their sums added in order; `outputs` (`[examples, ...]`,
 /// or empty) is handed to each chunk as its examples' rows.
-fn chunked_sum(
+pub(super) fn chunked_sum(
     examples: usize,
     len: usize,
     outputs: &mut [f32],
@@ -448,14 +448,18 @@ fn chunked_sum(
         .par_iter_mut()
         .enumerate()
         .map(|(chunk, piece)| {
-            let mut sum = vec![0.0; len];
+            // a recycled buffer: fresh ones on every call were pages for the kernel to clear
+            let mut sum = recycle::zeroed(len);
             add_chunk(chunk * OUTER_CHUNK..examples.min((chunk + 1) * OUTER_CHUNK), &mut sum, piece);
             sum
         })
         .collect();
     let mut parts = partial_sums.into_iter();
     let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
-    parts.for_each(|part| add_to(&mut total, &part));
+    parts.for_each(|part| {
+        add_to(&mut total, &part);
+        recycle::recycle(part);
+    });
     total
 }
 
@@ -567,7 +571,11 @@ fn weight_gradient_sum(
     let sum = chunked_sum(examples, m * patch, outputs, add_chunk);
     match summed_transposed(m, patch) {
         // in 4 x 4 blocks rather than value by value, where every write would touch a cache line of its own
-        true => transpose(&sum, patch),
+        true => {
+            let transposed = transpose(&sum, patch);
+            recycle::recycle(sum);
+            transposed
+        }
         false => sum,
     }
 }

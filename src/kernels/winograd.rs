@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::{add_to, kernel_threads, matmul, wide_fn, Destination, Operand};
+use super::{kernel_threads, matmul, wide_fn, Destination, Operand};
 
 /// Values of a tile's transform (4 x 4): the number of products.
 const TRANSFORM: usize = 16;
@@ -181,29 +181,18 @@ impl Winograd {
     }
 
     /// The weight gradient sum_b maps_b ⋆ images_b (`maps` `[batch, m, out_height, out_width]`, `images` `[batch,
-    /// C, H, W]`): `[m, C, 3, 3]`. Each task's images add a partial sum; the partial sums are added in order, so the
-    /// bits do not depend on the threads.
+    /// C, H, W]`): `[m, C, 3, 3]`, summed as the im2col kernels sum theirs ([`super::conv::chunked_sum`]: a partial
+    /// sum per fixed chunk of images, added in order, so the bits do not depend on the threads).
     pub fn weight_gradient(&self, maps: &[f32], images: &[f32]) -> Vec<f32> {
-        let per_task = self.images_per_task();
-        let len = TRANSFORM * self.maps * self.channels;
-        let tasks = maps.par_chunks(per_task * self.map_len()).zip(images.par_chunks(per_task * self.image_len()));
-        let partial_sums: Vec<Vec<f32>> = tasks
-            .map(|(maps, images)| {
-                // a recycled buffer: fresh ones for every call were pages for the kernel to clear
-                let mut sum = super::recycle::zeroed(len);
-                with_scratch(|scratch| {
-                    for block in self.blocks(images.len() / self.image_len()) {
-                        self.add_block_gradient(maps, images, block, &mut sum, scratch);
-                    }
-                });
-                sum
+        let (batch, len) = (images.len() / self.image_len(), TRANSFORM * self.maps * self.channels);
+        let total = super::conv::chunked_sum(batch, len, &mut [], |range, sum, _| {
+            let maps = &maps[range.start * self.map_len()..range.end * self.map_len()];
+            let images = &images[range.start * self.image_len()..range.end * self.image_len()];
+            with_scratch(|scratch| {
+                for block in self.blocks(range.len()) {
+                    self.add_block_gradient(maps, images, block, sum, scratch);
+                }
             })
-            .collect();
-        let mut parts = partial_sums.into_iter();
-        let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
-        parts.for_each(|part| {
-            add_to(&mut total, &part);
-            super::recycle::recycle(part);
         });
         let gradient = self.gradient_of_weight(&total);
         super::recycle::recycle(total);
