@@ -25,10 +25,11 @@ use super::{kernel_threads, matmul, wide_fn, Destination, Operand};
 /// Values of a tile's transform (4 x 4): the number of products.
 const TRANSFORM: usize = 16;
 
-/// Tiles per block: a block's transformed input and products (16 x (C + m) x tiles values) then fit in a core's
-/// 2 MiB L2 cache for 64 channels a side. Measured by in-process A/B on the KL autoencoder's training step (AMD EPYC
-/// Zen 4, AVX-512): 512 tiles ran 5% slower, 128 the same.
-pub const BLOCK_TILES: usize = 256;
+/// Tiles per block: a block's transformed input and products (16 x (C + m) x tiles values) then take 1 MiB, a Zen 4
+/// core's L2 cache, for 64 channels a side. Measured by in-process A/B on the KL autoencoder's training step (AMD
+/// EPYC Zen 4, AVX-512), the sizes alternating step by step: 256 tiles ran 2-5% slower than 128 (two runs of 18
+/// pairs; 256 against itself 1.00), 64 the same as 128, 32 about 2% slower; 512 ran 5% slower than 256.
+pub const BLOCK_TILES: usize = 128;
 
 /// Values added to each row of a block's transformed values: one 64-byte cache line ([`Block::stride`]).
 const ROW_PADDING: usize = 16;
@@ -60,9 +61,10 @@ impl Block {
         self.strips * self.tiles_across
     }
 
-    /// The row stride of the block's transformed values: the tiles and a cache line more. Rows of exactly
-    /// [`BLOCK_TILES`] values (1 KiB) fall on the same cache sets every 4 rows, which the products read down; the
-    /// extra line made the KL autoencoder's training step 4% faster (in-process A/B, AMD EPYC Zen 4, AVX-512).
+    /// The row stride of the block's transformed values: the tiles and a cache line more. Rows of exactly 256 tiles
+    /// (1 KiB) fell on the same cache sets every 4 rows, which the products read down (a power of two of them does
+    /// every few rows); the extra line made the KL autoencoder's training step 4% faster with blocks of 256 tiles
+    /// (in-process A/B, AMD EPYC Zen 4, AVX-512).
     fn stride(&self) -> usize {
         self.tiles() + ROW_PADDING
     }
