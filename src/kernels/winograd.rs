@@ -61,10 +61,10 @@ impl Block {
         self.strips * self.tiles_across
     }
 
-    /// The row stride of the block's transformed values: the tiles and a cache line more. Rows of exactly 256 tiles
-    /// (1 KiB) fell on the same cache sets every 4 rows, which the products read down (a power of two of them does
-    /// every few rows); the extra line made the KL autoencoder's training step 4% faster with blocks of 256 tiles
-    /// (in-process A/B, AMD EPYC Zen 4, AVX-512).
+    /// The row stride of the block's transformed values: the tiles and a cache line more. Rows of a power of two of
+    /// tiles fall on the same cache sets every few rows (every 4 for 256 tiles, 1 KiB), which the products read
+    /// down; the extra line made the KL autoencoder's training step 4% faster with blocks of 256 tiles (in-process
+    /// A/B, AMD EPYC Zen 4, AVX-512).
     fn stride(&self) -> usize {
         self.tiles() + ROW_PADDING
     }
