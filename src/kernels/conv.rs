@@ -9,8 +9,8 @@
 //! - scatter: image_b = col2im(W^T · maps_b)        (convolution's input gradient; transposed convolution forward)
 //! - outer:   dW = sum_b maps_b · im2col(image_b)^T (both weight gradients)
 //!
-//! A 3 x 3 stride-1 convolution's gather and outer (the autoencoders' and LPIPS's layers) run Winograd's F(2 x 2,
-//! 3 x 3) instead ([`super::winograd`]), with 2.25 times fewer multiply-adds.
+//! A 3 x 3 stride-1 convolution's gather and outer (the autoencoders' and LPIPS's layers) run Winograd's F(4 x 4,
+//! 3 x 3) instead ([`super::winograd`]), with 4 times fewer multiply-adds.
 //!
 //! im2col(image) has one row per (channel, kernel row, kernel column) and one column per output position, so a
 //! convolution weight `[out, in, k, k]` and a transposed convolution weight `[in, out, k, k]` are already the matrices

@@ -2,7 +2,7 @@
 //! products on mostly-zero inputs), transposes (a dense layer's W^T made once by a batch's shards together), the
 //! SIMD level they run at, branch-free math functions, fused activations,
 //! likelihood terms with their gradients, convolutions as im2col + GEMM (3 x 3 stride-1 ones, and their weight
-//! gradients, by Winograd's F(2 x 2, 3 x 3)), GroupNorm and nearest upsampling with their
+//! gradients, by Winograd's F(4 x 4, 3 x 3)), GroupNorm and nearest upsampling with their
 //! gradients, beta-TCVAE's KL decomposition with its gradient, and the in-place optimiser updates. Everything here
 //! works on f32 slices of candle's CPU storage; other devices and dtypes take candle's own ops.
 

@@ -1,35 +1,46 @@
-//! 3 x 3 stride-1 convolutions and their weight gradients by Winograd's minimal filtering F(2 x 2, 3 x 3) (Lavin
-//! and Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): 16 multiplies for a 2 x 2 block of outputs
-//! where im2col + GEMM does 36, so the products do 2.25 times fewer multiply-adds.
+//! 3 x 3 stride-1 convolutions and their weight gradients by Winograd's minimal filtering F(4 x 4, 3 x 3) (Lavin
+//! and Gray 2016, "Fast Algorithms for Convolutional Neural Networks"): 36 multiplies for a 4 x 4 block of outputs
+//! where im2col + GEMM does 144, so the products do 4 times fewer multiply-adds.
 //!
-//! The output is cut into 2 x 2 tiles; tile t reads the 4 x 4 input patch d_t under it. With
+//! The output is cut into 4 x 4 tiles; tile t reads the 6 x 6 input patch d_t under it. With the points 0, 1, -1,
+//! 2, -2 and infinity,
 //!
 //! ```text
-//! B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],  A^T = [1 1 1 0; 0 1 -1 -1]
+//! B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//! G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//! A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
 //! U_oc = G g_oc G^T,   V_ct = B^T d_ct B,   M_ot = sum_c U_oc (.) V_ct,   Y_ot = A^T M_ot A
 //! ```
 //!
-//! the sum over channels of each of the 16 values (xi) of M is a matrix product, M_xi (`[m, tiles]`) = U_xi (`[m,
-//! C]`) · V_xi (`[C, tiles]`). The weight gradient is the adjoint: dU_oc = sum_t (A dY_ot A^T) (.) V_ct, 16 products
+//! the sum over channels of each of the 36 values (xi) of M is a matrix product, M_xi (`[m, tiles]`) = U_xi (`[m,
+//! C]`) · V_xi (`[C, tiles]`). The weight gradient is the adjoint: dU_oc = sum_t (A dY_ot A^T) (.) V_ct, 36 products
 //! dU_xi = Ŷ_xi · V_xi^T, and dg_oc = G^T dU_oc G. (The input gradient of a 3 x 3 stride-1 convolution is itself such
 //! a convolution, with the flipped kernel: `conv::flipped_convolution`.)
 //!
 //! The tiles are taken a block of [`BLOCK_TILES`] at a time (rows of tiles of one or a few images), so that a block's
 //! transforms and products stay in the cache; blocks of different images run on different threads, each product on
-//! one. Tests hold both kernels to a direct convolution and to the im2col kernels, at every SIMD level.
+//! one. The transforms run over runs of tiles: each row is first split by its columns' phase (column mod 4), so
+//! that a value of every tile in a row is one run. Tests hold both kernels to a direct convolution and to the im2col
+//! kernels, at every SIMD level.
 
 use rayon::prelude::*;
 
 use super::{kernel_threads, matmul, wide_fn, Destination, Operand};
 
-/// Values of a tile's transform (4 x 4): the number of products.
-const TRANSFORM: usize = 16;
+/// Outputs on a tile's side.
+const TILE: usize = 4;
 
-/// Tiles per block: a block's transformed input and products (16 x (C + m) x tiles values) then take 1 MiB, a Zen 4
-/// core's L2 cache, for 64 channels a side. Measured by in-process A/B on the KL autoencoder's training step (AMD
-/// EPYC Zen 4, AVX-512), the sizes alternating step by step: 256 tiles ran 2-5% slower than 128 (two runs of 18
-/// pairs; 256 against itself 1.00), 64 the same as 128, 32 about 2% slower; 512 ran 5% slower than 256.
-pub const BLOCK_TILES: usize = 128;
+/// Input values on the side of the patch a tile reads: the tile and the kernel's 2 more.
+const PATCH: usize = TILE + 2;
+
+/// Values of a tile's transform (6 x 6): the number of products.
+const TRANSFORM: usize = PATCH * PATCH;
+
+/// Tiles per block: a block's transformed input and products (36 x (C + m) x tiles values) then take 1.1 MiB, about
+/// a Zen 4 core's L2 cache, for 64 channels a side. Measured by in-process A/B on the KL autoencoder's training step
+/// (AMD EPYC Zen 4, AVX-512), the sizes alternating step by step: 64 tiles ran 2-3% faster than 128 (two runs of 18
+/// pairs), 128 ran 2.7% faster than 32 and 4% faster than 256.
+pub const BLOCK_TILES: usize = 64;
 
 /// Values added to each row of a block's transformed values: one 64-byte cache line ([`Block::stride`]).
 const ROW_PADDING: usize = 16;
@@ -62,9 +73,9 @@ impl Block {
     }
 
     /// The row stride of the block's transformed values: the tiles and a cache line more. Rows of a power of two of
-    /// tiles fall on the same cache sets every few rows (every 4 for 256 tiles, 1 KiB), which the products read
-    /// down; the extra line made the KL autoencoder's training step 4% faster with blocks of 256 tiles (in-process
-    /// A/B, AMD EPYC Zen 4, AVX-512).
+    /// tiles fall on the same cache sets every few rows, which the products read down; the extra line made the KL
+    /// autoencoder's training step 4% faster with F(2 x 2, 3 x 3)'s blocks of 256 tiles (in-process A/B, AMD EPYC
+    /// Zen 4, AVX-512).
     fn stride(&self) -> usize {
         self.tiles() + ROW_PADDING
     }
@@ -102,11 +113,11 @@ impl Winograd {
     }
 
     fn tiles_down(&self) -> usize {
-        self.out_height.div_ceil(2)
+        self.out_height.div_ceil(TILE)
     }
 
     fn tiles_across(&self) -> usize {
-        self.out_width.div_ceil(2)
+        self.out_width.div_ceil(TILE)
     }
 
     /// Images per task: one, or as many as make a block where an image has fewer tiles.
@@ -142,7 +153,7 @@ impl Winograd {
         out
     }
 
-    /// One block of [`Self::convolve`]: V = B^T d B of its tiles, the 16 products M_xi = U_xi · V_xi, and Y = A^T M A
+    /// One block of [`Self::convolve`]: V = B^T d B of its tiles, the 36 products M_xi = U_xi · V_xi, and Y = A^T M A
     /// into `out`.
     fn convolve_block(
         &self,
@@ -154,7 +165,7 @@ impl Winograd {
     ) {
         let (channels, maps, stride, tiles) = (self.channels, self.maps, block.stride(), block.tiles());
         self.transform_input(images, block, scratch);
-        // M (`[16, m, tiles]`): each product's dst is a contiguous m x tiles matrix
+        // M (`[36, m, tiles]`): each product's dst is a contiguous m x tiles matrix
         scratch.products.resize(TRANSFORM * maps * tiles, 0.0);
         for xi in 0..TRANSFORM {
             // M_xi = U_xi · V_xi
@@ -163,19 +174,19 @@ impl Winograd {
             let dst = &mut scratch.products[xi * maps * tiles..][..maps * tiles];
             matmul(dst, lhs, rhs, (maps, channels, tiles), Destination::Overwrite, gemm::Parallelism::None);
         }
-        let out_plane = self.out_height * self.out_width;
-        let (mut rows, mut pair) = (vec![0f32; 8 * block.tiles_across], vec![0f32; 4 * block.tiles_across]);
+        let (out_plane, across) = (self.out_height * self.out_width, block.tiles_across);
+        let (mut rows, mut lines) = (vec![0f32; TILE * PATCH * tiles], vec![0f32; TILE * TILE * tiles]);
         for o in 0..maps {
+            output_block(&scratch.products, (maps * tiles, o * tiles), &mut rows, &mut lines);
+            // Y = A^T M A: each strip's rows 4 row .. 4 row + 3 of the output, where they lie inside it
             for strip in 0..block.strips {
                 let (image, row) = self.strip_place(block, strip);
-                let start = o * tiles + strip * block.tiles_across;
-                output_strip(&scratch.products, (maps * tiles, start), &mut rows, &mut pair);
-                // Y = A^T M A: rows 2 row and 2 row + 1 of the output, where they lie inside it
                 let plane = &mut out[(image * maps + o) * out_plane..][..out_plane];
-                for (line, values) in pair.chunks_exact(2 * block.tiles_across).enumerate() {
-                    let y = 2 * row + line;
+                for (line, values) in lines.chunks_exact(TILE * tiles).enumerate() {
+                    let y = TILE * row + line;
                     if y < self.out_height {
-                        plane[y * self.out_width..][..self.out_width].copy_from_slice(&values[..self.out_width]);
+                        let values = &values[TILE * strip * across..][..self.out_width];
+                        plane[y * self.out_width..][..self.out_width].copy_from_slice(values);
                     }
                 }
             }
@@ -201,7 +212,7 @@ impl Winograd {
         gradient
     }
 
-    /// Adds one block's dU_xi = Ŷ_xi · V_xi^T to `sum` (`[16, m, C]`), Ŷ = A dY A^T.
+    /// Adds one block's dU_xi = Ŷ_xi · V_xi^T to `sum` (`[36, m, C]`), Ŷ = A dY A^T.
     fn add_block_gradient(&self, maps: &[f32], images: &[f32], block: Block, sum: &mut [f32], scratch: &mut Scratch) {
         let (channels, map_channels, stride) = (self.channels, self.maps, block.stride());
         self.transform_input(images, block, scratch);
@@ -216,23 +227,28 @@ impl Winograd {
         }
     }
 
-    /// V = B^T d B of every tile of the block, channel by channel, into `scratch.inputs` (`[16, C, stride]`).
+    /// V = B^T d B of every tile of the block, channel by channel, into `scratch.inputs` (`[36, C, stride]`).
     fn transform_input(&self, images: &[f32], block: Block, scratch: &mut Scratch) {
-        let (tiles_across, stride, plane) = (block.tiles_across, block.stride(), self.height * self.width);
-        let run = tiles_across + 1;
-        scratch.inputs.resize(TRANSFORM * self.channels * stride, 0.0);
-        scratch.window.clear();
-        // zeros once: the window's columns in the padding are never written
-        scratch.window.resize(16 * run, 0.0);
+        let (tiles, stride, plane) = (block.tiles(), block.stride(), self.height * self.width);
+        let Scratch { inputs, window, row: padded, .. } = scratch;
+        inputs.resize(TRANSFORM * self.channels * stride, 0.0);
+        window.resize(2 * TRANSFORM * tiles, 0.0);
+        padded.clear();
+        // zeros once: the padded row's columns in the padding are never written
+        padded.resize(TILE * block.tiles_across + PATCH - TILE, 0.0);
+        let (window, combined) = window[..2 * TRANSFORM * tiles].split_at_mut(TRANSFORM * tiles);
         for c in 0..self.channels {
             for strip in 0..block.strips {
                 let (image, row) = self.strip_place(block, strip);
                 let channel = &images[(image * self.channels + c) * plane..][..plane];
-                let (window, combined) = scratch.window.split_at_mut(8 * run);
-                self.fill_window(channel, row, window, run);
-                let place = (self.channels * stride, c * stride + strip * tiles_across);
-                input_strip(window, combined, place, &mut scratch.inputs[..TRANSFORM * self.channels * stride]);
+                self.fill_window(channel, row, padded, window, (strip * block.tiles_across, tiles));
             }
+            input_block(
+                window,
+                combined,
+                (self.channels * stride, c * stride),
+                &mut inputs[..TRANSFORM * self.channels * stride],
+            );
         }
     }
 
@@ -242,107 +258,85 @@ impl Winograd {
         (global / self.tiles_down(), global % self.tiles_down())
     }
 
-    /// The 4 input rows under tile row `row` (rows 2 row - padding ..), each as its even and odd columns of the
-    /// padded image (`run` = tiles across + 1 values each): `window[(2 i + parity) * run + k]` = padded row i, column
-    /// 2 k + parity. Rows outside the image are zeroed; columns in the padding are left as they are (zero).
-    fn fill_window(&self, channel: &[f32], row: usize, window: &mut [f32], run: usize) {
-        let padding = self.padding;
-        for (i, runs) in window.chunks_exact_mut(2 * run).enumerate() {
-            let Some(y) = (2 * row + i).checked_sub(padding).filter(|&y| y < self.height) else {
-                runs.fill(0.0);
-                continue;
-            };
-            let line = &channel[y * self.width..][..self.width];
-            let (even, odd) = runs.split_at_mut(run);
-            // image column x is padded column x + padding: 2 run = 2 ceil(out_width / 2) + 2 >= width + 2 padding
-            match padding % 2 {
-                0 => deinterleave(line, &mut even[padding / 2..], &mut odd[padding / 2..]),
-                _ => deinterleave(line, &mut odd[padding / 2..], &mut even[padding / 2 + 1..]),
+    /// The 6 x 6 input values under each tile of tile row `row` (input rows 4 row - padding ..) as runs over the
+    /// block's `tiles`: `window[(6 i + l) tiles + first + j]` = the value in row i and column l of the strip's tile
+    /// j, whose first tile is the block's `first`. `padded` holds one padded input row (4 tiles across + 2 values),
+    /// zero in the padding.
+    fn fill_window(&self, channel: &[f32], row: usize, padded: &mut [f32], window: &mut [f32], place: (usize, usize)) {
+        let ((first, tiles), across) = (place, (padded.len() - 2) / TILE);
+        for (i, columns) in window.chunks_exact_mut(PATCH * tiles).enumerate() {
+            match (TILE * row + i).checked_sub(self.padding).filter(|&y| y < self.height) {
+                Some(y) => {
+                    padded[self.padding..][..self.width].copy_from_slice(&channel[y * self.width..][..self.width]);
+                    tile_columns(padded, &mut columns[first..], (tiles, across), PATCH);
+                }
+                None => columns.chunks_exact_mut(tiles).for_each(|column| column[first..][..across].fill(0.0)),
             }
         }
     }
 
-    /// Ŷ = A dY A^T of every tile of the block, map by map, into `scratch.products` (`[16, m, stride]`).
+    /// Ŷ = A dY A^T of every tile of the block, map by map, into `scratch.products` (`[36, m, stride]`).
     fn transform_output_gradient(&self, maps: &[f32], block: Block, scratch: &mut Scratch) {
-        let (tiles_across, stride, out_plane) = (block.tiles_across, block.stride(), self.out_height * self.out_width);
-        scratch.products.resize(TRANSFORM * self.maps * stride, 0.0);
-        scratch.window.resize(12 * tiles_across, 0.0);
+        let (tiles, stride, out_plane) = (block.tiles(), block.stride(), self.out_height * self.out_width);
+        let (across, width) = (block.tiles_across, self.out_width);
+        let Scratch { products, window, row: padded, .. } = scratch;
+        products.resize(TRANSFORM * self.maps * stride, 0.0);
+        window.resize((TILE + PATCH) * TILE * tiles, 0.0);
+        padded.clear();
+        // zeros once: a width that is not a multiple of 4 leaves the last tile's right columns outside
+        padded.resize(TILE * across, 0.0);
+        let (rows, combined) = window[..(TILE + PATCH) * TILE * tiles].split_at_mut(TILE * TILE * tiles);
         for o in 0..self.maps {
             for strip in 0..block.strips {
                 let (image, row) = self.strip_place(block, strip);
                 let plane = &maps[(image * self.maps + o) * out_plane..][..out_plane];
-                // dY's two rows as even and odd columns, zeros past the output's edge
-                let (rows, combined) = scratch.window[..12 * tiles_across].split_at_mut(4 * tiles_across);
-                for (line, runs) in rows.chunks_exact_mut(2 * tiles_across).enumerate() {
-                    let (even, odd) = runs.split_at_mut(tiles_across);
-                    match Some(2 * row + line).filter(|&y| y < self.out_height) {
+                // dY's four rows under the strip as runs of its tiles' columns, zeros past the output's edge
+                for (line, columns) in rows.chunks_exact_mut(TILE * tiles).enumerate() {
+                    let first = strip * across;
+                    match Some(TILE * row + line).filter(|&y| y < self.out_height) {
                         Some(y) => {
-                            // an odd width leaves the last tile's right column outside
-                            odd[tiles_across - 1] = 0.0;
-                            deinterleave(&plane[y * self.out_width..][..self.out_width], even, odd);
+                            padded[..width].copy_from_slice(&plane[y * width..][..width]);
+                            tile_columns(padded, &mut columns[first..], (tiles, across), TILE);
                         }
-                        None => runs.fill(0.0),
+                        None => columns.chunks_exact_mut(tiles).for_each(|column| column[first..][..across].fill(0.0)),
                     }
                 }
-                let place = (self.maps * stride, o * stride + strip * tiles_across);
-                gradient_strip(rows, combined, place, &mut scratch.products[..TRANSFORM * self.maps * stride]);
             }
+            let place = (self.maps * stride, o * stride);
+            gradient_block(rows, combined, place, &mut products[..TRANSFORM * self.maps * stride]);
         }
     }
 
-    /// U = G g G^T of every kernel of `weight` (`[m, C, 3, 3]`): `[16, m, C]`.
+    /// U = G g G^T of every kernel of `weight` (`[m, C, 3, 3]`): `[36, m, C]`.
     fn transform_weight(&self, weight: &[f32]) -> Vec<f32> {
         let pairs = self.maps * self.channels;
+        // the kernels' 9 values as 9 runs over the (m, C) pairs
+        let planes = super::transpose(&weight[..9 * pairs], pairs);
         let mut transformed = vec![0f32; TRANSFORM * pairs];
-        for (pair, g) in weight.chunks_exact(9).enumerate().take(pairs) {
-            // G g: rows (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2) of each column, then the same on the rows
-            let mut half = [0f32; 12];
-            for column in 0..3 {
-                let [a, b, c] = [g[column], g[3 + column], g[6 + column]];
-                for (i, value) in [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c].into_iter().enumerate() {
-                    half[3 * i + column] = value;
-                }
-            }
-            for (i, row) in half.chunks_exact(3).enumerate() {
-                let [a, b, c] = [row[0], row[1], row[2]];
-                for (k, value) in [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c].into_iter().enumerate() {
-                    transformed[(4 * i + k) * pairs + pair] = value;
-                }
-            }
-        }
+        kernel_planes(&planes, &mut vec![0f32; 3 * PATCH * pairs], &mut transformed);
         transformed
     }
 
-    /// dg = G^T dU G of every (m, C) pair of `sum` (`[16, m, C]`): `[m, C, 3, 3]`.
+    /// dg = G^T dU G of every (m, C) pair of `sum` (`[36, m, C]`): `[m, C, 3, 3]`.
     fn gradient_of_weight(&self, sum: &[f32]) -> Vec<f32> {
         let pairs = self.maps * self.channels;
-        let mut gradient = vec![0f32; 9 * pairs];
-        for (pair, g) in gradient.chunks_exact_mut(9).enumerate() {
-            let u = |xi: usize| sum[xi * pairs + pair];
-            // G^T x for a 4-vector x: (x0 + (x1 + x2) / 2, (x1 - x2) / 2, (x1 + x2) / 2 + x3)
-            let reduce = |x: [f32; 4]| [x[0] + 0.5 * (x[1] + x[2]), 0.5 * (x[1] - x[2]), 0.5 * (x[1] + x[2]) + x[3]];
-            let columns: Vec<[f32; 3]> =
-                (0..4).map(|i| reduce([u(4 * i), u(4 * i + 1), u(4 * i + 2), u(4 * i + 3)])).collect();
-            for k in 0..3 {
-                let reduced = reduce([columns[0][k], columns[1][k], columns[2][k], columns[3][k]]);
-                for (ky, value) in reduced.into_iter().enumerate() {
-                    g[3 * ky + k] = value;
-                }
-            }
-        }
-        gradient
+        let mut planes = vec![0f32; 9 * pairs];
+        kernel_gradient_planes(sum, &mut vec![0f32; 3 * PATCH * pairs], &mut planes);
+        super::transpose(&planes, 9)
     }
 }
 
 /// A block's buffers, kept per thread so that the next block and the next convolution reuse their memory.
 #[derive(Default)]
 struct Scratch {
-    /// V (`[16, C, stride]`).
+    /// V (`[36, C, stride]`).
     inputs: Vec<f32>,
-    /// M or Ŷ (`[16, m, stride]`).
+    /// M or Ŷ (`[36, m, stride]`).
     products: Vec<f32>,
-    /// One strip's input window and its row combinations, or dY's rows and theirs.
+    /// The block's input values under its tiles and their column transforms, or dY's and theirs.
     window: Vec<f32>,
+    /// One padded row.
+    row: Vec<f32>,
 }
 
 thread_local! {
@@ -363,105 +357,219 @@ fn run_at(values: &mut [f32], at: usize, len: usize) -> &mut [f32] {
     &mut values[at..][..len]
 }
 
-/// out = a + b, a - b, ... value by value over runs: `combine(a, b)` for each pair of values.
+/// out[j] = value(j) for every value of `out`.
 #[inline(always)]
-fn combine_runs(out: &mut [f32], a: &[f32], b: &[f32], combine: impl Fn(f32, f32) -> f32) {
-    out.iter_mut().zip(a.iter().zip(b)).for_each(|(out, (&a, &b))| *out = combine(a, b));
+fn fill(out: &mut [f32], value: impl Fn(usize) -> f32) {
+    for (j, out) in out.iter_mut().enumerate() {
+        *out = value(j);
+    }
+}
+
+/// out = combine(a, b, c) value by value (the runs as separate arguments, so that the compiler knows they do not
+/// overlap the output and vectorises without checking at run time).
+#[inline(always)]
+fn combine3(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32], combine: impl Fn(f32, f32, f32) -> f32) {
+    for (out, ((&a, &b), &c)) in out.iter_mut().zip(a.iter().zip(b).zip(c)) {
+        *out = combine(a, b, c);
+    }
+}
+
+/// out = combine(a, b, c, d) value by value, as [`combine3`].
+#[inline(always)]
+fn combine4(out: &mut [f32], [a, b, c, d]: [&[f32]; 4], combine: impl Fn(f32, f32, f32, f32) -> f32) {
+    for (out, (((&a, &b), &c), &d)) in out.iter_mut().zip(a.iter().zip(b).zip(c).zip(d)) {
+        *out = combine(a, b, c, d);
+    }
+}
+
+/// B^T d of the runs `d` (one value of each of 6 rows or columns per tile) into the 6 runs of `out` at `starts`.
+#[inline(always)]
+fn input_transform(d: [&[f32]; PATCH], out: &mut [f32], starts: [usize; PATCH], len: usize) {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (d0, d1, d2, d3, d4, d5) = (&d0[..len], &d1[..len], &d2[..len], &d3[..len], &d4[..len], &d5[..len]);
+    // B^T d = (4 d0 - 5 d2 + d4, (d3 + d4) - 4 (d1 + d2), (d4 - d3) + 4 (d1 - d2), (d4 - d2) + 2 (d3 - d1),
+    //          (d4 - d2) - 2 (d3 - d1), 4 d1 - 5 d3 + d5)
+    let ends = |a: f32, b: f32, c: f32| 4.0 * a - 5.0 * b + c;
+    combine3(run_at(out, starts[0], len), d0, d2, d4, ends);
+    combine4(run_at(out, starts[1], len), [d1, d2, d3, d4], |d1, d2, d3, d4| (d3 + d4) - 4.0 * (d1 + d2));
+    combine4(run_at(out, starts[2], len), [d1, d2, d3, d4], |d1, d2, d3, d4| (d4 - d3) + 4.0 * (d1 - d2));
+    combine4(run_at(out, starts[3], len), [d1, d2, d3, d4], |d1, d2, d3, d4| (d4 - d2) + 2.0 * (d3 - d1));
+    combine4(run_at(out, starts[4], len), [d1, d2, d3, d4], |d1, d2, d3, d4| (d4 - d2) - 2.0 * (d3 - d1));
+    combine3(run_at(out, starts[5], len), d1, d3, d5, ends);
+}
+
+/// A^T m of 6 values: (m0 + m1 + m2 + m3 + m4, (m1 - m2) + 2 (m3 - m4), (m1 + m2) + 4 (m3 + m4),
+/// (m1 - m2) + 8 (m3 - m4) + m5).
+#[inline(always)]
+fn output_transform([m0, m1, m2, m3, m4, m5]: [f32; PATCH]) -> [f32; TILE] {
+    let (sum12, difference12, sum34, difference34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [m0 + sum12 + sum34, difference12 + 2.0 * difference34, sum12 + 4.0 * sum34, difference12 + 8.0 * difference34 + m5]
+}
+
+/// A x of the runs `x` (one value of each of 4 rows or columns per tile) into the 6 runs of `out` at `starts`.
+#[inline(always)]
+fn gradient_transform(x: [&[f32]; TILE], out: &mut [f32], starts: [usize; PATCH], len: usize) {
+    let [x0, x1, x2, x3] = x;
+    let (x0, x1, x2, x3) = (&x0[..len], &x1[..len], &x2[..len], &x3[..len]);
+    // A x = (x0, (x0 + x2) + (x1 + x3), (x0 + x2) - (x1 + x3), (x0 + 4 x2) + 2 (x1 + 4 x3), (x0 + 4 x2) - 2 (x1 +
+    //        4 x3), x3)
+    run_at(out, starts[0], len).copy_from_slice(x0);
+    let x = [x0, x1, x2, x3];
+    combine4(run_at(out, starts[1], len), x, |x0, x1, x2, x3| (x0 + x2) + (x1 + x3));
+    combine4(run_at(out, starts[2], len), x, |x0, x1, x2, x3| (x0 + x2) - (x1 + x3));
+    combine4(run_at(out, starts[3], len), x, |x0, x1, x2, x3| (x0 + 4.0 * x2) + 2.0 * (x1 + 4.0 * x3));
+    combine4(run_at(out, starts[4], len), x, |x0, x1, x2, x3| (x0 + 4.0 * x2) - 2.0 * (x1 + 4.0 * x3));
+    run_at(out, starts[5], len).copy_from_slice(x3);
+}
+
+/// G g of the runs `g` (one value of each of a kernel's 3 rows or columns per kernel) into the 6 runs of `out` at
+/// `starts`.
+#[inline(always)]
+fn kernel_transform(g: [&[f32]; 3], out: &mut [f32], starts: [usize; PATCH], len: usize) {
+    let [g0, g1, g2] = g;
+    let (g0, g1, g2) = (&g0[..len], &g1[..len], &g2[..len]);
+    let (sixth, twelfth, twenty_fourth) = (1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0);
+    // G g = (g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6, g0 / 24 + g1 / 12 + g2 / 6, g0 / 24 - g1 / 12 +
+    //        g2 / 6, g2)
+    fill(run_at(out, starts[0], len), |j| 0.25 * g0[j]);
+    fill(run_at(out, starts[1], len), |j| -sixth * ((g0[j] + g2[j]) + g1[j]));
+    fill(run_at(out, starts[2], len), |j| -sixth * ((g0[j] + g2[j]) - g1[j]));
+    fill(run_at(out, starts[3], len), |j| (twenty_fourth * g0[j] + sixth * g2[j]) + twelfth * g1[j]);
+    fill(run_at(out, starts[4], len), |j| (twenty_fourth * g0[j] + sixth * g2[j]) - twelfth * g1[j]);
+    run_at(out, starts[5], len).copy_from_slice(g2);
+}
+
+/// G^T x of the runs `x` (one value of each of 6 rows or columns per kernel) into the 3 runs of `out` at `starts`.
+#[inline(always)]
+fn kernel_gradient_transform(x: [&[f32]; PATCH], out: &mut [f32], starts: [usize; 3], len: usize) {
+    let [x0, x1, x2, x3, x4, x5] = x;
+    let (x0, x1, x2, x3, x4, x5) = (&x0[..len], &x1[..len], &x2[..len], &x3[..len], &x4[..len], &x5[..len]);
+    let (sixth, twelfth, twenty_fourth) = (1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0);
+    // G^T x = (x0 / 4 - (x1 + x2) / 6 + (x3 + x4) / 24, (x2 - x1) / 6 + (x3 - x4) / 12, (x3 + x4 - x1 - x2) / 6 + x5)
+    fill(run_at(out, starts[0], len), |j| 0.25 * x0[j] - sixth * (x1[j] + x2[j]) + twenty_fourth * (x3[j] + x4[j]));
+    fill(run_at(out, starts[1], len), |j| sixth * (x2[j] - x1[j]) + twelfth * (x3[j] - x4[j]));
+    fill(run_at(out, starts[2], len), |j| sixth * ((x3[j] + x4[j]) - (x1[j] + x2[j])) + x5[j]);
 }
 
 wide_fn! {
-    /// first[k] = line[2 k] and second[k] = line[2 k + 1] for every value of `line`.
-    fn deinterleave(line: &[f32], first: &mut [f32], second: &mut [f32]) {
-        let pairs = line.chunks_exact(2);
-        if let [last] = pairs.remainder() {
-            first[line.len() / 2] = *last;
+    /// U = G g G^T of kernels given as their 9 values' runs (`planes`, `[9, pairs]`) into `out` (`[36, pairs]`);
+    /// `left` holds G g's 18 runs.
+    fn kernel_planes(planes: &[f32], left: &mut [f32], out: &mut [f32]) {
+        let pairs = planes.len() / 9;
+        let plane = |index: usize| &planes[index * pairs..][..pairs];
+        // G g down each column j: left[(6 j + a) pairs]
+        for j in 0..3 {
+            let column = [plane(j), plane(3 + j), plane(6 + j)];
+            kernel_transform(column, left, std::array::from_fn(|a| (PATCH * j + a) * pairs), pairs);
         }
-        for ((pair, first), second) in pairs.zip(first.iter_mut()).zip(second.iter_mut()) {
-            *first = pair[0];
-            *second = pair[1];
+        // (G g) G^T along each row a
+        for a in 0..PATCH {
+            let row = std::array::from_fn(|j| &left[(PATCH * j + a) * pairs..][..pairs]);
+            kernel_transform(row, out, std::array::from_fn(|b| (PATCH * a + b) * pairs), pairs);
         }
     }
 }
 
 wide_fn! {
-    /// V = B^T d B of a strip's tiles, from the window of [`Winograd::fill_window`] (8 runs of tiles + 1 values),
-    /// into `out`'s 16 runs (xi = 4 row + column) at `place` (xi's stride, the first tile's offset); `combined`
-    /// holds B^T d's 8 runs.
-    fn input_strip(window: &[f32], combined: &mut [f32], place: (usize, usize), out: &mut [f32]) {
-        let (run, (xi_stride, start)) = (window.len() / 8, place);
-        let tiles = run - 1;
-        // B^T d, on even and odd columns alike: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        for parity in 0..2 {
-            let row = |i: usize| &window[(2 * i + parity) * run..][..run];
-            combine_runs(run_at(combined, parity * run, run), row(0), row(2), |a, b| a - b);
-            combine_runs(run_at(combined, (2 + parity) * run, run), row(1), row(2), |a, b| a + b);
-            combine_runs(run_at(combined, (4 + parity) * run, run), row(2), row(1), |a, b| a - b);
-            combine_runs(run_at(combined, (6 + parity) * run, run), row(1), row(3), |a, b| a - b);
+    /// dg = G^T dU G of kernels' dU given as 36 runs (`sum`, `[36, pairs]`) into the 9 runs of `planes` (`[9,
+    /// pairs]`); `left` holds G^T dU's 18 runs.
+    fn kernel_gradient_planes(sum: &[f32], left: &mut [f32], planes: &mut [f32]) {
+        let pairs = planes.len() / 9;
+        // G^T dU down each column b: left[(3 b + i) pairs]
+        for b in 0..PATCH {
+            let column = std::array::from_fn(|a| &sum[(PATCH * a + b) * pairs..][..pairs]);
+            kernel_gradient_transform(column, left, std::array::from_fn(|i| (3 * b + i) * pairs), pairs);
         }
-        // (B^T d) B on each row: tile j's columns are (even j, odd j, even j + 1, odd j + 1) = (e0, o0, e1, o1):
-        // (e0 - e1, o0 + e1, e1 - o0, o0 - o1)
-        for (i, combination) in combined.chunks_exact(2 * run).enumerate() {
-            let (even, odd) = combination.split_at(run);
-            let (e0, e1, o0, o1) = (&even[..tiles], &even[1..], &odd[..tiles], &odd[1..]);
-            let at = |k: usize| (4 * i + k) * xi_stride + start;
-            combine_runs(run_at(out, at(0), tiles), e0, e1, |a, b| a - b);
-            combine_runs(run_at(out, at(1), tiles), o0, e1, |a, b| a + b);
-            combine_runs(run_at(out, at(2), tiles), e1, o0, |a, b| a - b);
-            combine_runs(run_at(out, at(3), tiles), o0, o1, |a, b| a - b);
+        // (G^T dU) G along each row i
+        for i in 0..3 {
+            let row = std::array::from_fn(|b| &left[(3 * b + i) * pairs..][..pairs]);
+            kernel_gradient_transform(row, planes, std::array::from_fn(|j| (3 * i + j) * pairs), pairs);
         }
     }
 }
 
 wide_fn! {
-    /// Y = A^T M A of a strip's tiles: M's 16 runs start at `start` of `products`, `xi_stride` apart; `rows` holds
-    /// A^T M's 8 runs; `pair` gets the strip's two output rows, 2 tiles values each.
-    fn output_strip(products: &[f32], place: (usize, usize), rows: &mut [f32], pair: &mut [f32]) {
-        let ((xi_stride, start), tiles) = (place, pair.len() / 4);
+    /// columns[l stride + j] = row[4 j + l] (`place` = (stride, across)) for the tiles j < across and the first `count` columns l of each: 4 (a
+    /// tile's output columns) or 6 (the input columns under it; `row` then holds 4 across + 2 values). Columns 4 and
+    /// 5 of a tile are columns 0 and 1 of the next.
+    fn tile_columns(row: &[f32], columns: &mut [f32], place: (usize, usize), count: usize) {
+        let (stride, across) = place;
+        let (zero, rest) = columns.split_at_mut(stride);
+        let (one, rest) = rest.split_at_mut(stride);
+        let (two, rest) = rest.split_at_mut(stride);
+        let (zero, one, two, three) = (&mut zero[..across], &mut one[..across], &mut two[..across], &mut rest[..across]);
+        for (j, tile) in row[..TILE * across].chunks_exact(TILE).enumerate() {
+            (zero[j], one[j], two[j], three[j]) = (tile[0], tile[1], tile[2], tile[3]);
+        }
+        for extra in TILE..count {
+            let (from, to) = ((extra - TILE) * stride, extra * stride);
+            columns.copy_within(from + 1..from + across, to);
+            columns[to + across - 1] = row[TILE * across + extra - TILE];
+        }
+    }
+}
+
+wide_fn! {
+    /// V = B^T d B of a block's tiles, from the window of [`Winograd::fill_window`] (36 runs of tiles values), into
+    /// `out`'s 36 runs (xi = 6 row + column) at `place` (xi's stride, the first tile's offset); `combined` holds
+    /// B^T d's 36 runs.
+    fn input_block(window: &[f32], combined: &mut [f32], place: (usize, usize), out: &mut [f32]) {
+        let (tiles, (xi_stride, start)) = (window.len() / TRANSFORM, place);
+        // B^T d down each column l: combined[(6 l + k) tiles]
+        for l in 0..PATCH {
+            let rows = std::array::from_fn(|i| &window[(PATCH * i + l) * tiles..][..tiles]);
+            input_transform(rows, combined, std::array::from_fn(|k| (PATCH * l + k) * tiles), tiles);
+        }
+        // (B^T d) B along each row k
+        for k in 0..PATCH {
+            let columns = std::array::from_fn(|l| &combined[(PATCH * l + k) * tiles..][..tiles]);
+            input_transform(columns, out, std::array::from_fn(|l| (PATCH * k + l) * xi_stride + start), tiles);
+        }
+    }
+}
+
+wide_fn! {
+    /// Y = A^T M A of a block's tiles: M's 36 runs start at `start` of `products`, `xi_stride` apart; `rows` holds
+    /// A^T M's 24 runs; `lines` gets the four output rows of every tile, 4 tiles values each.
+    fn output_block(products: &[f32], place: (usize, usize), rows: &mut [f32], lines: &mut [f32]) {
+        let ((xi_stride, start), tiles) = (place, lines.len() / (TILE * TILE));
         let m = |xi: usize| &products[xi * xi_stride + start..][..tiles];
-        // A^T M on each column k: (m0 + m1 + m2, m1 - m2 - m3)
-        for (k, runs) in rows.chunks_exact_mut(2 * tiles).enumerate() {
-            let (top, bottom) = runs.split_at_mut(tiles);
-            let (m0, m1, m2, m3) = (m(k), m(4 + k), m(8 + k), m(12 + k));
+        // A^T M down each column l: output row r's runs at rows[(4 l + r) tiles]
+        for l in 0..PATCH {
+            let [m0, m1, m2, m3, m4, m5]: [&[f32]; PATCH] = std::array::from_fn(|i| m(PATCH * i + l));
+            let (top, rest) = rows[TILE * l * tiles..][..TILE * tiles].split_at_mut(tiles);
+            let (second, rest) = rest.split_at_mut(tiles);
+            let (third, bottom) = rest.split_at_mut(tiles);
             for j in 0..tiles {
-                top[j] = m0[j] + m1[j] + m2[j];
-                bottom[j] = m1[j] - m2[j] - m3[j];
+                [top[j], second[j], third[j], bottom[j]] = output_transform([m0[j], m1[j], m2[j], m3[j], m4[j], m5[j]]);
             }
         }
-        // (A^T M) A on each row: the same of its 4 columns, which go to output columns 2 j and 2 j + 1
-        let run = |k: usize, line: usize| &rows[(2 * k + line) * tiles..][..tiles];
-        for (line, out) in pair.chunks_exact_mut(2 * tiles).enumerate() {
-            let (s0, s1, s2, s3) = (run(0, line), run(1, line), run(2, line), run(3, line));
-            for (j, values) in out.chunks_exact_mut(2).enumerate() {
-                values[0] = s0[j] + s1[j] + s2[j];
-                values[1] = s1[j] - s2[j] - s3[j];
+        // (A^T M) A along each output row: 4 output columns per tile
+        for (r, line) in lines.chunks_exact_mut(TILE * tiles).enumerate() {
+            let run = |l: usize| &rows[(TILE * l + r) * tiles..][..tiles];
+            let (s0, s1, s2, s3, s4, s5) = (run(0), run(1), run(2), run(3), run(4), run(5));
+            for (j, values) in line.chunks_exact_mut(TILE).enumerate() {
+                values.copy_from_slice(&output_transform([s0[j], s1[j], s2[j], s3[j], s4[j], s5[j]]));
             }
         }
     }
 }
 
 wide_fn! {
-    /// Ŷ = A dY A^T of a strip's tiles from dY's two rows as even and odd columns (`rows`: 4 runs of `tiles`
-    /// values: row 0 even, row 0 odd, row 1 even, row 1 odd), into `out`'s 16 runs (xi = 4 row + column) at
-    /// `place` (xi's stride, the first tile's offset); `combined` holds A dY's 8 runs.
-    fn gradient_strip(rows: &[f32], combined: &mut [f32], place: (usize, usize), out: &mut [f32]) {
-        let (tiles, (xi_stride, start)) = (rows.len() / 4, place);
-        let run = |index: usize| &rows[index * tiles..][..tiles];
-        // A x for a 2-vector x: (x0, x0 + x1, x0 - x1, -x1), first down the rows (even and odd columns alike)
-        for parity in 0..2 {
-            let (top, bottom) = (run(parity), run(2 + parity));
-            run_at(combined, parity * tiles, tiles).copy_from_slice(top);
-            combine_runs(run_at(combined, (2 + parity) * tiles, tiles), top, bottom, |a, b| a + b);
-            combine_runs(run_at(combined, (4 + parity) * tiles, tiles), top, bottom, |a, b| a - b);
-            run_at(combined, (6 + parity) * tiles, tiles).iter_mut().zip(bottom).for_each(|(out, &b)| *out = -b);
+    /// Ŷ = A dY A^T of a block's tiles from dY's values under them (`rows`: 16 runs of `tiles` values, by (row,
+    /// column) of the tile), into `out`'s 36 runs (xi = 6 row + column) at `place` (xi's stride, the first tile's
+    /// offset); `combined` holds A dY's 24 runs.
+    fn gradient_block(rows: &[f32], combined: &mut [f32], place: (usize, usize), out: &mut [f32]) {
+        let (tiles, (xi_stride, start)) = (rows.len() / (TILE * TILE), place);
+        // A dY down each column q: combined[(6 q + k) tiles]
+        for q in 0..TILE {
+            let column = std::array::from_fn(|line| &rows[(TILE * line + q) * tiles..][..tiles]);
+            gradient_transform(column, combined, std::array::from_fn(|k| (PATCH * q + k) * tiles), tiles);
         }
-        // then across each row: (e, e + o, e - o, -o)
-        for (i, combination) in combined.chunks_exact(2 * tiles).enumerate() {
-            let (even, odd) = combination.split_at(tiles);
-            let at = |k: usize| (4 * i + k) * xi_stride + start;
-            run_at(out, at(0), tiles).copy_from_slice(even);
-            combine_runs(run_at(out, at(1), tiles), even, odd, |a, b| a + b);
-            combine_runs(run_at(out, at(2), tiles), even, odd, |a, b| a - b);
-            run_at(out, at(3), tiles).iter_mut().zip(odd).for_each(|(out, &o)| *out = -o);
+        // (A dY) A^T along each row k
+        for k in 0..PATCH {
+            let columns = std::array::from_fn(|q| &combined[(PATCH * q + k) * tiles..][..tiles]);
+            gradient_transform(columns, out, std::array::from_fn(|l| (PATCH * k + l) * xi_stride + start), tiles);
         }
     }
 }
@@ -472,16 +580,19 @@ mod tests {
     use crate::kernels::simd::{with_simd_level, SimdLevel};
 
     /// (batch, channels, height, width, maps, padding): odd sides, every padding, an image with more tiles across
-    /// than a block holds (and as many as make its rows a padded stride), images smaller than a block (several to a task) and one 2 x 2 tile of output.
-    const CASES: [(usize, usize, usize, usize, usize, usize); 8] = [
+    /// than a block holds (and as many as make its rows a padded stride), images smaller than a block (several to a
+    /// task, the last task short, tiles cut by the output's edge) and a 2 x 2 output, part of one tile.
+    const CASES: [(usize, usize, usize, usize, usize, usize); 10] = [
         (2, 3, 7, 5, 4, 1),
         (3, 2, 9, 8, 3, 0),
         (2, 4, 5, 6, 5, 2),
         (1, 2, 3, 600, 2, 1),
-        // 512 tiles across: the transformed input's rows padded to a longer stride than the products'
+        // 256 tiles across: the transformed input's rows padded to a longer stride than the products'
         (1, 1, 2, 1024, 2, 1),
         (5, 3, 6, 6, 2, 1),
         (2, 17, 34, 33, 19, 1),
+        (3, 5, 13, 11, 6, 1),
+        (9, 2, 16, 16, 3, 1),
         (1, 1, 2, 2, 1, 1),
     ];
 
