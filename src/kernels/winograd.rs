@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::{kernel_threads, matmul, wide_fn, Destination, Operand};
+use super::{kernel_threads, matmul, recycle, wide_fn, Destination, Operand};
 
 /// Outputs on a tile's side.
 const TILE: usize = 4;
@@ -141,7 +141,7 @@ impl Winograd {
     pub fn convolve(&self, images: &[f32], weight: &[f32]) -> Vec<f32> {
         let transformed = self.transform_weight(weight);
         let per_task = self.images_per_task();
-        let mut out = super::recycle::stale(images.len() / self.image_len() * self.map_len());
+        let mut out = recycle::stale(images.len() / self.image_len() * self.map_len());
         let tasks = out.par_chunks_mut(per_task * self.map_len()).zip(images.par_chunks(per_task * self.image_len()));
         tasks.for_each(|(out, images)| {
             with_scratch(|scratch| {
@@ -150,6 +150,7 @@ impl Winograd {
                 }
             })
         });
+        recycle::recycle(transformed);
         out
     }
 
@@ -208,7 +209,7 @@ impl Winograd {
             })
         });
         let gradient = self.gradient_of_weight(&total);
-        super::recycle::recycle(total);
+        recycle::recycle(total);
         gradient
     }
 
@@ -235,7 +236,7 @@ impl Winograd {
         window.resize(2 * TRANSFORM * tiles, 0.0);
         padded.clear();
         // zeros once: the padded row's columns in the padding are never written
-        padded.resize(TILE * block.tiles_across + PATCH - TILE, 0.0);
+        padded.resize(TILE * (block.tiles_across + 1), 0.0);
         let (window, combined) = window[..2 * TRANSFORM * tiles].split_at_mut(TRANSFORM * tiles);
         for c in 0..self.channels {
             for strip in 0..block.strips {
@@ -260,10 +261,10 @@ impl Winograd {
 
     /// The 6 x 6 input values under each tile of tile row `row` (input rows 4 row - padding ..) as runs over the
     /// block's `tiles`: `window[(6 i + l) tiles + first + j]` = the value in row i and column l of the strip's tile
-    /// j, whose first tile is the block's `first`. `padded` holds one padded input row (4 tiles across + 2 values),
-    /// zero in the padding.
+    /// j, whose first tile is the block's `first`. `padded` holds one padded input row (4 (tiles across + 1)
+    /// values), zero in the padding.
     fn fill_window(&self, channel: &[f32], row: usize, padded: &mut [f32], window: &mut [f32], place: (usize, usize)) {
-        let ((first, tiles), across) = (place, (padded.len() - 2) / TILE);
+        let ((first, tiles), across) = (place, padded.len() / TILE - 1);
         for (i, columns) in window.chunks_exact_mut(PATCH * tiles).enumerate() {
             match (TILE * row + i).checked_sub(self.padding).filter(|&y| y < self.height) {
                 Some(y) => {
@@ -312,17 +313,21 @@ impl Winograd {
         let pairs = self.maps * self.channels;
         // the kernels' 9 values as 9 runs over the (m, C) pairs
         let planes = super::transpose(&weight[..9 * pairs], pairs);
-        let mut transformed = vec![0f32; TRANSFORM * pairs];
-        kernel_planes(&planes, &mut vec![0f32; 3 * PATCH * pairs], &mut transformed);
+        let (mut left, mut transformed) = (recycle::stale(3 * PATCH * pairs), recycle::stale(TRANSFORM * pairs));
+        kernel_planes(&planes, &mut left, &mut transformed);
+        recycle::recycle(left);
         transformed
     }
 
     /// dg = G^T dU G of every (m, C) pair of `sum` (`[36, m, C]`): `[m, C, 3, 3]`.
     fn gradient_of_weight(&self, sum: &[f32]) -> Vec<f32> {
         let pairs = self.maps * self.channels;
-        let mut planes = vec![0f32; 9 * pairs];
-        kernel_gradient_planes(sum, &mut vec![0f32; 3 * PATCH * pairs], &mut planes);
-        super::transpose(&planes, 9)
+        let (mut left, mut planes) = (recycle::stale(3 * PATCH * pairs), recycle::stale(9 * pairs));
+        kernel_gradient_planes(sum, &mut left, &mut planes);
+        let gradient = super::transpose(&planes, 9);
+        recycle::recycle(left);
+        recycle::recycle(planes);
+        gradient
     }
 }
 
@@ -489,23 +494,42 @@ wide_fn! {
 }
 
 wide_fn! {
-    /// columns[l stride + j] = row[4 j + l] (`place` = (stride, across)) for the tiles j < across and the first `count` columns l of each: 4 (a
-    /// tile's output columns) or 6 (the input columns under it; `row` then holds 4 across + 2 values). Columns 4 and
-    /// 5 of a tile are columns 0 and 1 of the next.
+    /// columns[l stride + j] = row[4 j + l] (`place` = (stride, across)) for the tiles j < across and the first
+    /// `count` columns l of each: 4 (a tile's output columns) or 6 (the input columns under it, of which 4 and 5 are
+    /// columns 0 and 1 of the next tile; `row` then holds 4 (across + 1) values).
     fn tile_columns(row: &[f32], columns: &mut [f32], place: (usize, usize), count: usize) {
         let (stride, across) = place;
         let (zero, rest) = columns.split_at_mut(stride);
         let (one, rest) = rest.split_at_mut(stride);
         let (two, rest) = rest.split_at_mut(stride);
-        let (zero, one, two, three) = (&mut zero[..across], &mut one[..across], &mut two[..across], &mut rest[..across]);
-        for (j, tile) in row[..TILE * across].chunks_exact(TILE).enumerate() {
-            (zero[j], one[j], two[j], three[j]) = (tile[0], tile[1], tile[2], tile[3]);
+        let (three, rest) = rest.split_at_mut(stride.min(rest.len()));
+        four_phases(&row[..TILE * across], [&mut zero[..across], &mut one[..across], &mut two[..across], &mut three[..across]]);
+        if count == PATCH {
+            let (four, five) = rest.split_at_mut(stride);
+            two_phases(&row[TILE..][..TILE * across], &mut four[..across], &mut five[..across]);
         }
-        for extra in TILE..count {
-            let (from, to) = ((extra - TILE) * stride, extra * stride);
-            columns.copy_within(from + 1..from + across, to);
-            columns[to + across - 1] = row[TILE * across + extra - TILE];
-        }
+    }
+}
+
+/// zero[j], one[j], two[j], three[j] = row[4 j], row[4 j + 1], row[4 j + 2], row[4 j + 3].
+#[inline(always)]
+fn four_phases(row: &[f32], [zero, one, two, three]: [&mut [f32]; TILE]) {
+    four_runs(row, zero, one, two, three);
+}
+
+/// [`four_phases`] with the runs as separate arguments, so that the compiler knows they do not overlap.
+#[inline(always)]
+fn four_runs(row: &[f32], zero: &mut [f32], one: &mut [f32], two: &mut [f32], three: &mut [f32]) {
+    for ((((tile, zero), one), two), three) in row.chunks_exact(TILE).zip(zero).zip(one).zip(two).zip(three) {
+        (*zero, *one, *two, *three) = (tile[0], tile[1], tile[2], tile[3]);
+    }
+}
+
+/// zero[j], one[j] = row[4 j], row[4 j + 1].
+#[inline(always)]
+fn two_phases(row: &[f32], zero: &mut [f32], one: &mut [f32]) {
+    for ((tile, zero), one) in row.chunks_exact(TILE).zip(zero).zip(one) {
+        (*zero, *one) = (tile[0], tile[1]);
     }
 }
 
