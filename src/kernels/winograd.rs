@@ -411,6 +411,17 @@ fn output_transform([m0, m1, m2, m3, m4, m5]: [f32; PATCH]) -> [f32; TILE] {
     [m0 + sum12 + sum34, difference12 + 2.0 * difference34, sum12 + 4.0 * sum34, difference12 + 8.0 * difference34 + m5]
 }
 
+/// A^T m of the runs `m` (one value of each of a column's 6 rows per tile) into the runs of its 4 output rows (as
+/// separate arguments, so that the compiler knows they do not overlap).
+#[inline(always)]
+fn output_columns(m: [&[f32]; PATCH], top: &mut [f32], second: &mut [f32], third: &mut [f32], bottom: &mut [f32]) {
+    let len = top.len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|run| &run[..len]);
+    for (j, (((top, second), third), bottom)) in top.iter_mut().zip(second).zip(third).zip(bottom).enumerate() {
+        [*top, *second, *third, *bottom] = output_transform([m0[j], m1[j], m2[j], m3[j], m4[j], m5[j]]);
+    }
+}
+
 /// A x of the runs `x` (one value of each of 4 rows or columns per tile) into the 6 runs of `out` at `starts`.
 #[inline(always)]
 fn gradient_transform(x: [&[f32]; TILE], out: &mut [f32], starts: [usize; PATCH], len: usize) {
@@ -560,13 +571,10 @@ wide_fn! {
         let m = |xi: usize| &products[xi * xi_stride + start..][..tiles];
         // A^T M down each column l: output row r's runs at rows[(4 l + r) tiles]
         for l in 0..PATCH {
-            let [m0, m1, m2, m3, m4, m5]: [&[f32]; PATCH] = std::array::from_fn(|i| m(PATCH * i + l));
             let (top, rest) = rows[TILE * l * tiles..][..TILE * tiles].split_at_mut(tiles);
             let (second, rest) = rest.split_at_mut(tiles);
             let (third, bottom) = rest.split_at_mut(tiles);
-            for j in 0..tiles {
-                [top[j], second[j], third[j], bottom[j]] = output_transform([m0[j], m1[j], m2[j], m3[j], m4[j], m5[j]]);
-            }
+            output_columns(std::array::from_fn(|i| m(PATCH * i + l)), top, second, third, bottom);
         }
         // (A^T M) A along each output row: 4 output columns per tile
         for (r, line) in lines.chunks_exact_mut(TILE * tiles).enumerate() {
