@@ -19,9 +19,10 @@
 //!
 //! The tiles are taken a block of [`BLOCK_TILES`] at a time (rows of tiles of one or a few images), so that a block's
 //! transforms and products stay in the cache; blocks of different images run on different threads, each product on
-//! one. The transforms run over runs of tiles: each row is first split by its columns' phase (column mod 4), so
-//! that a value of every tile in a row is one run. Tests hold both kernels to a direct convolution and to the im2col
-//! kernels, at every SIMD level.
+//! one. The transforms run over the whole block at once: the 6 x 6 input values under each tile (or the 4 x 4
+//! output gradients of each) are first laid out as 36 (16) runs over the block's tiles, so that each pass of a
+//! transform is one loop, long enough to vectorise, over every tile of the block. Tests hold both kernels to a direct
+//! convolution and to the im2col kernels, at every SIMD level.
 
 use rayon::prelude::*;
 
