@@ -177,9 +177,12 @@ impl Winograd {
             matmul(dst, lhs, rhs, (maps, channels, tiles), Destination::Overwrite, gemm::Parallelism::None);
         }
         let (out_plane, across) = (self.out_height * self.out_width, block.tiles_across);
-        let (mut rows, mut lines) = (vec![0f32; TILE * PATCH * tiles], vec![0f32; TILE * TILE * tiles]);
+        // the window is free once the input is transformed: A^T M's rows, then the output lines
+        let Scratch { products, window, .. } = scratch;
+        window.resize((TILE * PATCH + TILE * TILE) * tiles, 0.0);
+        let (rows, lines) = window[..(TILE * PATCH + TILE * TILE) * tiles].split_at_mut(TILE * PATCH * tiles);
         for o in 0..maps {
-            output_block(&scratch.products, (maps * tiles, o * tiles), &mut rows, &mut lines);
+            output_block(products, (maps * tiles, o * tiles), rows, lines);
             // Y = A^T M A: each strip's rows 4 row .. 4 row + 3 of the output, where they lie inside it
             for strip in 0..block.strips {
                 let (image, row) = self.strip_place(block, strip);
@@ -291,10 +294,9 @@ impl Winograd {
         for o in 0..self.maps {
             for strip in 0..block.strips {
                 let (image, row) = self.strip_place(block, strip);
-                let plane = &maps[(image * self.maps + o) * out_plane..][..out_plane];
+                let (plane, first) = (&maps[(image * self.maps + o) * out_plane..][..out_plane], strip * across);
                 // dY's four rows under the strip as runs of its tiles' columns, zeros past the output's edge
                 for (line, columns) in rows.chunks_exact_mut(TILE * tiles).enumerate() {
-                    let first = strip * across;
                     match Some(TILE * row + line).filter(|&y| y < self.out_height) {
                         Some(y) => {
                             padded[..width].copy_from_slice(&plane[y * width..][..width]);
@@ -339,7 +341,8 @@ struct Scratch {
     inputs: Vec<f32>,
     /// M or Ŷ (`[36, m, stride]`).
     products: Vec<f32>,
-    /// The block's input values under its tiles and their column transforms, or dY's and theirs.
+    /// The block's input values under its tiles and their column transforms, or dY's and theirs; then A^T M's rows
+    /// and the output lines.
     window: Vec<f32>,
     /// One padded row.
     row: Vec<f32>,
@@ -363,7 +366,8 @@ fn run_at(values: &mut [f32], at: usize, len: usize) -> &mut [f32] {
     &mut values[at..][..len]
 }
 
-/// out[j] = value(j) for every value of `out`.
+/// out[j] = value(j) for every value of `out`: the plain form, for the kernel gradient's transform, whose sums of
+/// five runs [`combine3`] and [`combine4`] do not take (it runs once per batch, off the hot path).
 #[inline(always)]
 fn fill(out: &mut [f32], value: impl Fn(usize) -> f32) {
     for (j, out) in out.iter_mut().enumerate() {
@@ -448,11 +452,11 @@ fn kernel_transform(g: [&[f32]; 3], out: &mut [f32], starts: [usize; PATCH], len
     let (sixth, twelfth, twenty_fourth) = (1.0 / 6.0, 1.0 / 12.0, 1.0 / 24.0);
     // G g = (g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6, g0 / 24 + g1 / 12 + g2 / 6, g0 / 24 - g1 / 12 +
     //        g2 / 6, g2)
-    fill(run_at(out, starts[0], len), |j| 0.25 * g0[j]);
-    fill(run_at(out, starts[1], len), |j| -sixth * ((g0[j] + g2[j]) + g1[j]));
-    fill(run_at(out, starts[2], len), |j| -sixth * ((g0[j] + g2[j]) - g1[j]));
-    fill(run_at(out, starts[3], len), |j| (twenty_fourth * g0[j] + sixth * g2[j]) + twelfth * g1[j]);
-    fill(run_at(out, starts[4], len), |j| (twenty_fourth * g0[j] + sixth * g2[j]) - twelfth * g1[j]);
+    run_at(out, starts[0], len).iter_mut().zip(g0).for_each(|(out, &g0)| *out = 0.25 * g0);
+    combine3(run_at(out, starts[1], len), g0, g1, g2, |g0, g1, g2| -sixth * ((g0 + g2) + g1));
+    combine3(run_at(out, starts[2], len), g0, g1, g2, |g0, g1, g2| -sixth * ((g0 + g2) - g1));
+    combine3(run_at(out, starts[3], len), g0, g1, g2, |g0, g1, g2| (twenty_fourth * g0 + sixth * g2) + twelfth * g1);
+    combine3(run_at(out, starts[4], len), g0, g1, g2, |g0, g1, g2| (twenty_fourth * g0 + sixth * g2) - twelfth * g1);
     run_at(out, starts[5], len).copy_from_slice(g2);
 }
 
@@ -515,7 +519,7 @@ wide_fn! {
         let (one, rest) = rest.split_at_mut(stride);
         let (two, rest) = rest.split_at_mut(stride);
         let (three, rest) = rest.split_at_mut(stride.min(rest.len()));
-        four_phases(&row[..TILE * across], [&mut zero[..across], &mut one[..across], &mut two[..across], &mut three[..across]]);
+        four_phases(&row[..TILE * across], &mut zero[..across], &mut one[..across], &mut two[..across], &mut three[..across]);
         if count == PATCH {
             let (four, five) = rest.split_at_mut(stride);
             two_phases(&row[TILE..][..TILE * across], &mut four[..across], &mut five[..across]);
@@ -523,15 +527,10 @@ wide_fn! {
     }
 }
 
-/// zero[j], one[j], two[j], three[j] = row[4 j], row[4 j + 1], row[4 j + 2], row[4 j + 3].
+/// zero[j], one[j], two[j], three[j] = row[4 j], row[4 j + 1], row[4 j + 2], row[4 j + 3] (the runs as separate
+/// arguments, so that the compiler knows they do not overlap).
 #[inline(always)]
-fn four_phases(row: &[f32], [zero, one, two, three]: [&mut [f32]; TILE]) {
-    four_runs(row, zero, one, two, three);
-}
-
-/// [`four_phases`] with the runs as separate arguments, so that the compiler knows they do not overlap.
-#[inline(always)]
-fn four_runs(row: &[f32], zero: &mut [f32], one: &mut [f32], two: &mut [f32], three: &mut [f32]) {
+fn four_phases(row: &[f32], zero: &mut [f32], one: &mut [f32], two: &mut [f32], three: &mut [f32]) {
     for ((((tile, zero), one), two), three) in row.chunks_exact(TILE).zip(zero).zip(one).zip(two).zip(three) {
         (*zero, *one, *two, *three) = (tile[0], tile[1], tile[2], tile[3]);
     }
