@@ -378,7 +378,8 @@ impl LoopState {
 
     /// One optimisation step on the batch `x`. The batch is split into the plan's shards (each of at least 32
     /// rows); each shard runs forward and backward on its own thread, its loss weighted by its share of the batch,
-    /// and the shards' gradients are summed inside the optimiser: the same gradient as the whole batch's. On 2 cores
+    /// and the shards' gradients are summed inside the optimiser: the same gradient as the whole batch's (the fused
+    /// step makes a large last decoder weight's gradient once for the whole batch instead). On 2 cores
     /// this beats splitting every kernel over both threads by about 1.4x (see BENCHMARKS.md): the threads meet twice
     /// per step instead of at every operation, and the elementwise work is split too.
     fn step(&mut self, vae: &Vae, x: &Tensor, clock: Clock) -> Result<StepRecord> {

@@ -6,6 +6,9 @@
 //! The step runs in two phases over the batch's shards (each on its own thread): the encoders' forward pass, then,
 //! once the KL's batch statistics are known (free bits and the capacity objective look across the batch, and
 //! beta-TCVAE's estimator at every pair of its examples), the rest of the forward pass and the whole backward pass.
+//! Where the decoder's last weight is large against the batch's rows, its gradient waits for both phases and is
+//! made once over the whole batch (`Waiting`), each thread writing its own band of it, instead of once per shard
+//! for the optimiser to add up.
 //!
 //! The loss of a batch of N examples is L = (1/N) sum_n [ rec_n + sum_j a_j KL_nj ] for the ELBO, a_j being the
 //! KL weight's derivative (beta and its schedule, free bits' mask, the capacity's sign),
@@ -30,6 +33,7 @@ use super::layers::{Kept, Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
 use crate::kernels::likelihood::LikelihoodKernel;
 use crate::kernels::{add_to, cpu_f32, read_all, recycle, tcvae};
+use crate::model::dense::weight_gradient;
 use crate::model::{Likelihood, Vae};
 use crate::training::config::Objective;
 use crate::{Error, Result};
@@ -69,10 +73,11 @@ impl TrainStep for FusedStep {
 }
 
 /// Each shard's gradients as a store of tensors, keyed by the `parameters` they belong to (in the same order).
-fn gradient_stores(parameters: &[&Tensor], gradients: Vec<Vec<Vec<f32>>>) -> Result<Vec<GradStore>> {
-    let store = |shard_gradients: Vec<Vec<f32>>| {
+fn gradient_stores(parameters: &[&Tensor], gradients: Vec<Vec<Option<Vec<f32>>>>) -> Result<Vec<GradStore>> {
+    let store = |shard_gradients: Vec<Option<Vec<f32>>>| {
         let mut store = GradStore::default();
         for (tensor, gradient) in parameters.iter().zip(shard_gradients) {
+            let Some(gradient) = gradient else { continue };
             store.insert(tensor, Tensor::from_vec(gradient, tensor.shape(), tensor.device())?);
         }
         Ok(store)
@@ -176,14 +181,26 @@ struct KlGradient {
 }
 
 /// A shard's sums over its examples, and every parameter's gradient in the order of [`Layers::parameters`], then
-/// the likelihood's learned log sigma^2.
+/// the likelihood's learned log sigma^2 (`None` for a weight whose gradient waits for the whole batch: [`Waiting`]).
 struct ShardResult {
     /// The sum of -log p(x|z~) (over every sample, for the IWAE bound).
     reconstruction: f64,
     /// For the IWAE bound, the sum of the examples' -log (1/K) sum_k w_k; 0 for the ELBO, whose loss is the
     /// reconstruction plus the weighted KL of the whole batch.
     loss: f64,
-    gradients: Vec<Vec<f32>>,
+    gradients: Vec<Option<Vec<f32>>>,
+    /// The decoder's last layer's part of its weight gradient, where that waits for the whole batch.
+    waiting: Option<Waiting>,
+}
+
+/// A shard's part of a dense layer's weight gradient dL/dW = (dL/dpre)^T input, made once for the whole batch
+/// ([`Layer::weight_gradient_waits`]).
+struct Waiting {
+    /// dL/dpre `[rows, outputs]`.
+    grad_pre: Vec<f32>,
+    /// The layer's input `[rows, inner]`.
+    input: Vec<f32>,
+    rows: usize,
 }
 
 impl<'a> Network<'a> {
@@ -199,7 +216,7 @@ impl<'a> Network<'a> {
     }
 
     /// The step on the batch: its figures (batch means) and each shard's gradients.
-    fn step(&self, batch: &Batch, context: &StepContext) -> Result<(StepFigures, Vec<Vec<Vec<f32>>>)> {
+    fn step(&self, batch: &Batch, context: &StepContext) -> Result<(StepFigures, Vec<Vec<Option<Vec<f32>>>>)> {
         // 1. encoder forward on x: (mu_x, log sigma^2_x), and 4. the closed-form KL's sums per dimension
         let encoded = on_each_shard(&batch.shards, |shard| Ok(self.encode(shard)))?;
         let mut kl_sums = vec![0.0f64; self.latent_dim()];
@@ -215,14 +232,17 @@ impl<'a> Network<'a> {
         let c = 1.0 / batch.rows as f32;
         let direct = direct_gradients(decomposition.as_ref(), batch, self.latent_dim());
         let pairs: Vec<_> = batch.shards.iter().zip(&encoded).zip(direct).collect();
+        let draws = batch.rows * batch.samples;
+        let last_waits = self.decoder.last().is_some_and(|last| last.weight_gradient_waits(draws, pairs.len()));
         // steps 2, 3, 5 and 6 on each shard
-        let results = on_each_shard(&pairs, |((shard, encoded), direct)| {
+        let mut results = on_each_shard(&pairs, |((shard, encoded), direct)| {
             Ok(match context.config.objective {
-                Objective::Iwae { .. } => self.iwae_backward(shard, encoded, batch.samples, c),
-                _ => self.elbo_backward(shard, encoded, (&kl_gradient.coefficients, c), *direct),
+                Objective::Iwae { .. } => self.iwae_backward(shard, encoded, (batch.samples, c), last_waits),
+                _ => self.elbo_backward(shard, encoded, (&kl_gradient.coefficients, c), *direct, last_waits),
             })
         })?;
         encoded.into_iter().for_each(|shard| recycle_outputs(shard.hidden));
+        whole_batch_weight_gradient(&mut results);
         let figures = figures(&results, &kl_gradient, kl_mean, batch);
         Ok((figures, results.into_iter().map(|result| result.gradients).collect()))
     }
@@ -256,6 +276,7 @@ impl<'a> Network<'a> {
         encoded: &Encoded,
         (coefficients, c): (&[f32], f32),
         direct: Option<DirectGradients>,
+        last_waits: bool,
     ) -> ShardResult {
         let rows = shard.rows;
         // 2. z~ = mu_x + sigma_x * eps
@@ -265,8 +286,8 @@ impl<'a> Network<'a> {
         let output = last_output(&decoded, &z);
         let likelihood = self.likelihood.loss_and_gradient(output, shard.x, &vec![c; rows]);
         // 6. backward through everything, to the encoder
-        let (decoder_gradients, mut grad_z) =
-            backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, true);
+        let (decoder_gradients, mut grad_z, waiting) =
+            backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, (true, last_waits));
         if let Some(direct) = direct {
             add_to(&mut grad_z, direct.z);
         }
@@ -281,12 +302,19 @@ impl<'a> Network<'a> {
         ShardResult {
             reconstruction: likelihood.losses.iter().map(|&v| f64::from(v)).sum(),
             loss: 0.0,
-            gradients: gather(encoder_gradients, decoder_gradients, likelihood.log_var),
+            gradients: gather(encoder_gradients, (decoder_gradients, waiting.is_some()), likelihood.log_var),
+            waiting,
         }
     }
 
     /// Phase 2 of the IWAE bound on a shard with `samples` draws per example.
-    fn iwae_backward(&self, shard: &ShardData, encoded: &Encoded, samples: usize, c: f32) -> ShardResult {
+    fn iwae_backward(
+        &self,
+        shard: &ShardData,
+        encoded: &Encoded,
+        (samples, c): (usize, f32),
+        last_waits: bool,
+    ) -> ShardResult {
         let (rows, latent_dim) = (shard.rows, self.latent_dim());
         let draws = rows * samples;
         let (mu, log_var) =
@@ -307,7 +335,8 @@ impl<'a> Network<'a> {
         let (bounds, normalised) = normalise_weights(&log_weights, samples);
         let scales: Vec<f32> = normalised.iter().map(|&w| c * w).collect();
         let (grad_output, grad_log_var_parameter) = self.likelihood.gradient(output, &x, &scales);
-        let (decoder_gradients, mut grad_z) = backward_chain(&self.decoder, &z, &decoded, grad_output, draws, true);
+        let (decoder_gradients, mut grad_z, waiting) =
+            backward_chain(&self.decoder, &z, &decoded, grad_output, draws, (true, last_waits));
         // dL/dz_k = c w~_k (drec/dz_k + z_k)
         for (draw, &scale) in scales.iter().enumerate() {
             let row = draw * latent_dim..(draw + 1) * latent_dim;
@@ -319,7 +348,8 @@ impl<'a> Network<'a> {
         ShardResult {
             reconstruction: reconstruction.iter().map(|&v| f64::from(v)).sum(),
             loss: bounds.iter().map(|&bound| -f64::from(bound)).sum(),
-            gradients: gather(encoder_gradients, decoder_gradients, grad_log_var_parameter),
+            gradients: gather(encoder_gradients, (decoder_gradients, waiting.is_some()), grad_log_var_parameter),
+            waiting,
         }
     }
 
@@ -340,7 +370,8 @@ impl<'a> Network<'a> {
             self.log_var.backward(features, (&encoded.log_var, &Kept::default()), grad_log_var.to_vec(), rows, true);
         let mut grad_features = grad_features.unwrap_or_default();
         add_to(&mut grad_features, &grad_from_log_var.unwrap_or_default());
-        let (mut gradients, _) = backward_chain(&self.encoder, shard.x, &encoded.hidden, grad_features, rows, false);
+        let (mut gradients, _, _) =
+            backward_chain(&self.encoder, shard.x, &encoded.hidden, grad_features, rows, (false, false));
         gradients.extend(mu_gradients.into_iter().chain(log_var_gradients));
         gradients
     }
@@ -367,10 +398,46 @@ fn figures(results: &[ShardResult], kl_gradient: &KlGradient, kl_mean: f64, batc
     }
 }
 
-/// The gradients in parameter order: the encoder's and heads', the decoder's, then a learned log sigma^2's.
-fn gather(encoder: Vec<LayerGradients>, decoder: Vec<LayerGradients>, log_var: Option<Vec<f32>>) -> Vec<Vec<f32>> {
-    let layers = encoder.into_iter().chain(decoder).flat_map(|(weight, bias)| [weight, bias]);
-    layers.chain(log_var).collect()
+/// The gradients in parameter order: the encoder's and heads', the decoder's, then a learned log sigma^2's; with
+/// `last_waits`, the decoder's last weight's left out (`None`: [`whole_batch_weight_gradient`] fills it in).
+fn gather(
+    encoder: Vec<LayerGradients>,
+    (decoder, last_waits): (Vec<LayerGradients>, bool),
+    log_var: Option<Vec<f32>>,
+) -> Vec<Option<Vec<f32>>> {
+    let last = encoder.len() + decoder.len();
+    let layers = encoder.into_iter().chain(decoder).enumerate();
+    let pairs =
+        layers.flat_map(|(index, (weight, bias))| [(!last_waits || index + 1 < last).then_some(weight), Some(bias)]);
+    pairs.chain(log_var.map(Some)).collect()
+}
+
+/// The decoder's last weight gradient for the whole batch from the shards' [`Waiting`] parts, where it waited:
+/// dL/dW = (dL/dpre)^T input over every row at once, the shards' rows stacked, in the first shard's gradients.
+/// The product splits W's rows between the kernel threads, so each writes its own band once, with twice a
+/// shard's rows as its inner dimension.
+fn whole_batch_weight_gradient(results: &mut [ShardResult]) {
+    let parts: Vec<Waiting> = results.iter_mut().filter_map(|result| result.waiting.take()).collect();
+    let Some(slot) = results.first_mut().and_then(|first| first.gradients.iter_mut().find(|g| g.is_none())) else {
+        return;
+    };
+    let rows = parts.iter().map(|part| part.rows).sum();
+    let stacked = |values: &dyn Fn(&Waiting) -> &[f32]| {
+        let mut all = recycle::stale(parts.iter().map(|part| values(part).len()).sum());
+        let mut start = 0;
+        for part in &parts {
+            let part = values(part);
+            all[start..start + part.len()].copy_from_slice(part);
+            start += part.len();
+        }
+        all
+    };
+    let (grad_pre, input) = (stacked(&|part| &part.grad_pre), stacked(&|part| &part.input));
+    *slot = Some(weight_gradient(&grad_pre, &input, rows));
+    [grad_pre, input]
+        .into_iter()
+        .chain(parts.into_iter().flat_map(|part| [part.grad_pre, part.input]))
+        .for_each(recycle::recycle);
 }
 
 /// The KL's derivative per latent dimension and the weighted KL, from its sums per dimension over the batch's
@@ -472,27 +539,39 @@ fn last_output<'o>(outputs: &'o Outputs, input: &'o [f32]) -> &'o [f32] {
 
 /// Back through `layers` (whose input was `input` and outputs `outputs`) from dL/d(last output): the parameter
 /// gradients of each layer that has parameters, in forward order, and dL/dinput when `input_gradient_wanted`
-/// (else empty: the first layer's input product is skipped).
+/// (else empty: the first layer's input product is skipped); with `last_waits`, the last layer's weight gradient
+/// left to the whole batch and its part returned instead ([`Waiting`]; that layer then gives its bias's alone).
 fn backward_chain(
     layers: &[Layer],
     input: &[f32],
     outputs: &Outputs,
     grad_output: Vec<f32>,
     rows: usize,
-    input_gradient_wanted: bool,
-) -> (Vec<LayerGradients>, Vec<f32>) {
+    (input_gradient_wanted, last_waits): (bool, bool),
+) -> (Vec<LayerGradients>, Vec<f32>, Option<Waiting>) {
     let mut gradients = Vec::with_capacity(layers.len());
     let mut grad = grad_output;
+    let mut waiting = None;
     for (index, layer) in layers.iter().enumerate().rev() {
         let layer_input = if index == 0 { input } else { &outputs[index - 1].0 };
         let (output, kept) = &outputs[index];
+        if last_waits && index + 1 == layers.len() {
+            let (grad_bias, grad_pre, grad_input) = layer.backward_waiting((output, kept), grad, rows);
+            let mut kept_input = recycle::stale(layer_input.len());
+            kept_input.copy_from_slice(layer_input);
+            waiting = Some(Waiting { grad_pre, input: kept_input, rows });
+            // an empty weight gradient in its place, which `gather` leaves out
+            gradients.push((Vec::new(), grad_bias));
+            grad = grad_input;
+            continue;
+        }
         let wanted = index > 0 || input_gradient_wanted;
         let (parameters, grad_input) = layer.backward(layer_input, (output, kept), grad, rows, wanted);
         gradients.extend(parameters);
         grad = grad_input.unwrap_or_default();
     }
     gradients.reverse();
-    (gradients, grad)
+    (gradients, grad, waiting)
 }
 
 /// z = mu + sigma * eps with sigma = exp(0.5 * log sigma^2), value by value.
@@ -664,7 +743,10 @@ mod tests {
         }
         for (name, var) in varmap.data().lock().unwrap().iter() {
             let expected = graph_grads[0].get(var.as_tensor()).unwrap();
-            let parts: Vec<&Tensor> = fused_grads.iter().map(|grads| grads.get(var.as_tensor()).unwrap()).collect();
+            // as the optimiser does: the sum of the shards' gradients that have one (a weight gradient made for the
+            // whole batch is in one shard's alone)
+            let parts: Vec<&Tensor> = fused_grads.iter().filter_map(|grads| grads.get(var.as_tensor())).collect();
+            assert!(!parts.is_empty(), "{label}: no gradient for {name}");
             let sum = parts[1..].iter().fold(parts[0].clone(), |sum, part| (sum + *part).unwrap());
             let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
             let difference = (sum - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -732,6 +814,27 @@ mod tests {
                         );
                         with_kernel_threads(threads, || compare(&model, &train, rows, shards, &label));
                     }
+                }
+            }
+        }
+    }
+
+    /// A decoder whose last weight is large against the batch's rows has that weight's gradient made once for the
+    /// whole batch ([`Waiting`]): held to the graph for every likelihood and objective, on one and two threads.
+    #[test]
+    fn a_weight_gradient_made_for_the_whole_batch_matches_candles_graph() {
+        // the Bernoulli's 200 -> 100 layer waits for 40 rows in 2 shards; the categorical's 200 -> 500 also for
+        // the IWAE bound's 120 draws
+        assert!(super::super::layers::weight_gradient_waits((100, 200), 40, 2));
+        assert!(super::super::layers::weight_gradient_waits((500, 200), 120, 2));
+        assert!(!super::super::layers::weight_gradient_waits((100, 200), 40, 1));
+        for likelihood in likelihoods() {
+            let model = VaeConfig { likelihood, ..config(100, 3, (&[12], &[200]), Activation::Relu) };
+            for train in objectives() {
+                for threads in [1, 2] {
+                    let label =
+                        format!("{}, {:?} {:?} on {threads} threads", model.describe(), train.objective, train.kl);
+                    with_kernel_threads(threads, || compare(&model, &train, 40, 2, &label));
                 }
             }
         }
