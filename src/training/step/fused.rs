@@ -73,8 +73,8 @@ impl TrainStep for FusedStep {
 }
 
 /// Each shard's gradients as a store of tensors, keyed by the `parameters` they belong to (in the same order).
-fn gradient_stores(parameters: &[&Tensor], gradients: Vec<Vec<Option<Vec<f32>>>>) -> Result<Vec<GradStore>> {
-    let store = |shard_gradients: Vec<Option<Vec<f32>>>| {
+fn gradient_stores(parameters: &[&Tensor], gradients: Vec<ShardGradients>) -> Result<Vec<GradStore>> {
+    let store = |shard_gradients: ShardGradients| {
         let mut store = GradStore::default();
         for (tensor, gradient) in parameters.iter().zip(shard_gradients) {
             let Some(gradient) = gradient else { continue };
@@ -188,10 +188,13 @@ struct ShardResult {
     /// For the IWAE bound, the sum of the examples' -log (1/K) sum_k w_k; 0 for the ELBO, whose loss is the
     /// reconstruction plus the weighted KL of the whole batch.
     loss: f64,
-    gradients: Vec<Option<Vec<f32>>>,
+    gradients: ShardGradients,
     /// The decoder's last layer's part of its weight gradient, where that waits for the whole batch.
     waiting: Option<Waiting>,
 }
+
+/// A shard's gradients in parameter order, `None` where a weight's gradient waited for the whole batch.
+type ShardGradients = Vec<Option<Vec<f32>>>;
 
 /// A shard's part of a dense layer's weight gradient dL/dW = (dL/dpre)^T input, made once for the whole batch
 /// ([`Layer::weight_gradient_waits`]).
@@ -216,7 +219,7 @@ impl<'a> Network<'a> {
     }
 
     /// The step on the batch: its figures (batch means) and each shard's gradients.
-    fn step(&self, batch: &Batch, context: &StepContext) -> Result<(StepFigures, Vec<Vec<Option<Vec<f32>>>>)> {
+    fn step(&self, batch: &Batch, context: &StepContext) -> Result<(StepFigures, Vec<ShardGradients>)> {
         // 1. encoder forward on x: (mu_x, log sigma^2_x), and 4. the closed-form KL's sums per dimension
         let encoded = on_each_shard(&batch.shards, |shard| Ok(self.encode(shard)))?;
         let mut kl_sums = vec![0.0f64; self.latent_dim()];
@@ -404,7 +407,7 @@ fn gather(
     encoder: Vec<LayerGradients>,
     (decoder, last_waits): (Vec<LayerGradients>, bool),
     log_var: Option<Vec<f32>>,
-) -> Vec<Option<Vec<f32>>> {
+) -> ShardGradients {
     let last = encoder.len() + decoder.len();
     let layers = encoder.into_iter().chain(decoder).enumerate();
     let pairs =
