@@ -437,10 +437,9 @@ fn whole_batch_weight_gradient(results: &mut [ShardResult]) {
     };
     let (grad_pre, input) = (stacked(&|part| &part.grad_pre), stacked(&|part| &part.input));
     *slot = Some(weight_gradient(&grad_pre, &input, rows));
-    [grad_pre, input]
-        .into_iter()
-        .chain(parts.into_iter().flat_map(|part| [part.grad_pre, part.input]))
-        .for_each(recycle::recycle);
+    // back to the pool: the buffers taken from it (the shards' dL/dpre came from the likelihood's own allocation,
+    // and handing those in as well would fill the pool with a batch's worth each step)
+    [grad_pre, input].into_iter().chain(parts.into_iter().map(|part| part.input)).for_each(recycle::recycle);
 }
 
 /// The KL's derivative per latent dimension and the weighted KL, from its sums per dimension over the batch's
