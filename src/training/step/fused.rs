@@ -426,13 +426,10 @@ fn whole_batch_weight_gradient(results: &mut [ShardResult]) {
     };
     let rows = parts.iter().map(|part| part.rows).sum();
     let stacked = |values: &dyn Fn(&Waiting) -> &[f32]| {
+        // a pooled buffer emptied, then filled shard by shard within its capacity
         let mut all = recycle::stale(parts.iter().map(|part| values(part).len()).sum());
-        let mut start = 0;
-        for part in &parts {
-            let part = values(part);
-            all[start..start + part.len()].copy_from_slice(part);
-            start += part.len();
-        }
+        all.clear();
+        parts.iter().for_each(|part| all.extend_from_slice(values(part)));
         all
     };
     let (grad_pre, input) = (stacked(&|part| &part.grad_pre), stacked(&|part| &part.input));
