@@ -66,24 +66,30 @@ impl LikelihoodKernel<'_> {
         }
     }
 
-    /// -log p(x_n|z_n) of each of the `rows` examples, from the output `[rows, data_dim * outputs per value]` and
-    /// the data `[rows, data_dim]`.
-    pub(crate) fn losses(&self, output: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
-        match self {
-            LikelihoodKernel::Bernoulli => bernoulli_row_sums(output, x, x.len() / rows.max(1)),
-            _ => self.loss_and_gradient(output, x, &vec![0.0; rows]).losses,
-        }
+    /// The IWAE bound's pass over the output before its importance weights are known: each example's
+    /// -log p(x_n|z_n), and the gradient of sum_n (-log p(x_n|z_n)) for the output, every example's weight 1 (the
+    /// caller multiplies each row by its weight: [`scale_rows`]). A learned log sigma^2's gradient, which needs the
+    /// weights, is [`Self::log_var_gradient`]'s.
+    pub(crate) fn losses_and_unit_gradient(&self, output: &[f32], x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+        let without_log_var = match *self {
+            LikelihoodKernel::Gaussian { log_var, .. } => LikelihoodKernel::Gaussian { log_var, learned: false },
+            other => other,
+        };
+        let gradients = without_log_var.loss_and_gradient(output, x, &vec![1.0; rows]);
+        (gradients.losses, gradients.output)
     }
 
-    /// The gradients of [`Self::loss_and_gradient`] alone (for the Bernoulli, without computing the losses).
-    pub(crate) fn gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
-        match self {
-            LikelihoodKernel::Bernoulli => (bernoulli_gradient(output, x, scales, x.len() / scales.len().max(1)), None),
-            _ => {
-                let gradients = self.loss_and_gradient(output, x, scales);
-                (gradients.output, gradients.log_var)
-            }
+    /// The gradient of sum_n scales_n * (-log p(x_n|z_n)) for a learned Gaussian log sigma^2 (its shape), from the
+    /// mean `[rows, data_dim]` and the data; `None` for every other likelihood.
+    pub(crate) fn log_var_gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> Option<Vec<f32>> {
+        let LikelihoodKernel::Gaussian { log_var, learned: true } = *self else { return None };
+        let data_dim = (x.len() / scales.len().max(1)).max(1);
+        let gaussian = GaussianRows::new(log_var, data_dim);
+        let mut per_dimension = vec![0.0f32; data_dim];
+        for ((mean, x), &s) in output.chunks_exact(data_dim).zip(x.chunks_exact(data_dim)).zip(scales) {
+            gaussian.log_var_gradient(&mut per_dimension, mean, x, s);
         }
+        Some(if log_var.len() == 1 { vec![per_dimension.iter().sum()] } else { per_dimension })
     }
 
     /// Each example's -log p(x_n|z_n) and the gradients of sum_n scales_n * (-log p(x_n|z_n)), one row per entry
@@ -341,6 +347,12 @@ pub(crate) fn bernoulli_gradient(logits: &[f32], targets: &[f32], upstream: &[f3
         grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
     }
     grad
+}
+
+/// Multiplies each row of `values` by its entry of `scales` (as many rows as scales).
+pub(crate) fn scale_rows(values: &mut [f32], scales: &[f32]) {
+    let width = (values.len() / scales.len().max(1)).max(1);
+    values.chunks_exact_mut(width).zip(scales).for_each(|(row, &s)| row.iter_mut().for_each(|v| *v *= s));
 }
 
 /// Dimensions a categorical kernel takes at once: their levels, transposed into a tile, make every operation one

@@ -31,7 +31,7 @@ use candle_core::Tensor;
 
 use super::layers::{Kept, Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
-use crate::kernels::likelihood::LikelihoodKernel;
+use crate::kernels::likelihood::{scale_rows, LikelihoodKernel};
 use crate::kernels::{add_to, cpu_f32, read_all, recycle, tcvae};
 use crate::model::dense::weight_gradient;
 use crate::model::{Likelihood, Vae};
@@ -326,7 +326,7 @@ impl<'a> Network<'a> {
         let z = reparameterize(&mu, &log_var, shard.eps);
         let decoded = self.decode(&z, draws);
         let output = last_output(&decoded, &z);
-        let reconstruction = self.likelihood.losses(output, &x, draws);
+        let (reconstruction, mut grad_output) = self.likelihood.losses_and_unit_gradient(output, &x, draws);
         // log w = -rec + log N(z; 0, I) - log N(z; mu, sigma^2) = -rec - 0.5 sum_j (z^2 - log sigma^2 - eps^2)
         let log_weights: Vec<f32> = (0..draws)
             .map(|draw| {
@@ -337,7 +337,8 @@ impl<'a> Network<'a> {
             .collect();
         let (bounds, normalised) = normalise_weights(&log_weights, samples);
         let scales: Vec<f32> = normalised.iter().map(|&w| c * w).collect();
-        let (grad_output, grad_log_var_parameter) = self.likelihood.gradient(output, &x, &scales);
+        scale_rows(&mut grad_output, &scales);
+        let grad_log_var_parameter = self.likelihood.log_var_gradient(output, &x, &scales);
         let (decoder_gradients, mut grad_z, waiting) =
             backward_chain(&self.decoder, &z, &decoded, grad_output, draws, (true, last_waits));
         // dL/dz_k = c w~_k (drec/dz_k + z_k)
