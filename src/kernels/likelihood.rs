@@ -1,8 +1,8 @@
 //! The decoder likelihoods' terms with their gradients, each one pass over the decoder's output and the data:
 //! every example's -log p(x|z), and the gradient of sum_n s_n * (-log p(x_n|z_n)) for the output (and for a
-//! learned Gaussian log-variance), with s_n a per-example weight (c = share / rows for the ELBO, c times the
-//! normalised importance weight for the IWAE bound). Their plain twins are the tensor-op forms in
-//! [`crate::model::likelihood`], which the tests hold these to.
+//! learned Gaussian log-variance), with s_n a per-example weight (c = share / rows for the ELBO; for the IWAE bound
+//! 1, each row then multiplied by c times its normalised importance weight). Their plain twins are the tensor-op
+//! forms in [`crate::model::likelihood`], which the tests hold these to.
 //!
 //! - Bernoulli, from logits l: -log p(x|z) = sum_d [ max(l, 0) - x l + log(1 + exp(-|l|)) ]; d/dl = sigmoid(l) - x.
 //! - Gaussian with mean m: -log p(x|z) = 0.5 * sum_d [ log 2pi + log sigma_d^2 + (x - m)^2 / sigma_d^2 ];
