@@ -201,7 +201,7 @@ def evaluate(model, test, latent_dim, generator):
     rec_sum = kl_sum = 0.0
     for i in range(0, test.shape[0], 1000):
         x = test[i:i + 1000]
-        rec, kl_dims = elbo_terms(model, x, torch.randn(x.shape[0], latent_dim, generator=generator))
+        rec, kl_dims = elbo_terms(model, x, torch.randn(x.shape[0], latent_dim, generator=generator).to(x.device))
         rec_sum += rec.sum().item()
         kl_sum += kl_dims.sum().item()
     m = test.shape[0]
@@ -230,6 +230,8 @@ def parse_args():
     ap.add_argument('--activation', default='relu', choices=sorted(ACTIVATIONS))
     ap.add_argument('--mode', default='eager', choices=['eager', 'fused', 'compile'])
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--device', default='cpu', help="where the model and data live: cpu, or cuda (the twin of elbo's "
+                    "--device cuda; the noise is drawn on the CPU as before and copied over)")
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--batch-size', '--batch', dest='batch_size', type=int, default=128)
     ap.add_argument('--lr', type=float, default=1e-3)
@@ -254,20 +256,21 @@ def main():
     else:
         load = lambda name: torch.from_numpy(read_idx(os.path.join(a.data, name)).astype(np.float32) / 255)
         train, test = load('train-images-idx3-ubyte'), load('t10k-images-idx3-ubyte')
+    train, test = train.to(a.device), test.to(a.device)
     n, dim, bs = train.shape[0], train.shape[1], a.batch_size
     steps_per_epoch = -(-n // bs)
     warmup = a.warmup_steps
     if a.warmup_epochs is not None:
         warmup = max(1, round(a.warmup_epochs * steps_per_epoch))
     a.dataset_size = n  # beta-TCVAE's N: the training set, as elbo's
-    model = Vae(a, dim)
+    model = Vae(a, dim).to(a.device)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8, fused=(a.mode == 'fused'))
     loss_fn = make_loss(model, a)
     step_loss = torch.compile(loss_fn) if a.mode == 'compile' else loss_fn
     draws = a.iw_samples if a.objective == 'iwae' else 1
     noise = torch.Generator().manual_seed(a.seed + 1)  # training eps, outside the network
     eval_noise = torch.Generator().manual_seed(a.seed + 2)
-    kl_weight = torch.tensor(a.beta)  # a tensor, so that torch.compile does not specialise on its value
+    kl_weight = torch.tensor(a.beta, device=a.device)  # a tensor, so that torch.compile does not specialise on its value
 
     step = 0
     train_s, epoch_speeds = 0.0, []
@@ -276,14 +279,14 @@ def main():
         model.train()
         tot = rec = kl = 0.0
         t0 = time.perf_counter()
-        perm = torch.randperm(n)
+        perm = torch.randperm(n).to(a.device)
         for i in range(0, n, bs):
             x = train[perm[i:i + bs]]
             rows = x.shape[0]
             step += 1
             if warmup:
                 kl_weight.fill_(a.beta * min(1.0, step / warmup))
-            eps = torch.randn(rows * draws, a.latent_dim, generator=noise)
+            eps = torch.randn(rows * draws, a.latent_dim, generator=noise).to(a.device)
             opt.zero_grad(set_to_none=True)
             loss, r, k = step_loss(x, eps, kl_weight)
             loss.backward()
@@ -299,7 +302,8 @@ def main():
                   f'test nelbo {tl:.3f} (recon {tr:.3f} kl {tk:.3f}) epoch_s {dt:.3f} ex/s {n / dt:.0f}', flush=True)
     steady = statistics.median(epoch_speeds[1:]) if len(epoch_speeds) > 1 else epoch_speeds[0]
     print(json.dumps({
-        'peer': 'torch', 'torch': torch.__version__, 'mode': a.mode, 'threads': torch.get_num_threads(),
+        'peer': 'torch', 'torch': torch.__version__, 'device': a.device, 'mode': a.mode,
+        'threads': torch.get_num_threads(),
         'cpu_capability': getattr(torch.backends.cpu, 'get_cpu_capability', lambda: None)(),
         'flush_denormal': a.flush_denormal,
         'likelihood': a.likelihood, 'variance': a.variance if a.likelihood == 'gaussian' else None,
