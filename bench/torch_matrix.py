@@ -270,7 +270,8 @@ def main():
     draws = a.iw_samples if a.objective == 'iwae' else 1
     noise = torch.Generator().manual_seed(a.seed + 1)  # training eps, outside the network
     eval_noise = torch.Generator().manual_seed(a.seed + 2)
-    kl_weight = torch.tensor(a.beta, device=a.device)  # a tensor, so that torch.compile does not specialise on its value
+    # a tensor, so that torch.compile does not specialise on its value
+    kl_weight = torch.tensor(a.beta, device=a.device)
 
     step = 0
     train_s, epoch_speeds = 0.0, []
