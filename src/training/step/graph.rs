@@ -85,3 +85,82 @@ fn figures_of(terms: &StepTerms) -> Result<StepFigures> {
         loss: to_f64(&terms.loss)?,
     })
 }
+
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests {
+    use super::*;
+    use crate::data::ExampleShape;
+    use crate::model::VaeConfig;
+    use crate::training::TrainConfig;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    /// One step of candle's graph on `device` for the reference model with `weights`: the loss and every gradient,
+    /// by the variable's name, on the CPU.
+    fn step_on(
+        device: &Device,
+        weights: &std::path::Path,
+        (x, eps): (&Tensor, &Tensor),
+    ) -> (f64, Vec<(String, Vec<f32>)>) {
+        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
+        let (vae, varmap) = Vae::load(&config, weights, device).unwrap();
+        let shards = [Shard { x: x.to_device(device).unwrap(), eps: eps.to_device(device).unwrap(), share: 1.0 }];
+        let train = TrainConfig::default();
+        let context = StepContext { config: &train, step: 1, dataset_size: 60_000 };
+        let (figures, grads) = GraphStep.run(&vae, &shards, &context).unwrap();
+        let mut gradients: Vec<_> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, var)| {
+                let gradient = grads[0].get(var.as_tensor()).unwrap();
+                (
+                    name.clone(),
+                    gradient.flatten_all().unwrap().to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        gradients.sort_by(|a, b| a.0.cmp(&b.0));
+        (figures.loss, gradients)
+    }
+
+    /// A batch of 4,096 MNIST-sized rows (3.2 M values a tensor) on the first CUDA device, when there is one: the
+    /// step's loss and gradients match the CPU's, twice, with 4 GiB of 1e30 written and freed on the device in
+    /// between. On an H200 such batches trained differently from run to run after other processes had left data in
+    /// the GPU's memory (BENCHMARKS.md, "CUDA"); batches of 2,048 did not.
+    #[test]
+    fn a_large_batch_step_on_cuda_matches_the_cpu() {
+        let Ok(device) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: nothing to compare");
+            return;
+        };
+        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
+        let (_, varmap) = Vae::fresh(&config, 1, DType::F32, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
+        varmap.save(&weights).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let rows = 4096;
+        let x: Vec<f32> =
+            (0..rows * 784).map(|_| if rng.random_bool(0.2) { rng.random_range(0.0..1.0) } else { 0.0 }).collect();
+        let eps: Vec<f32> = (0..rows * config.latent_dim).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let x = Tensor::from_vec(x, (rows, 784), &Device::Cpu).unwrap();
+        let eps = Tensor::from_vec(eps, (rows, config.latent_dim), &Device::Cpu).unwrap();
+        let (cpu_loss, cpu_gradients) = step_on(&Device::Cpu, &weights, (&x, &eps));
+        for attempt in 0..2 {
+            let (loss, gradients) = step_on(&device, &weights, (&x, &eps));
+            assert!(
+                (loss - cpu_loss).abs() <= 1e-4 * cpu_loss.abs(),
+                "attempt {attempt}: loss {loss} against {cpu_loss}"
+            );
+            for ((name, on_cuda), (_, on_cpu)) in gradients.iter().zip(&cpu_gradients) {
+                let scale = on_cpu.iter().fold(1e-6f32, |max, v| max.max(v.abs()));
+                let worst = on_cuda.iter().zip(on_cpu).fold(0.0f32, |max, (a, b)| max.max((a - b).abs()));
+                assert!(worst <= 1e-3 * scale, "attempt {attempt}: {name} differs by {worst} (scale {scale})");
+            }
+            let garbage = Tensor::full(1e30f32, (1usize << 30,), &device).unwrap();
+            garbage.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        }
+    }
+}
