@@ -86,8 +86,9 @@ fn figures_of(terms: &StepTerms) -> Result<StepFigures> {
     })
 }
 
-#[cfg(all(test, feature = "cuda"))]
-mod cuda_tests {
+#[cfg(feature = "cuda")]
+#[cfg(test)]
+mod tests {
     use super::*;
     use crate::data::ExampleShape;
     use crate::model::VaeConfig;
@@ -95,15 +96,14 @@ mod cuda_tests {
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
 
-    /// One step of candle's graph on `device` for the reference model with `weights`: the loss and every gradient,
+    /// One step of candle's graph on `device` for the model `config` with `weights`: the loss and every gradient,
     /// by the variable's name, on the CPU.
     fn step_on(
         device: &Device,
-        weights: &std::path::Path,
+        (config, weights): (&VaeConfig, &std::path::Path),
         (x, eps): (&Tensor, &Tensor),
     ) -> (f64, Vec<(String, Vec<f32>)>) {
-        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
-        let (vae, varmap) = Vae::load(&config, weights, device).unwrap();
+        let (vae, varmap) = Vae::load(config, weights, device).unwrap();
         let shards = [Shard { x: x.to_device(device).unwrap(), eps: eps.to_device(device).unwrap(), share: 1.0 }];
         let train = TrainConfig::default();
         let context = StepContext { config: &train, step: 1, dataset_size: 60_000 };
@@ -147,9 +147,9 @@ mod cuda_tests {
         let eps: Vec<f32> = (0..rows * config.latent_dim).map(|_| rng.random_range(-2.0..2.0)).collect();
         let x = Tensor::from_vec(x, (rows, 784), &Device::Cpu).unwrap();
         let eps = Tensor::from_vec(eps, (rows, config.latent_dim), &Device::Cpu).unwrap();
-        let (cpu_loss, cpu_gradients) = step_on(&Device::Cpu, &weights, (&x, &eps));
+        let (cpu_loss, cpu_gradients) = step_on(&Device::Cpu, (&config, &weights), (&x, &eps));
         for attempt in 0..2 {
-            let (loss, gradients) = step_on(&device, &weights, (&x, &eps));
+            let (loss, gradients) = step_on(&device, (&config, &weights), (&x, &eps));
             assert!(
                 (loss - cpu_loss).abs() <= 1e-4 * cpu_loss.abs(),
                 "attempt {attempt}: loss {loss} against {cpu_loss}"
