@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernels::optimizer::{AdamStep, FusedAdam, FusedSgd};
 use crate::kernels::worth_parallel;
+use crate::runtime::host_threads_may_share;
 use crate::{Error, Result};
 
 /// Which optimiser, with its hyper-parameters (the learning rate is separate).
@@ -203,13 +204,14 @@ impl Optimizer {
     }
 
     /// Updates every parameter from the sum of the gradients `gradients` gives it (none: no update), spread over
-    /// the threads when the parameters are many values: each has its own state.
+    /// the threads when the parameters are many values on the CPU: each has its own state.
     fn update_all(&mut self, gradients: impl Fn(&Var) -> Vec<Tensor> + Sync) -> Result<()> {
         self.steps += 1;
         let (config, learning_rate, steps) = (self.config, self.learning_rate, self.steps);
         let update = |slot: &mut Slot| slot.update(&gradients(&slot.var), config, learning_rate, steps);
         let values: usize = self.slots.iter().map(|slot| slot.var.elem_count()).sum();
-        if worth_parallel(values) {
+        let on_cpu = self.slots.iter().all(|slot| host_threads_may_share(slot.var.device()));
+        if on_cpu && worth_parallel(values) {
             self.slots.par_iter_mut().try_for_each(update)
         } else {
             self.slots.iter_mut().try_for_each(update)

@@ -9,6 +9,17 @@
 
 pub use crate::kernels::{simd_level, SimdLevel, MATMUL_BACKEND};
 
+use candle_core::Device;
+
+/// Whether several host threads may work on tensors on `device` at once: on the CPU only. On CUDA candle gives each
+/// host thread its own stream (CUDA's per-thread default stream), and work on two streams runs in no set order, so
+/// one thread's kernels can read a tensor before another thread's kernels have written it. Seen on an H200, where
+/// Adam's updates spread over worker threads read gradients still being computed: large batches trained
+/// differently from run to run and diverged (BENCHMARKS.md, "CUDA").
+pub fn host_threads_may_share(device: &Device) -> bool {
+    device.is_cpu()
+}
+
 /// mimalloc's `mi_option_purge_delay`: its place in `mi_option_e` of the bundled `mimalloc.h` (v3), for which
 /// libmimalloc-sys names no constant.
 const MIMALLOC_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

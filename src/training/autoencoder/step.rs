@@ -31,6 +31,7 @@ use crate::objective::ldm::{
 };
 use crate::objective::KlWeighting;
 use crate::optimizer::Optimizer;
+use crate::runtime::host_threads_may_share;
 use crate::training::autoencoder::config::AdversarialConfig;
 use crate::training::step::on_each_shard;
 use crate::{Error, Result};
@@ -229,9 +230,9 @@ impl Trainee {
     /// Shards a batch of `rows` images is split into, each run forward and backward on its own thread: one per
     /// kernel thread (at most one per image) where the loss is a mean over the images, so that the shards'
     /// gradients, each weighted by its share, sum to the batch's; one where the KL weight looks at the batch's mean
-    /// (free bits, capacity).
+    /// (free bits, capacity), or where the model is not on the CPU ([`host_threads_may_share`]).
     pub fn shard_count(&self, rows: usize) -> usize {
-        match self.kl.is_mean_of_examples() {
+        match self.kl.is_mean_of_examples() && host_threads_may_share(self.last_layer.device()) {
             true => kernel_threads().min(rows).max(1),
             false => 1,
         }

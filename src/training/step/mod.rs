@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use super::config::{Objective, TrainConfig};
 use crate::kernels::kernel_threads;
 use crate::model::Vae;
+use crate::runtime::host_threads_may_share;
 use crate::{Error, Result};
 
 /// Which training step to use, as asked for (`--step`).
@@ -68,7 +69,7 @@ pub fn step_plan(vae: &Vae, config: &TrainConfig, device: &Device) -> Result<Ste
     let max_shards = match path {
         // the fused step reduces the KL's batch statistics across its shards itself, so it splits every batch
         StepPath::Fused => kernel_threads(),
-        StepPath::Graph if device.is_cpu() && config.loss_is_mean_of_examples() => kernel_threads(),
+        StepPath::Graph if host_threads_may_share(device) && config.loss_is_mean_of_examples() => kernel_threads(),
         StepPath::Graph => 1,
     };
     Ok(StepPlan { path, shards: shard_count(max_shards, config.batch_size), reason })
