@@ -2,7 +2,7 @@
 
 use clap::Args;
 use elbo::data::binarized;
-use elbo::evaluation::{evaluate_bounds, BoundsConfig, BoundsReport, Figure};
+use elbo::evaluation::{evaluate_bounds, BoundsConfig, BoundsReport, Figure, DEFAULT_MAX_ROWS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::run_args::{InputArgs, RunArgs};
@@ -20,8 +20,8 @@ pub struct EvalArgs {
     /// Evaluate only the first N examples.
     #[arg(long)]
     max_examples: Option<usize>,
-    /// Most decoder rows (examples x samples) at once; bounds memory.
-    #[arg(long, default_value_t = 16_384)]
+    /// Most decoder rows (examples x samples) at once; bounds memory. On a GPU, more may run faster.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROWS)]
     max_rows: usize,
     /// Seed of the noise (and of a dynamic binarization of the data).
     #[arg(long, default_value_t = 1)]

@@ -12,7 +12,7 @@ pub mod posterior_stats;
 pub mod sprite_codes;
 pub mod statistics;
 
-pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport};
+pub use bounds::{evaluate_bounds, BoundsConfig, BoundsReport, DEFAULT_MAX_ROWS};
 pub use compression::{evaluate_compression, CompressionReport};
 pub use curves::{CurveReading, Curves};
 pub use diagnosis::{diagnose, Diagnosis, LatentUse, Verdict};

@@ -185,8 +185,9 @@ mod tests {
     }
 
     /// candle's ops that the graph step runs forward and backward, each on 4,096 x 784 values on the GPU with
-    /// garbage left in its memory, against the same op on the CPU: names every op that differs, to find the op
-    /// behind the large-batch bug.
+    /// garbage left in its memory, against the same op on the CPU: names every op that differs. (Written to look
+    /// for the large-batch bug in an op; every op agreed, and the bug was a race between CUDA streams: see
+    /// `large_batch_steps_on_cuda_repeat_exactly` in the trainer's tests.)
     #[test]
     fn candle_ops_on_large_tensors_on_cuda_match_the_cpu() {
         type Op = fn(&[Tensor]) -> candle_core::Result<Tensor>;
