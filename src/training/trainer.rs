@@ -489,11 +489,15 @@ mod tests {
             let x = Tensor::from_vec(values, (96, 30), &Device::Cpu).unwrap();
             record = Some(state.step(&vae, &x, Clock { started: Instant::now(), before: 0.0 }).unwrap());
         }
+        (record.unwrap(), parameters_in_name_order(&varmap))
+    }
+
+    /// Every parameter's values, the parameters in name order.
+    fn parameters_in_name_order(varmap: &VarMap) -> Vec<f32> {
         let mut named: Vec<(String, Tensor)> =
             varmap.data().lock().unwrap().iter().map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let parameters = named.iter().flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
-        (record.unwrap(), parameters)
+        named.iter().flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
     }
 
     fn two_steps(config: &TrainConfig, shards: usize) -> (StepRecord, Vec<f32>) {
@@ -615,17 +619,7 @@ mod tests {
                     state.step(&vae, &x, Clock { started: Instant::now(), before: 0.0 }).unwrap().loss
                 })
                 .collect();
-            let mut named: Vec<(String, Tensor)> = varmap
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
-                .collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            let parameters: Vec<f32> =
-                named.iter().flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
-            (losses, parameters)
+            (losses, parameters_in_name_order(&varmap))
         };
         let (first_losses, first) = run(&device, 6, Some(1e30));
         let (second_losses, second) = run(&device, 6, Some(f32::NAN));
