@@ -596,18 +596,13 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn large_batch_steps_on_cuda_repeat_exactly() {
-        let Ok(device) = Device::new_cuda(0) else {
-            eprintln!("no CUDA device: nothing to compare");
-            return;
-        };
-        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
-        let dir = tempfile::tempdir().unwrap();
-        let weights = dir.path().join("model.safetensors");
-        Vae::fresh(&config, 3, DType::F32, &Device::Cpu).unwrap().1.save(&weights).unwrap();
+        use crate::training::step::cuda_tests::{cuda_device, fill_device_memory, mnist_mlp_weights};
+        let Some(device) = cuda_device() else { return };
+        let (config, _dir, weights) = mnist_mlp_weights(3);
         let rows = 8192;
         let run = |device: &Device, steps: usize, garbage: Option<f32>| {
             if let Some(garbage) = garbage {
-                Tensor::full(garbage, (1usize << 30,), device).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                fill_device_memory(device, garbage);
             }
             let (vae, varmap) = Vae::load(&config, &weights, device).unwrap();
             let mut state = LoopState::new(&TrainConfig::default(), &vae, &varmap, 60_000, device).unwrap();

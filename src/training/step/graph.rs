@@ -90,8 +90,8 @@ fn figures_of(terms: &StepTerms) -> Result<StepFigures> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::ExampleShape;
     use crate::model::VaeConfig;
+    use crate::training::step::cuda_tests::{cuda_device, fill_device_memory, mnist_mlp_weights};
     use crate::training::TrainConfig;
     use candle_core::Device;
     use rand::{Rng, SeedableRng};
@@ -127,19 +127,12 @@ mod tests {
 
     /// A batch of 4,096 MNIST-sized rows (3.2 M values a tensor) on the first CUDA device, when there is one: the
     /// step's loss and gradients match the CPU's, twice, with 4 GiB of 1e30 written and freed on the device in
-    /// between. On an H200 such batches trained differently from run to run after other processes had left data in
-    /// the GPU's memory (BENCHMARKS.md, "CUDA"); batches of 2,048 did not.
+    /// between. (One step of the graph was right on the H200 all along; the large-batch bug was in the optimiser's
+    /// threads: see `large_batch_steps_on_cuda_repeat_exactly` in the trainer's tests.)
     #[test]
     fn a_large_batch_step_on_cuda_matches_the_cpu() {
-        let Ok(device) = Device::new_cuda(0) else {
-            eprintln!("no CUDA device: nothing to compare");
-            return;
-        };
-        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
-        let (_, varmap) = Vae::fresh(&config, 1, DType::F32, &Device::Cpu).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let weights = dir.path().join("model.safetensors");
-        varmap.save(&weights).unwrap();
+        let Some(device) = cuda_device() else { return };
+        let (config, _dir, weights) = mnist_mlp_weights(1);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let rows = 4096;
         let x: Vec<f32> =
@@ -163,7 +156,7 @@ mod tests {
                 })
                 .collect();
             assert!(differing.is_empty(), "attempt {attempt}: gradients differ: {}", differing.join(", "));
-            fill_device_memory(&device);
+            fill_device_memory(&device, 1e30);
         }
     }
 
@@ -178,12 +171,6 @@ mod tests {
         }
     }
 
-    /// Writes 4 GiB of 1e30 on `device` and frees it, so that memory handed out next holds garbage.
-    fn fill_device_memory(device: &Device) {
-        let garbage = Tensor::full(1e30f32, (1usize << 30,), device).unwrap();
-        garbage.sum_all().unwrap().to_scalar::<f32>().unwrap();
-    }
-
     /// candle's ops that the graph step runs forward and backward, each on 4,096 x 784 values on the GPU with
     /// garbage left in its memory, against the same op on the CPU: names every op that differs. (Written to look
     /// for the large-batch bug in an op; every op agreed, and the bug was a race between CUDA streams: see
@@ -191,10 +178,7 @@ mod tests {
     #[test]
     fn candle_ops_on_large_tensors_on_cuda_match_the_cpu() {
         type Op = fn(&[Tensor]) -> candle_core::Result<Tensor>;
-        let Ok(device) = Device::new_cuda(0) else {
-            eprintln!("no CUDA device: nothing to compare");
-            return;
-        };
+        let Some(device) = cuda_device() else { return };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let mut random = |shape: (usize, usize)| {
             let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.random_range(-3.0..3.0)).collect();
@@ -239,7 +223,7 @@ mod tests {
         let mut differing = Vec::new();
         for (name, op) in ops {
             let on_cpu = op(&inputs).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            fill_device_memory(&device);
+            fill_device_memory(&device, 1e30);
             let on_device: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&device).unwrap()).collect();
             let result = op(&on_device).unwrap().flatten_all().unwrap().to_device(&Device::Cpu).unwrap();
             let error = relative_error(&result.to_vec1::<f32>().unwrap(), &on_cpu);

@@ -209,3 +209,38 @@ mod tests {
         assert_eq!(step_plan(&vae, &asked, &Device::Cpu).unwrap().path, StepPath::Fused);
     }
 }
+
+/// What the CUDA tests share: the device, garbage left in its memory, and a model's weights to load on it.
+#[cfg(feature = "cuda")]
+#[cfg(test)]
+pub(crate) mod cuda_tests {
+    use candle_core::{DType, Device, Tensor};
+    use tempfile::TempDir;
+
+    use crate::data::ExampleShape;
+    use crate::model::{Vae, VaeConfig};
+
+    /// The first CUDA device, or `None` (with a note) where there is none.
+    pub(crate) fn cuda_device() -> Option<Device> {
+        let device = Device::new_cuda(0).ok();
+        if device.is_none() {
+            eprintln!("no CUDA device: nothing to compare");
+        }
+        device
+    }
+
+    /// Writes 4 GiB of `value` on `device` and frees it, so that memory handed out next holds garbage.
+    pub(crate) fn fill_device_memory(device: &Device, value: f32) {
+        Tensor::full(value, (1usize << 30,), device).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    }
+
+    /// The 784-400-20 MLP with weights seeded by `seed`, saved in a temporary directory (kept alive by the
+    /// returned guard) for each device to load.
+    pub(crate) fn mnist_mlp_weights(seed: u64) -> (VaeConfig, TempDir, std::path::PathBuf) {
+        let config = VaeConfig { input_shape: ExampleShape::flat(784), ..VaeConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("model.safetensors");
+        Vae::fresh(&config, seed, DType::F32, &Device::Cpu).unwrap().1.save(&weights).unwrap();
+        (config, dir, weights)
+    }
+}
