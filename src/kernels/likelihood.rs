@@ -22,8 +22,8 @@ const LANES: usize = 8;
 /// A chunk of rows: (gradient, output) with (data, scales).
 type RowChunk<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a [f32]));
 
-/// One row of the Bernoulli gradient: (gradient, logits) with (targets, upstream gradient).
-type GradientRow<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a f32));
+/// One row of the Bernoulli gradient with its index: (row, ((gradient, logits), upstream gradient)).
+type GradientRow<'a> = (usize, ((&'a mut [f32], &'a [f32]), &'a f32));
 
 /// Rows per parallel chunk: fixed, so the sums of a learned variance's gradient do not depend on the thread count.
 const ROWS_PER_CHUNK: usize = 16;
@@ -321,30 +321,42 @@ wide_fn! {
     }
 }
 
-/// -log p(x|z) of each Bernoulli example: logits and targets `[n, dim]` -> `[n]`, over the threads when worth it.
-pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: &[f32], dim: usize) -> Vec<f32> {
-    let row_sum = |(l, x): (&[f32], &[f32])| bernoulli_row_sum(l, x);
-    let dim = dim.max(1);
+/// -log p(x|z) of each Bernoulli example: logits `[n * draws, dim]` against targets `[n, dim]` -> `[n * draws]`,
+/// logits row i scored against target row i / draws (draws of z per example, grouped by example; 1: row for row,
+/// so that an importance-weighted bound never copies each example once per draw), over the threads when worth it.
+/// The callers check that the targets have `logits.len() / draws` values.
+pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: &[f32], dim: usize, draws: usize) -> Vec<f32> {
+    let (dim, draws) = (dim.max(1), draws.max(1));
+    let row_sum = |(row, l): (usize, &[f32])| bernoulli_row_sum(l, target_row(targets, row / draws, dim));
     if worth_parallel(logits.len()) {
-        logits.par_chunks(dim).zip(targets.par_chunks(dim)).map(row_sum).collect()
+        logits.par_chunks(dim).enumerate().map(row_sum).collect()
     } else {
-        logits.chunks(dim).zip(targets.chunks(dim)).map(row_sum).collect()
+        logits.chunks(dim).enumerate().map(row_sum).collect()
     }
 }
 
-/// The gradient of sum_n g_n * (-log p(x_n|z_n)) for Bernoulli logits: g_n * (sigmoid(l) - x), `[n, dim]`, from
-/// logits and targets `[n, dim]` and the upstream gradient g `[n]`.
-pub(crate) fn bernoulli_gradient(logits: &[f32], targets: &[f32], upstream: &[f32], dim: usize) -> Vec<f32> {
+/// Row `row` of a row-major matrix of `dim` columns.
+fn target_row(targets: &[f32], row: usize, dim: usize) -> &[f32] {
+    &targets[row * dim..(row + 1) * dim]
+}
+
+/// The gradient of sum_i g_i * (-log p(x|z_i)) for Bernoulli logits: g_i * (sigmoid(l) - x), `[n * draws, dim]`,
+/// from logits `[n * draws, dim]`, targets `[n, dim]` (paired as in [`bernoulli_row_sums`]) and the upstream
+/// gradient g `[n * draws]`.
+pub(crate) fn bernoulli_gradient(
+    logits: &[f32],
+    targets: &[f32],
+    upstream: &[f32],
+    (dim, draws): (usize, usize),
+) -> Vec<f32> {
     let mut grad = vec![0.0f32; logits.len()];
-    let fill = |((out, l), (x, &g)): GradientRow| bernoulli_gradient_row(out, l, x, g);
-    let dim = dim.max(1);
+    let (dim, draws) = (dim.max(1), draws.max(1));
+    let fill =
+        |(row, ((out, l), &g)): GradientRow| bernoulli_gradient_row(out, l, target_row(targets, row / draws, dim), g);
     if worth_parallel(logits.len()) {
-        grad.par_chunks_mut(dim)
-            .zip(logits.par_chunks(dim))
-            .zip(targets.par_chunks(dim).zip(upstream.par_iter()))
-            .for_each(fill);
+        grad.par_chunks_mut(dim).zip(logits.par_chunks(dim)).zip(upstream.par_iter()).enumerate().for_each(fill);
     } else {
-        grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(targets.chunks(dim).zip(upstream.iter())).for_each(fill);
+        grad.chunks_mut(dim).zip(logits.chunks(dim)).zip(upstream.iter()).enumerate().for_each(fill);
     }
     grad
 }

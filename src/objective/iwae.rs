@@ -4,6 +4,7 @@
 
 use candle_core::{Tensor, D};
 
+pub use crate::model::likelihood::repeat_rows;
 use crate::model::{standard_normal_log_prob, DiagonalGaussian, Vae};
 use crate::Result;
 
@@ -21,8 +22,7 @@ pub fn log_importance_weights(
     let repeated =
         DiagonalGaussian::new(repeat_rows(&posterior.mu, samples)?, repeat_rows(&posterior.log_var, samples)?);
     let z = repeated.reparameterize(eps)?;
-    let x_repeated = repeat_rows(x, samples)?;
-    let reconstruction = vae.likelihood().negative_log_prob(&vae.decode(&z)?, &x_repeated)?;
+    let reconstruction = vae.likelihood().negative_log_prob_of_draws(&vae.decode(&z)?, x, samples)?;
     // log w = log p(x|z) + log p(z) - log q(z|x)
     let log_weight = ((standard_normal_log_prob(&z)? - repeated.log_prob(&z)?)? - &reconstruction)?;
     Ok((log_weight.reshape((batch, samples))?, reconstruction.reshape((batch, samples))?))
@@ -34,10 +34,4 @@ pub fn log_mean_exp(log_weights: &Tensor) -> Result<Tensor> {
     let max = log_weights.max_keepdim(D::Minus1)?.detach();
     let sum = log_weights.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
     Ok((sum.log()? + max)?.squeeze(D::Minus1)?.affine(1.0, -count.ln())?)
-}
-
-/// Each row repeated `times` times in place: rows [a, b] -> [a, a, b, b] for times = 2.
-pub fn repeat_rows(t: &Tensor, times: usize) -> Result<Tensor> {
-    let (rows, cols) = t.dims2()?;
-    Ok(t.unsqueeze(1)?.broadcast_as((rows, times, cols))?.reshape((rows * times, cols))?)
 }

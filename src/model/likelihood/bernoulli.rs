@@ -7,18 +7,27 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
+use super::repeat_rows;
 use crate::kernels::contiguous_f32;
 use crate::kernels::likelihood::{bernoulli_gradient, bernoulli_row_sums};
 use crate::Result;
 
 /// -log Bernoulli(x; sigmoid(logits)) per example, summed over dimensions; shape `[batch]`.
 pub fn negative_log_prob(logits: &Tensor, x: &Tensor) -> Result<Tensor> {
+    negative_log_prob_of_draws(logits, x, 1)
+}
+
+/// -log Bernoulli(x_n; sigmoid(logits_nk)) for `draws` rows of logits per example (grouped by example, `[batch *
+/// draws, dim]`) against the examples x `[batch, dim]`; shape `[batch * draws]`. The fused CPU kernel reads each
+/// example's row once per draw in place; elsewhere, and where x itself needs a gradient, x is repeated first.
+pub fn negative_log_prob_of_draws(logits: &Tensor, x: &Tensor, draws: usize) -> Result<Tensor> {
     let fusable =
         logits.device().is_cpu() && logits.dtype() == DType::F32 && x.dtype() == DType::F32 && logits.rank() == 2;
-    if fusable && logits.shape() == x.shape() {
-        return Ok(logits.apply_op2(x, FusedBernoulli)?);
+    let (rows, dim) = (logits.dim(0)?, logits.dim(D::Minus1)?);
+    if fusable && x.dims() == [rows / draws.max(1), dim] && rows % draws.max(1) == 0 && (draws == 1 || !x.track_op()) {
+        return Ok(logits.apply_op2(x, FusedBernoulli { draws })?);
     }
-    negative_log_prob_unfused(logits, x)
+    negative_log_prob_unfused(logits, &repeat_rows(x, draws)?)
 }
 
 /// The same with candle's tensor ops, on any device.
@@ -29,8 +38,10 @@ pub fn negative_log_prob_unfused(logits: &Tensor, x: &Tensor) -> Result<Tensor> 
     Ok(per_dimension.sum(D::Minus1)?)
 }
 
-/// Forward: logits `[n, d]`, targets `[n, d]` -> per-example sums `[n]`.
-struct FusedBernoulli;
+/// Forward: logits `[n * draws, d]`, targets `[n, d]` -> per-row sums `[n * draws]`.
+struct FusedBernoulli {
+    draws: usize,
+}
 
 impl CustomOp2 for FusedBernoulli {
     fn name(&self) -> &'static str {
@@ -46,7 +57,7 @@ impl CustomOp2 for FusedBernoulli {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, targets) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
-        let sums = bernoulli_row_sums(logits, targets, dim);
+        let sums = bernoulli_row_sums(logits, targets, dim, self.draws);
         Ok((CpuStorage::F32(sums), Shape::from(rows)))
     }
 
@@ -58,14 +69,18 @@ impl CustomOp2 for FusedBernoulli {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // d/dl = sigmoid(l) - x;  d/dx = -l (only when the targets are themselves computed)
-        let grad_logits = logits.apply_op3_no_bwd(x, &grad_res.contiguous()?, &BernoulliGradient)?;
+        let grad_logits =
+            logits.apply_op3_no_bwd(x, &grad_res.contiguous()?, &BernoulliGradient { draws: self.draws })?;
         let grad_x = if x.track_op() { Some(logits.broadcast_mul(&grad_res.unsqueeze(1)?)?.neg()?) } else { None };
         Ok((Some(grad_logits), grad_x))
     }
 }
 
-/// Backward: logits `[n, d]`, targets `[n, d]`, upstream gradient `[n]` -> g_n * (sigmoid(l) - x), `[n, d]`.
-struct BernoulliGradient;
+/// Backward: logits `[n * draws, d]`, targets `[n, d]`, upstream gradient `[n * draws]` -> g_i * (sigmoid(l_i) -
+/// x_{i / draws}), `[n * draws, d]`.
+struct BernoulliGradient {
+    draws: usize,
+}
 
 impl CustomOp3 for BernoulliGradient {
     fn name(&self) -> &'static str {
@@ -87,7 +102,7 @@ impl CustomOp3 for BernoulliGradient {
             contiguous_f32(gs, gl, self.name())?,
         );
         let (_, dim) = ll.shape().dims2()?;
-        let grad = bernoulli_gradient(logits, targets, upstream, dim);
+        let grad = bernoulli_gradient(logits, targets, upstream, (dim, self.draws));
         Ok((CpuStorage::F32(grad), ll.shape().clone()))
     }
 }

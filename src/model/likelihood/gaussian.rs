@@ -70,8 +70,24 @@ impl Gaussian {
 
     /// -log N(x; mean, sigma^2) per example, summed over dimensions; shape `[batch]`.
     pub fn negative_log_prob(&self, mean: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.summed_terms((x - mean)?.sqr()?)
+    }
+
+    /// -log N(x_n; mean_nk, sigma^2) for `draws` means per example (grouped by example, `[batch * draws,
+    /// data_dim]`) against x `[batch, data_dim]`; shape `[batch * draws]`. x is broadcast over each example's
+    /// draws, never repeated.
+    pub fn negative_log_prob_of_draws(&self, mean: &Tensor, x: &Tensor, draws: usize) -> Result<Tensor> {
+        let (mean, x) = (mean.flatten_from(1)?, x.flatten_from(1)?);
+        let (rows, dim) = mean.dims2()?;
+        let grouped = mean.reshape((rows / draws.max(1), draws, dim))?;
+        let squared = grouped.broadcast_sub(&x.unsqueeze(1)?)?.sqr()?;
+        Ok(self.summed_terms(squared)?.flatten_all()?)
+    }
+
+    /// sum_d 0.5 * (log 2pi + log sigma^2 + (x_d - mu_d)^2 / sigma^2) over the last dimension of the squared
+    /// differences `squared`.
+    fn summed_terms(&self, squared: Tensor) -> Result<Tensor> {
         // -log p(x|z) = 0.5 * (log 2pi + log sigma^2 + (x - mu)^2 / sigma^2)
-        let squared = (x - mean)?.sqr()?;
         let per_dimension = match &self.log_var {
             LogVariance::Fixed(log_var) => squared.affine(0.5 * (-log_var).exp(), 0.5 * (LN_2PI + log_var))?,
             LogVariance::Learned(log_var) => {
