@@ -98,9 +98,16 @@ impl InplaceOp2 for FusedSgd<'_> {
 const CHUNK: usize = 1024;
 
 /// Calls `update` on matching pieces of the parameter's state buffers `states` (the parameter and its moments) and
-/// of its gradient `first + sum(more)`: on `first` itself when there is no other gradient, else chunk by chunk, so
-/// an update reads every shard's gradient once and never stores their sum. A large parameter is split into one
-/// contiguous part per kernel thread; every value's update is its own, so the split does not change the numbers.
+/// of its gradient `first + sum(more)`, chunk by chunk: each chunk's gradient is first gathered into a buffer that
+/// stays in the L1 cache (the shards' gradients added up, or the one gradient copied), so an update reads every
+/// shard's gradient once and never stores their sum. A large parameter is split into one contiguous part per kernel
+/// thread ([`on_own_threads`]); every value's update is its own, so neither split changes the numbers.
+///
+/// The copy of a lone gradient measured faster than updating from the gradient in place: on a 2-core Intel Xeon
+/// (BENCHMARKS.md, the nineteenth session), the MLP of row 1 spent 0.64-0.68 ms a step in Adam against 0.71-0.73 in
+/// alternating blocks of steps of one run; the update's one pass over four arrays, the gradient written by the
+/// other core's product or evicted from this one's L2, read that gradient slowly, while a pass over it alone did
+/// not.
 fn update_in_parts<const N: usize>(
     states: [&mut [f32]; N],
     first: &[f32],
@@ -131,25 +138,44 @@ fn update_in_parts<const N: usize>(
     }
     let update_part = |(offset, mut piece): (usize, [&mut [f32]; N])| {
         let len = piece[0].len();
-        let Some((second, others)) = more.split_first() else {
-            update(piece, &first[offset..offset + len]);
-            return;
-        };
-        let mut sum = [0f32; CHUNK];
+        let mut gradient = [0f32; CHUNK];
         for local in (0..len).step_by(CHUNK) {
             let range = offset + local..offset + len.min(local + CHUNK);
-            let sum = &mut sum[..range.len()];
-            add_pair(sum, &first[range.clone()], &second[range.clone()]);
-            others.iter().for_each(|part| add_to(sum, &part[range.clone()]));
-            update(piece.each_mut().map(|state| &mut state[local..local + range.len()]), sum);
+            let gradient = &mut gradient[..range.len()];
+            match more.split_first() {
+                None => gradient.copy_from_slice(&first[range.clone()]),
+                Some((second, others)) => {
+                    add_pair(gradient, &first[range.clone()], &second[range.clone()]);
+                    others.iter().for_each(|part| add_to(gradient, &part[range.clone()]));
+                }
+            }
+            update(piece.each_mut().map(|state| &mut state[local..local + range.len()]), gradient);
         }
     };
-    if pieces.len() > 1 {
-        pieces.into_par_iter().for_each(update_part);
-    } else {
-        pieces.into_iter().for_each(update_part);
-    }
+    on_own_threads(pieces, update_part);
     Ok(())
+}
+
+/// Runs `work` on each of `pieces`: piece i on thread i of the pool where there is one piece per thread, so that a
+/// parameter's part is updated by the same core at every step and its moments stay in that core's caches; else
+/// wherever rayon's work stealing puts them. Measured on a 2-core Intel Xeon (BENCHMARKS.md, the nineteenth
+/// session), with the gradient's copy of [`update_in_parts`] in both: Adam took 0.57-0.58 ms of row 1's step against
+/// 0.77 with the parts stolen, in alternating blocks of steps of one run; the Burda et al. MLP 0.27-0.28 ms against
+/// 0.33-0.34.
+fn on_own_threads<P: Send>(pieces: Vec<P>, work: impl Fn(P) + Sync) {
+    match pieces.len() {
+        0 | 1 => pieces.into_iter().for_each(work),
+        count if count == rayon::current_num_threads() => {
+            let pieces: Vec<parking_lot::Mutex<Option<P>>> =
+                pieces.into_iter().map(|piece| parking_lot::Mutex::new(Some(piece))).collect();
+            // every thread of the pool runs this once, its index telling it which piece is its own
+            rayon::broadcast(|context| {
+                let own = pieces[context.index()].lock().take();
+                own.into_iter().for_each(&work);
+            });
+        }
+        _ => pieces.into_par_iter().for_each(&work),
+    }
 }
 
 wide_fn! {
