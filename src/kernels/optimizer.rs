@@ -159,9 +159,9 @@ fn update_in_parts<const N: usize>(
 /// Runs `work` on each of `pieces`: piece i on thread i of the pool where there is one piece per thread, so that a
 /// parameter's part is updated by the same core at every step and its moments stay in that core's caches; else
 /// wherever rayon's work stealing puts them. Measured on a 2-core Intel Xeon (BENCHMARKS.md, the nineteenth
-/// session), with the gradient's copy of [`update_in_parts`] in both: Adam took 0.57-0.58 ms of row 1's step against
-/// 0.77 with the parts stolen, in alternating blocks of steps of one run; the Burda et al. MLP 0.27-0.28 ms against
-/// 0.33-0.34.
+/// session), in alternating blocks of steps of one run: with this and the gradient's copy of [`update_in_parts`],
+/// Adam took 0.57-0.58 ms of row 1's step against 0.77 with neither (the copy alone: 0.64-0.68 against 0.71-0.73);
+/// the Burda et al. MLP's 0.27-0.28 ms against 0.33-0.34.
 fn on_own_threads<P: Send>(pieces: Vec<P>, work: impl Fn(P) + Sync) {
     match pieces.len() {
         0 | 1 => pieces.into_iter().for_each(work),
