@@ -101,6 +101,24 @@ pub fn simd_level() -> SimdLevel {
         .unwrap_or_else(|| *PROCESS.get_or_init(|| SimdLevel::requested().unwrap_or_else(|_| SimdLevel::detected())))
 }
 
+/// Whether the CPU is an Intel one (CPUID's vendor string "GenuineIntel"), for the few choices whose better side was
+/// measured to differ between Intel and AMD CPUs at the same SIMD level; checked once.
+pub fn made_by_intel() -> bool {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let vendor = std::arch::x86_64::__cpuid(0);
+            // the 12 bytes of the vendor string lie in ebx, edx, ecx, in that order
+            let bytes: Vec<u8> =
+                [vendor.ebx, vendor.edx, vendor.ecx].iter().flat_map(|word| word.to_le_bytes()).collect();
+            bytes == b"GenuineIntel"
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// Runs `work` with the kernels it calls on this thread at `level`, capped at what the CPU has (for the tests,
 /// which hold every level to the scalar one; kernels that spread over rayon's threads run there at the process's
 /// level).
@@ -156,6 +174,14 @@ wide_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CPUID's vendor agrees with the kernel's account of the CPU, where there is one to read.
+    #[test]
+    fn the_vendor_is_the_one_linux_reports() {
+        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else { return };
+        let Some(vendor) = cpuinfo.lines().find_map(|line| line.strip_prefix("vendor_id")) else { return };
+        assert_eq!(made_by_intel(), vendor.trim_start_matches([' ', '\t', ':']) == "GenuineIntel", "{vendor}");
+    }
 
     #[test]
     fn a_forced_level_is_capped_at_the_cpus_and_restored_afterwards() {

@@ -11,8 +11,9 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::simd::made_by_intel;
 use crate::kernels::transpose::transpose_into;
-use crate::kernels::{kernel_threads, wide_fn};
+use crate::kernels::{kernel_threads, simd_level, wide_fn, SimdLevel};
 
 /// The largest share of nonzero inputs with which a layer takes the sparse products, at every SIMD level.
 /// Measured on one thread (AMD EPYC Zen 5, BENCHMARKS.md), for 64 rows of 784 inputs and 400 outputs, the forward
@@ -23,6 +24,17 @@ use crate::kernels::{kernel_threads, wide_fn};
 /// between the two choices in one process): the sparse first layer 8-12% faster on MNIST (19% nonzeros) and 0-3% on
 /// MNIST with 27% nonzeros; so 30% at every level.
 pub const MOST_DENSITY: f64 = 0.3;
+
+/// The largest share of nonzero inputs with which a layer takes the sparse products on this CPU at the SIMD level in
+/// use: [`MOST_DENSITY`], or none (the matrix multiplies always) on an Intel CPU at AVX-512. There the matrix
+/// multiplies, which read W in place where the sparse forward product needs W^T made every step, won at every
+/// density measured: on a 2-core Intel Xeon (BENCHMARKS.md, the nineteenth session), whole steps of the reference
+/// MLP, alternating between the two in blocks of one run, took 4-5% less time with the matrix multiplies at 9%
+/// nonzeros, 5% at 12%, 5-8% at 13% (dynamically binarized MNIST) and 8-11% at 19% (MNIST), the Burda et al. MLP's
+/// 7% less at 19%. At AVX2 on the same CPU the sparse products were 3% faster at 19%.
+pub fn most_density() -> Option<f64> {
+    (simd_level() < SimdLevel::Avx512 || !made_by_intel()).then_some(MOST_DENSITY)
+}
 
 /// Layers with fewer outputs keep the matrix multiplies: counting an input's nonzeros costs about as much as
 /// `FEWEST_OUTPUTS` / 64 of the products it could save.

@@ -267,12 +267,12 @@ impl Layer<'_> {
     }
 
     /// A dense layer's `input` (`rows` rows) as its nonzero values, where the layer has outputs enough and the
-    /// input few enough nonzeros for the sparse products to pay ([`sparse::MOST_DENSITY`]).
+    /// input few enough nonzeros for the sparse products to pay on this CPU ([`sparse::most_density`]).
     fn sparse_input(&self, input: &[f32], rows: usize) -> Option<SparseColumns> {
         if self.bias.len() < sparse::FEWEST_OUTPUTS || rows == 0 {
             return None;
         }
-        SparseColumns::of(input, input.len() / rows, sparse::MOST_DENSITY)
+        SparseColumns::of(input, input.len() / rows, sparse::most_density()?)
     }
 
     /// Back through the layer from dL/doutput, with what [`Self::forward`] kept: its parameter gradients (`None`
