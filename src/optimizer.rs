@@ -361,9 +361,10 @@ mod tests {
 
     #[test]
     fn fused_updates_match_the_tensor_operations() {
-        // [600, 701]: large enough to be updated in one part per thread: on the pool's own threads where the
-        // parts are as many as the pool's threads (2 of 2), else as rayon puts them (2 of 3)
-        let shapes: &[&[usize]] = &[&[1], &[7], &[13, 5], &[64, 33], &[3, 1, 2], &[600, 701]];
+        // [600, 701] and [500, 801]: large enough to be updated in one part per thread: on the pool's own threads
+        // where the parts are as many as the pool's threads (2 of 2; the two parameters' updates, on two threads at
+        // once, each waiting for its parts on both), else as rayon puts them (2 of 3)
+        let shapes: &[&[usize]] = &[&[1], &[7], &[13, 5], &[64, 33], &[3, 1, 2], &[600, 701], &[500, 801]];
         for (threads, pool_threads) in [(1, 2), (2, 2), (2, 3)] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(pool_threads).build().unwrap();
             pool.install(|| {

@@ -108,7 +108,10 @@ pub fn made_by_intel() -> bool {
     *INTEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let vendor = std::arch::x86_64::__cpuid(0);
+            // SAFETY: CPUID's leaf 0 exists on every x86-64 CPU (toolchains before the intrinsic became safe
+            // declare it unsafe; later ones find the block unneeded)
+            #[allow(unused_unsafe)]
+            let vendor = unsafe { std::arch::x86_64::__cpuid(0) };
             // the 12 bytes of the vendor string lie in ebx, edx, ecx, in that order
             let bytes: Vec<u8> =
                 [vendor.ebx, vendor.edx, vendor.ecx].iter().flat_map(|word| word.to_le_bytes()).collect();

@@ -876,7 +876,8 @@ mod tests {
 
     /// Data that is mostly zeros, where dense layers of 64 outputs or more take the sparse products
     /// (`kernels::sparse`): 94% zeros is under the threshold of every SIMD level (on an Intel CPU, of every level
-    /// but AVX-512, which keeps the matrix multiplies: `kernels::sparse::most_density`); the widths cross a chunk of 64.
+    /// but AVX-512, which keeps the matrix multiplies: `kernels::sparse::most_density`); the widths cross a chunk of
+    /// 64.
     #[test]
     fn the_fused_step_matches_candles_graph_on_mostly_zero_data() {
         let objectives = objectives();
