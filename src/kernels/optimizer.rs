@@ -139,10 +139,11 @@ fn update_in_parts<const N: usize>(
     let update_part = |(offset, mut piece): (usize, [&mut [f32]; N])| {
         let len = piece[0].len();
         let mut gradient = [0f32; CHUNK];
+        let shards_after_first = more.split_first();
         for local in (0..len).step_by(CHUNK) {
             let range = offset + local..offset + len.min(local + CHUNK);
             let gradient = &mut gradient[..range.len()];
-            match more.split_first() {
+            match shards_after_first {
                 None => gradient.copy_from_slice(&first[range.clone()]),
                 Some((second, others)) => {
                     add_pair(gradient, &first[range.clone()], &second[range.clone()]);

@@ -15,7 +15,8 @@ use crate::kernels::simd::made_by_intel;
 use crate::kernels::transpose::transpose_into;
 use crate::kernels::{kernel_threads, simd_level, wide_fn, SimdLevel};
 
-/// The largest share of nonzero inputs with which a layer takes the sparse products, at every SIMD level.
+/// The largest share of nonzero inputs with which a layer takes the sparse products, at every SIMD level of the CPUs
+/// where they pay ([`most_density`] says where).
 /// Measured on one thread (AMD EPYC Zen 5, BENCHMARKS.md), for 64 rows of 784 inputs and 400 outputs, the forward
 /// product and the weight gradient together (the nonzeros' count included) took 52-54% of the two matrix
 /// multiplies' time at 19% nonzeros, 73-74% at 30% and 95-97% at 40% at AVX2, and 97% at 19% at AVX-512, whose

@@ -21,10 +21,13 @@ pub fn negative_log_prob(logits: &Tensor, x: &Tensor) -> Result<Tensor> {
 /// draws, dim]`) against the examples x `[batch, dim]`; shape `[batch * draws]`. The fused CPU kernel reads each
 /// example's row once per draw in place; elsewhere, and where x itself needs a gradient, x is repeated first.
 pub fn negative_log_prob_of_draws(logits: &Tensor, x: &Tensor, draws: usize) -> Result<Tensor> {
+    let draws = draws.max(1);
+    let (rows, dim) = (logits.dim(0)?, logits.dim(D::Minus1)?);
     let fusable =
         logits.device().is_cpu() && logits.dtype() == DType::F32 && x.dtype() == DType::F32 && logits.rank() == 2;
-    let (rows, dim) = (logits.dim(0)?, logits.dim(D::Minus1)?);
-    if fusable && x.dims() == [rows / draws.max(1), dim] && rows % draws.max(1) == 0 && (draws == 1 || !x.track_op()) {
+    let paired = rows % draws == 0 && x.dims() == [rows / draws, dim];
+    // a tracked x would need its gradient summed over its draws: candle's ops on x repeated do that
+    if fusable && paired && (draws == 1 || !x.track_op()) {
         return Ok(logits.apply_op2(x, FusedBernoulli { draws })?);
     }
     negative_log_prob_unfused(logits, &repeat_rows(x, draws)?)
