@@ -19,8 +19,8 @@ use crate::model::gaussian::LN_2PI;
 /// cannot be reordered by the compiler); the order is fixed, so results are the same at every SIMD level.
 const LANES: usize = 8;
 
-/// A chunk of rows: (gradient, output) with (data, scales).
-type RowChunk<'a> = ((&'a mut [f32], &'a [f32]), (&'a [f32], &'a [f32]));
+/// A chunk of rows with its index: (chunk, ((gradient, output), scales)).
+type RowChunk<'a> = (usize, ((&'a mut [f32], &'a [f32]), &'a [f32]));
 
 /// One row of the Bernoulli gradient with its index: (row, ((gradient, logits), upstream gradient)).
 type GradientRow<'a> = (usize, ((&'a mut [f32], &'a [f32]), &'a f32));
@@ -57,6 +57,31 @@ pub(crate) struct LikelihoodGradients {
     pub log_var: Option<Vec<f32>>,
 }
 
+/// The data a likelihood scores the decoder's output rows against: output row r against data row r / draws, so
+/// that an importance-weighted bound's draws of z (grouped by example) read their example in place instead of a
+/// copy of it per draw.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Targets<'a> {
+    /// The data, `[examples, dim]`.
+    values: &'a [f32],
+    /// Values per example.
+    dim: usize,
+    /// Output rows per example.
+    draws: usize,
+}
+
+impl<'a> Targets<'a> {
+    /// `values` (`[output rows / draws, dim]`), each example scored against `draws` output rows in a row.
+    pub(crate) fn new(values: &'a [f32], dim: usize, draws: usize) -> Self {
+        Targets { values, dim, draws: draws.max(1) }
+    }
+
+    /// The data row that output row `row` is scored against.
+    fn row(&self, row: usize) -> &'a [f32] {
+        target_row(self.values, row / self.draws, self.dim)
+    }
+}
+
 impl LikelihoodKernel<'_> {
     /// Decoder outputs per data value.
     fn outputs_per_value(&self) -> usize {
@@ -70,7 +95,7 @@ impl LikelihoodKernel<'_> {
     /// -log p(x_n|z_n), and the gradient of sum_n (-log p(x_n|z_n)) for the output, every example's weight 1 (the
     /// caller multiplies each row by its weight: [`scale_rows`]). A learned log sigma^2's gradient, which needs the
     /// weights, is [`Self::log_var_gradient`]'s.
-    pub(crate) fn losses_and_unit_gradient(&self, output: &[f32], x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+    pub(crate) fn losses_and_unit_gradient(&self, output: &[f32], x: Targets, rows: usize) -> (Vec<f32>, Vec<f32>) {
         let without_log_var = match *self {
             LikelihoodKernel::Gaussian { log_var, .. } => LikelihoodKernel::Gaussian { log_var, learned: false },
             other => other,
@@ -81,36 +106,32 @@ impl LikelihoodKernel<'_> {
 
     /// The gradient of sum_n scales_n * (-log p(x_n|z_n)) for a learned Gaussian log sigma^2 (its shape), from the
     /// mean `[rows, data_dim]` and the data; `None` for every other likelihood.
-    pub(crate) fn log_var_gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> Option<Vec<f32>> {
+    pub(crate) fn log_var_gradient(&self, output: &[f32], x: Targets, scales: &[f32]) -> Option<Vec<f32>> {
         let LikelihoodKernel::Gaussian { log_var, learned: true } = *self else { return None };
-        let data_dim = (x.len() / scales.len().max(1)).max(1);
-        let gaussian = GaussianRows::new(log_var, data_dim);
-        let mut per_dimension = vec![0.0f32; data_dim];
-        for ((mean, x), &s) in output.chunks_exact(data_dim).zip(x.chunks_exact(data_dim)).zip(scales) {
-            gaussian.log_var_gradient(&mut per_dimension, mean, x, s);
+        let gaussian = GaussianRows::new(log_var, x.dim);
+        let mut per_dimension = vec![0.0f32; x.dim];
+        for (row, (mean, &s)) in output.chunks_exact(x.dim).zip(scales).enumerate() {
+            gaussian.log_var_gradient(&mut per_dimension, mean, x.row(row), s);
         }
         Some(if log_var.len() == 1 { vec![per_dimension.iter().sum()] } else { per_dimension })
     }
 
-    /// Each example's -log p(x_n|z_n) and the gradients of sum_n scales_n * (-log p(x_n|z_n)), one row per entry
-    /// of `scales`.
-    pub(crate) fn loss_and_gradient(&self, output: &[f32], x: &[f32], scales: &[f32]) -> LikelihoodGradients {
+    /// Each output row's -log p(x_n|z_n) and the gradients of sum_n scales_n * (-log p(x_n|z_n)), one output row
+    /// per entry of `scales`, scored against `x` as [`Targets`] pairs them.
+    pub(crate) fn loss_and_gradient(&self, output: &[f32], x: Targets, scales: &[f32]) -> LikelihoodGradients {
         let rows = scales.len();
-        let data_dim = x.len() / rows.max(1);
-        let width = data_dim * self.outputs_per_value();
+        let width = (x.dim * self.outputs_per_value()).max(1);
         let mut grad = vec![0.0f32; output.len()];
-        let prepared = Prepared::of(self, data_dim);
-        let chunk = |((grad, output), (x, scales)): RowChunk| prepared.chunk(grad, output, x, scales);
-        let (width, data_dim_1) = (width.max(1), data_dim.max(1));
+        let prepared = Prepared::of(self, x.dim);
+        let chunk = |(index, ((grad, output), scales)): RowChunk| {
+            prepared.chunk(grad, output, (x, index * ROWS_PER_CHUNK), scales)
+        };
         let parts: Vec<(Vec<f32>, Option<Vec<f32>>)> = if worth_parallel(output.len()) {
             let grads = grad.par_chunks_mut(ROWS_PER_CHUNK * width).zip(output.par_chunks(ROWS_PER_CHUNK * width));
-            grads
-                .zip(x.par_chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.par_chunks(ROWS_PER_CHUNK)))
-                .map(chunk)
-                .collect()
+            grads.zip(scales.par_chunks(ROWS_PER_CHUNK)).enumerate().map(chunk).collect()
         } else {
             let grads = grad.chunks_mut(ROWS_PER_CHUNK * width).zip(output.chunks(ROWS_PER_CHUNK * width));
-            grads.zip(x.chunks(ROWS_PER_CHUNK * data_dim_1).zip(scales.chunks(ROWS_PER_CHUNK))).map(chunk).collect()
+            grads.zip(scales.chunks(ROWS_PER_CHUNK)).enumerate().map(chunk).collect()
         };
         let mut losses = Vec::with_capacity(rows);
         let mut log_var: Option<Vec<f32>> = None;
@@ -152,36 +173,40 @@ impl Prepared {
         }
     }
 
-    /// [`LikelihoodKernel::loss_and_gradient`] on a chunk of rows: their losses, and their share of a learned
-    /// log-variance's gradient.
-    fn chunk(&self, grad: &mut [f32], output: &[f32], x: &[f32], scales: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+    /// [`LikelihoodKernel::loss_and_gradient`] on a chunk of rows, the first of them row `first` of the whole
+    /// output: their losses, and their share of a learned log-variance's gradient.
+    fn chunk(
+        &self,
+        grad: &mut [f32],
+        output: &[f32],
+        (x, first): (Targets, usize),
+        scales: &[f32],
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let rows = scales.len();
         let width = output.len() / rows.max(1);
-        let data_dim = x.len() / rows.max(1);
-        let row = |n: usize| (n * width..(n + 1) * width, n * data_dim..(n + 1) * data_dim);
+        let row = |n: usize| (n * width..(n + 1) * width, x.row(first + n));
         match *self {
             Prepared::Bernoulli => {
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
-                    bernoulli_row(&mut grad[out.clone()], &output[out], &x[data], scales[n])
+                    bernoulli_row(&mut grad[out.clone()], &output[out], data, scales[n])
                 });
                 (losses.collect(), None)
             }
             Prepared::Categorical { levels } => {
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
-                    categorical_row(&mut grad[out.clone()], &output[out], &x[data], levels, scales[n])
+                    categorical_row(&mut grad[out.clone()], &output[out], data, levels, scales[n])
                 });
                 (losses.collect(), None)
             }
             Prepared::Gaussian { rows: ref gaussian, learned, shared } => {
-                let mut log_var_grad = learned.then(|| vec![0.0f32; data_dim]);
+                let mut log_var_grad = learned.then(|| vec![0.0f32; x.dim]);
                 let losses = (0..rows).map(|n| {
                     let (out, data) = row(n);
-                    let squared =
-                        gaussian.row(&mut grad[out.clone()], &output[out.clone()], &x[data.clone()], scales[n]);
+                    let squared = gaussian.row(&mut grad[out.clone()], &output[out.clone()], data, scales[n]);
                     if let Some(total) = log_var_grad.as_mut() {
-                        gaussian.log_var_gradient(total, &output[out], &x[data], scales[n]);
+                        gaussian.log_var_gradient(total, &output[out], data, scales[n]);
                     }
                     gaussian.constant + 0.5 * squared
                 });
@@ -454,11 +479,38 @@ mod tests {
             let results: Vec<_> = SimdLevel::ALL
                 .iter()
                 .map(|&level| {
-                    let result = with_simd_level(level, || kernel.loss_and_gradient(&output, &x, &scales));
+                    let targets = Targets::new(&x, dim, 1);
+                    let result = with_simd_level(level, || kernel.loss_and_gradient(&output, targets, &scales));
                     (result.losses, result.output, result.log_var)
                 })
                 .collect();
             assert!(results.windows(2).all(|pair| pair[0] == pair[1]), "{kernel:?}");
+        }
+    }
+
+    /// Draws that read their example in place give the bits of the same draws scored against a copy of the
+    /// example per draw, over more rows than one parallel chunk holds.
+    #[test]
+    fn draws_read_their_example_in_place() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (examples, draws, dim) = (7, 5, 23);
+        let x = values(&mut rng, examples * dim, 0.0, 1.0);
+        let repeated: Vec<f32> =
+            x.chunks(dim).flat_map(|row| (0..draws).flat_map(move |_| row.iter().copied())).collect();
+        let scales = values(&mut rng, examples * draws, 0.1, 1.0);
+        let log_var = values(&mut rng, dim, -1.0, 1.0);
+        let kernels = [
+            (LikelihoodKernel::Bernoulli, 1),
+            (LikelihoodKernel::Gaussian { log_var: &log_var, learned: true }, 1),
+            (LikelihoodKernel::Categorical { levels: 4 }, 4),
+        ];
+        for (kernel, per_value) in kernels {
+            let output = values(&mut rng, examples * draws * dim * per_value, -8.0, 8.0);
+            let (in_place, copied) = (Targets::new(&x, dim, draws), Targets::new(&repeated, dim, 1));
+            let [a, b] = [in_place, copied].map(|targets| kernel.loss_and_gradient(&output, targets, &scales));
+            assert_eq!((a.losses, a.output, a.log_var), (b.losses, b.output, b.log_var), "{kernel:?}");
+            let [a, b] = [in_place, copied].map(|targets| kernel.log_var_gradient(&output, targets, &scales));
+            assert_eq!(a, b, "{kernel:?}");
         }
     }
 }

@@ -31,7 +31,7 @@ use candle_core::Tensor;
 
 use super::layers::{Kept, Layer, LayerGradients, Layers};
 use super::{on_each_shard, Shard, StepContext, StepFigures, TrainStep};
-use crate::kernels::likelihood::{scale_rows, LikelihoodKernel};
+use crate::kernels::likelihood::{scale_rows, LikelihoodKernel, Targets};
 use crate::kernels::{add_to, cpu_f32, read_all, recycle, tcvae};
 use crate::model::dense::weight_gradient;
 use crate::model::{Likelihood, Vae};
@@ -287,7 +287,8 @@ impl<'a> Network<'a> {
         // 3. decoder forward and -log p(x|z~), with its gradient for the decoder's output
         let decoded = self.decode(&z, rows);
         let output = last_output(&decoded, &z);
-        let likelihood = self.likelihood.loss_and_gradient(output, shard.x, &vec![c; rows]);
+        let x = Targets::new(shard.x, shard.x.len() / rows.max(1), 1);
+        let likelihood = self.likelihood.loss_and_gradient(output, x, &vec![c; rows]);
         // 6. backward through everything, to the encoder
         let (decoder_gradients, mut grad_z, waiting) =
             backward_chain(&self.decoder, &z, &decoded, likelihood.output, rows, (true, last_waits));
@@ -322,11 +323,12 @@ impl<'a> Network<'a> {
         let draws = rows * samples;
         let (mu, log_var) =
             (repeat_rows(&encoded.mu, latent_dim, samples), repeat_rows(&encoded.log_var, latent_dim, samples));
-        let x = repeat_rows(shard.x, shard.x.len() / rows, samples);
+        // each example's data read in place by its draws, not copied once per draw
+        let x = Targets::new(shard.x, shard.x.len() / rows.max(1), samples);
         let z = reparameterize(&mu, &log_var, shard.eps);
         let decoded = self.decode(&z, draws);
         let output = last_output(&decoded, &z);
-        let (reconstruction, mut grad_output) = self.likelihood.losses_and_unit_gradient(output, &x, draws);
+        let (reconstruction, mut grad_output) = self.likelihood.losses_and_unit_gradient(output, x, draws);
         // log w = -rec + log N(z; 0, I) - log N(z; mu, sigma^2) = -rec - 0.5 sum_j (z^2 - log sigma^2 - eps^2)
         let log_weights: Vec<f32> = (0..draws)
             .map(|draw| {
@@ -338,7 +340,7 @@ impl<'a> Network<'a> {
         let (bounds, normalised) = normalise_weights(&log_weights, samples);
         let scales: Vec<f32> = normalised.iter().map(|&w| c * w).collect();
         scale_rows(&mut grad_output, &scales);
-        let grad_log_var_parameter = self.likelihood.log_var_gradient(output, &x, &scales);
+        let grad_log_var_parameter = self.likelihood.log_var_gradient(output, x, &scales);
         let (decoder_gradients, mut grad_z, waiting) =
             backward_chain(&self.decoder, &z, &decoded, grad_output, draws, (true, last_waits));
         // dL/dz_k = c w~_k (drec/dz_k + z_k)
