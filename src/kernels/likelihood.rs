@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::transpose::transpose_into;
 use super::{fast_math, wide_fn, worth_parallel};
 use crate::model::gaussian::LN_2PI;
 
@@ -399,7 +400,8 @@ const TILE: usize = 16;
 wide_fn! {
     /// One categorical example over `levels` outputs per value: sum_d (logsumexp_k l_{d,k} - l_{d,x_d}), with
     /// grad_{d,k} = s * (softmax_k(l_d) - [k = x_d]). [`TILE`] dimensions at a time, through a `[levels, TILE]`
-    /// tile, so each operation runs across dimensions; the remaining dimensions one by one.
+    /// tile (the logits turned into it and the gradient back out in 8 x 8 blocks), so each operation runs across
+    /// dimensions; the remaining dimensions one by one.
     fn categorical_row(grad: &mut [f32], logits: &[f32], x: &[f32], levels: usize, s: f32) -> f32 {
         let top = (levels - 1) as f32;
         let full = x.len() / TILE * TILE;
@@ -407,9 +409,7 @@ wide_fn! {
         let mut lanes = [0.0f32; TILE];
         for start in (0..full).step_by(TILE) {
             let (grad, logits) = (&mut grad[start * levels..(start + TILE) * levels], &logits[start * levels..(start + TILE) * levels]);
-            for (i, row) in logits.chunks_exact(levels).enumerate() {
-                row.iter().enumerate().for_each(|(k, &l)| tile[k * TILE + i] = l);
-            }
+            transpose_into(logits, levels, (TILE, levels), &mut tile, TILE);
             let mut max = [f32::NEG_INFINITY; TILE];
             for values in tile.chunks_exact(TILE) {
                 max.iter_mut().zip(values).for_each(|(max, &l)| *max = max.max(l));
@@ -426,9 +426,13 @@ wide_fn! {
                 // -log p = logsumexp_k l_k - l_x = log sum_k exp(l_k - max) + max - l_x
                 *lane += fast_math::ln(sum[i]) + max[i] - logits[i * levels + level(i)];
             }
+            // grad = s * softmax - s [k = x_d], the softmax scaled in the tile, then turned back
             let scale: [f32; TILE] = std::array::from_fn(|i| s / sum[i]);
+            for values in tile.chunks_exact_mut(TILE) {
+                values.iter_mut().zip(&scale).for_each(|(value, &scale)| *value *= scale);
+            }
+            transpose_into(&tile, TILE, (levels, TILE), grad, levels);
             for (i, row) in grad.chunks_exact_mut(levels).enumerate() {
-                row.iter_mut().enumerate().for_each(|(k, g)| *g = tile[k * TILE + i] * scale[i]);
                 row[level(i)] -= s;
             }
         }
