@@ -142,8 +142,15 @@ impl RowPadding {
         if self.columns.len() == self.width {
             return;
         }
+        let gap = self.width - self.columns.len();
         for line in self.lines.start..self.lines.end - 1 {
-            row_cols[line * self.width + self.columns.end..(line + 1) * self.width + self.columns.start].fill(0.0);
+            let zeros = &mut row_cols[line * self.width + self.columns.end..][..gap];
+            // one or two values a line as plain stores, where fill calls memset for each line
+            match zeros {
+                [only] => *only = 0.0,
+                [first, second] => (*first, *second) = (0.0, 0.0),
+                _ => zeros.fill(0.0),
+            }
         }
     }
 }
