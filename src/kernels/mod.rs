@@ -89,9 +89,21 @@ thread_local! {
 /// whose other shards run on the other threads, where kernels that split themselves over every thread would
 /// only wait on each other.
 pub fn with_kernel_threads<R>(threads: usize, work: impl FnOnce() -> R) -> R {
-    let before = SHARD_THREADS.with(|limit| limit.replace(threads.max(1)));
+    with_shard_threads(threads.max(1), work)
+}
+
+/// Runs `work` with no limit of [`with_kernel_threads`] on this thread: for work that may start on a rayon thread in
+/// the middle of a shard (a thread waiting for its shard's other half runs queued work meanwhile, such as another
+/// caller's whole training loop), whose choices must not depend on where it started.
+pub fn without_kernel_thread_limit<R>(work: impl FnOnce() -> R) -> R {
+    with_shard_threads(0, work)
+}
+
+/// Runs `work` with [`SHARD_THREADS`] at `limit` on this thread, restored afterwards.
+fn with_shard_threads<R>(limit: usize, work: impl FnOnce() -> R) -> R {
+    let before = SHARD_THREADS.with(|threads| threads.replace(limit));
     let result = work();
-    SHARD_THREADS.with(|limit| limit.set(before));
+    SHARD_THREADS.with(|threads| threads.set(before));
     result
 }
 

@@ -18,6 +18,7 @@ use crate::evaluation::{evaluate_negative_elbo, ElboEstimate};
 use crate::model::Vae;
 use crate::objective::NoiseSource;
 use crate::optimizer::Optimizer;
+use crate::runtime::on_compute_threads;
 use crate::{Error, Result};
 
 /// Figures of one optimisation step (batch means, in nats).
@@ -66,8 +67,9 @@ pub struct EpochRecord {
     pub examples_per_second: f64,
 }
 
-/// Watches training: progress display, logs, checkpoints. Every method has a do-nothing default.
-pub trait TrainingObserver {
+/// Watches training: progress display, logs, checkpoints. Every method has a do-nothing default. Observers are
+/// `Send`: [`train_from`] runs its loop on one of the compute threads.
+pub trait TrainingObserver: Send {
     /// Called once before the first step, with how the steps will be computed.
     fn on_start(&mut self, _plan: &StepPlan) -> Result<()> {
         Ok(())
@@ -148,6 +150,19 @@ pub fn train_from(
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
+    on_compute_threads(|| train_loop(vae, varmap, splits, config, device, resume, observers))
+}
+
+/// [`train_from`]'s loop, its settings checked.
+fn train_loop(
+    vae: &Vae,
+    varmap: &VarMap,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    resume: Option<&Checkpoint>,
+    observers: &mut [&mut dyn TrainingObserver],
+) -> Result<TrainOutcome> {
     let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
     if let Some(checkpoint) = resume {
         loop_state.restore(checkpoint)?;
