@@ -81,6 +81,11 @@ impl<'a> Targets<'a> {
     fn row(&self, row: usize) -> &'a [f32] {
         target_row(self.values, row / self.draws, self.dim)
     }
+
+    /// Values per example, at least 1: the width to cut rows of one value per data value with.
+    fn width(&self) -> usize {
+        self.dim.max(1)
+    }
 }
 
 impl LikelihoodKernel<'_> {
@@ -111,7 +116,7 @@ impl LikelihoodKernel<'_> {
         let LikelihoodKernel::Gaussian { log_var, learned: true } = *self else { return None };
         let gaussian = GaussianRows::new(log_var, x.dim);
         let mut per_dimension = vec![0.0f32; x.dim];
-        for (row, (mean, &s)) in output.chunks_exact(x.dim).zip(scales).enumerate() {
+        for (row, (mean, &s)) in output.chunks_exact(x.width()).zip(scales).enumerate() {
             gaussian.log_var_gradient(&mut per_dimension, mean, x.row(row), s);
         }
         Some(if log_var.len() == 1 { vec![per_dimension.iter().sum()] } else { per_dimension })
@@ -347,17 +352,16 @@ wide_fn! {
     }
 }
 
-/// -log p(x|z) of each Bernoulli example: logits `[n * draws, dim]` against targets `[n, dim]` -> `[n * draws]`,
-/// logits row i scored against target row i / draws (draws of z per example, grouped by example; 1: row for row,
-/// so that an importance-weighted bound never copies each example once per draw), over the threads when worth it.
-/// The callers check that the targets have `logits.len() / draws` values.
-pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: &[f32], dim: usize, draws: usize) -> Vec<f32> {
-    let (dim, draws) = (dim.max(1), draws.max(1));
-    let row_sum = |(row, l): (usize, &[f32])| bernoulli_row_sum(l, target_row(targets, row / draws, dim));
+/// -log p(x|z) of each Bernoulli example: logits `[n * draws, dim]` against `targets` `[n, dim]` (paired as
+/// [`Targets`] says: draws of z grouped by example, so that an importance-weighted bound never copies each example
+/// once per draw) -> `[n * draws]`, over the threads when worth it. The callers check that the targets have
+/// `logits.len() / draws` values.
+pub(crate) fn bernoulli_row_sums(logits: &[f32], targets: Targets) -> Vec<f32> {
+    let row_sum = |(row, l): (usize, &[f32])| bernoulli_row_sum(l, targets.row(row));
     if worth_parallel(logits.len()) {
-        logits.par_chunks(dim).enumerate().map(row_sum).collect()
+        logits.par_chunks(targets.width()).enumerate().map(row_sum).collect()
     } else {
-        logits.chunks(dim).enumerate().map(row_sum).collect()
+        logits.chunks(targets.width()).enumerate().map(row_sum).collect()
     }
 }
 
@@ -367,18 +371,12 @@ fn target_row(targets: &[f32], row: usize, dim: usize) -> &[f32] {
 }
 
 /// The gradient of sum_i g_i * (-log p(x|z_i)) for Bernoulli logits: g_i * (sigmoid(l) - x), `[n * draws, dim]`,
-/// from logits `[n * draws, dim]`, targets `[n, dim]` (paired as in [`bernoulli_row_sums`]) and the upstream
-/// gradient g `[n * draws]`.
-pub(crate) fn bernoulli_gradient(
-    logits: &[f32],
-    targets: &[f32],
-    upstream: &[f32],
-    (dim, draws): (usize, usize),
-) -> Vec<f32> {
+/// from logits `[n * draws, dim]`, `targets` (paired as in [`bernoulli_row_sums`]) and the upstream gradient g
+/// `[n * draws]`.
+pub(crate) fn bernoulli_gradient(logits: &[f32], targets: Targets, upstream: &[f32]) -> Vec<f32> {
     let mut grad = vec![0.0f32; logits.len()];
-    let (dim, draws) = (dim.max(1), draws.max(1));
-    let fill =
-        |(row, ((out, l), &g)): GradientRow| bernoulli_gradient_row(out, l, target_row(targets, row / draws, dim), g);
+    let dim = targets.width();
+    let fill = |(row, ((out, l), &g)): GradientRow| bernoulli_gradient_row(out, l, targets.row(row), g);
     if worth_parallel(logits.len()) {
         grad.par_chunks_mut(dim).zip(logits.par_chunks(dim)).zip(upstream.par_iter()).enumerate().for_each(fill);
     } else {
@@ -465,6 +463,16 @@ mod tests {
         (0..count).map(|_| rng.random_range(low..high)).collect()
     }
 
+    /// Each kernel with its outputs per data value: the Bernoulli, the Gaussian with a learned per-dimension
+    /// `log_var`, and the categorical over `levels`.
+    fn every_kernel(log_var: &[f32], levels: usize) -> [(LikelihoodKernel<'_>, usize); 3] {
+        [
+            (LikelihoodKernel::Bernoulli, 1),
+            (LikelihoodKernel::Gaussian { log_var, learned: true }, 1),
+            (LikelihoodKernel::Categorical { levels }, levels),
+        ]
+    }
+
     /// Every kernel gives the same bits at every SIMD level the CPU has.
     #[test]
     fn every_simd_level_gives_the_same_bits() {
@@ -473,12 +481,7 @@ mod tests {
         let x = values(&mut rng, rows * dim, 0.0, 1.0);
         let scales = values(&mut rng, rows, 0.1, 1.0);
         let log_var = values(&mut rng, dim, -1.0, 1.0);
-        let kernels = [
-            (LikelihoodKernel::Bernoulli, 1),
-            (LikelihoodKernel::Gaussian { log_var: &log_var, learned: true }, 1),
-            (LikelihoodKernel::Categorical { levels: 16 }, 16),
-        ];
-        for (kernel, per_value) in kernels {
+        for (kernel, per_value) in every_kernel(&log_var, 16) {
             let output = values(&mut rng, rows * dim * per_value, -8.0, 8.0);
             let results: Vec<_> = SimdLevel::ALL
                 .iter()
@@ -503,12 +506,7 @@ mod tests {
             x.chunks(dim).flat_map(|row| (0..draws).flat_map(move |_| row.iter().copied())).collect();
         let scales = values(&mut rng, examples * draws, 0.1, 1.0);
         let log_var = values(&mut rng, dim, -1.0, 1.0);
-        let kernels = [
-            (LikelihoodKernel::Bernoulli, 1),
-            (LikelihoodKernel::Gaussian { log_var: &log_var, learned: true }, 1),
-            (LikelihoodKernel::Categorical { levels: 4 }, 4),
-        ];
-        for (kernel, per_value) in kernels {
+        for (kernel, per_value) in every_kernel(&log_var, 4) {
             let output = values(&mut rng, examples * draws * dim * per_value, -8.0, 8.0);
             let (in_place, copied) = (Targets::new(&x, dim, draws), Targets::new(&repeated, dim, 1));
             let [a, b] = [in_place, copied].map(|targets| kernel.loss_and_gradient(&output, targets, &scales));

@@ -150,42 +150,14 @@ pub fn train_from(
     config.validate()?;
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
-    on_compute_threads(|| train_loop(vae, varmap, splits, config, device, resume, observers))
-}
-
-/// [`train_from`]'s loop, its settings checked.
-fn train_loop(
-    vae: &Vae,
-    varmap: &VarMap,
-    splits: &Splits,
-    config: &TrainConfig,
-    device: &Device,
-    resume: Option<&Checkpoint>,
-    observers: &mut [&mut dyn TrainingObserver],
-) -> Result<TrainOutcome> {
-    let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
-    if let Some(checkpoint) = resume {
-        loop_state.restore(checkpoint)?;
-    }
-    for observer in observers.iter_mut() {
-        observer.on_start(&loop_state.plan)?;
-    }
-    let clock = Clock { started: Instant::now(), before: loop_state.progress.wall_seconds };
-    let mut interrupted = false;
-    while loop_state.progress.epoch <= config.epochs && !loop_state.step_limit_reached() {
-        let end = loop_state.run_epoch(vae, varmap, &splits.train, device, clock, observers)?;
-        if end == EpochEnd::Interrupted {
-            loop_state.checkpoint(varmap, clock, observers)?;
-            interrupted = true;
-            break;
+    // the plan is made on the compute thread too: it reads the kernel threads there
+    on_compute_threads(|| {
+        let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
+        if let Some(checkpoint) = resume {
+            loop_state.restore(checkpoint)?;
         }
-        loop_state.end_epoch(vae, varmap, &splits.test, device, clock, observers)?;
-        if end == EpochEnd::Completed {
-            loop_state.next_epoch();
-        }
-        loop_state.checkpoint(varmap, clock, observers)?;
-    }
-    Ok(loop_state.outcome(interrupted))
+        loop_state.run(vae, varmap, splits, device, observers)
+    })
 }
 
 /// Seconds of training across resumes: those before this process plus this process's.
@@ -251,6 +223,36 @@ impl LoopState {
         self.binarize_rng.set_word_pos(streams.binarize);
         self.progress = checkpoint.progress.clone();
         Ok(())
+    }
+
+    /// The epochs left, `observers` told of each stage; how training ended.
+    fn run(
+        mut self,
+        vae: &Vae,
+        varmap: &VarMap,
+        splits: &Splits,
+        device: &Device,
+        observers: &mut [&mut dyn TrainingObserver],
+    ) -> Result<TrainOutcome> {
+        for observer in observers.iter_mut() {
+            observer.on_start(&self.plan)?;
+        }
+        let clock = Clock { started: Instant::now(), before: self.progress.wall_seconds };
+        let mut interrupted = false;
+        while self.progress.epoch <= self.config.epochs && !self.step_limit_reached() {
+            let end = self.run_epoch(vae, varmap, &splits.train, device, clock, observers)?;
+            if end == EpochEnd::Interrupted {
+                self.checkpoint(varmap, clock, observers)?;
+                interrupted = true;
+                break;
+            }
+            self.end_epoch(vae, varmap, &splits.test, device, clock, observers)?;
+            if end == EpochEnd::Completed {
+                self.next_epoch();
+            }
+            self.checkpoint(varmap, clock, observers)?;
+        }
+        Ok(self.outcome(interrupted))
     }
 
     fn step_limit_reached(&self) -> bool {

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 
 use super::repeat_rows;
 use crate::kernels::contiguous_f32;
-use crate::kernels::likelihood::{bernoulli_gradient, bernoulli_row_sums};
+use crate::kernels::likelihood::{bernoulli_gradient, bernoulli_row_sums, Targets};
 use crate::Result;
 
 /// -log Bernoulli(x; sigmoid(logits)) per example, summed over dimensions; shape `[batch]`.
@@ -60,7 +60,7 @@ impl CustomOp2 for FusedBernoulli {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (logits, targets) = (contiguous_f32(ls, ll, self.name())?, contiguous_f32(xs, xl, self.name())?);
         let (rows, dim) = ll.shape().dims2()?;
-        let sums = bernoulli_row_sums(logits, targets, dim, self.draws);
+        let sums = bernoulli_row_sums(logits, Targets::new(targets, dim, self.draws));
         Ok((CpuStorage::F32(sums), Shape::from(rows)))
     }
 
@@ -105,7 +105,7 @@ impl CustomOp3 for BernoulliGradient {
             contiguous_f32(gs, gl, self.name())?,
         );
         let (_, dim) = ll.shape().dims2()?;
-        let grad = bernoulli_gradient(logits, targets, upstream, (dim, self.draws));
+        let grad = bernoulli_gradient(logits, Targets::new(targets, dim, self.draws), upstream);
         Ok((CpuStorage::F32(grad), ll.shape().clone()))
     }
 }
