@@ -34,15 +34,16 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MIMALLOC_PURGE_DELAY, -1) }
 }
 
-/// Runs `work` on one of rayon's compute threads, the caller waiting for it (in place where it is one already).
-/// Parallel work started there wakes at most the pool's other threads; started from outside the pool, every
-/// parallel region (two to five in each training step) also puts the caller to sleep on a latch and wakes it at
-/// the end. The reference MLP trained 2-9% faster from a compute thread (BENCHMARKS.md, the twentieth session).
-pub fn on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+/// Runs `work` for tensors on `device` on one of rayon's compute threads, the caller waiting for it (in place where
+/// it is one already, or where host threads may not share the device: [`host_threads_may_share`]). Parallel work
+/// started there wakes at most the pool's other threads; started from outside the pool, every parallel region also
+/// puts the caller to sleep on a latch and wakes it at the end. The reference MLP trained 1-7% faster from a
+/// compute thread, the Burda et al. MLP 2-5% (BENCHMARKS.md, the twentieth session).
+pub fn on_compute_threads<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
     let unlimited = || crate::kernels::without_kernel_thread_limit(work);
     match rayon::current_thread_index() {
-        Some(_) => unlimited(),
-        None => rayon::scope(|_| unlimited()),
+        None if host_threads_may_share(device) => rayon::scope(|_| unlimited()),
+        _ => unlimited(),
     }
 }
 
@@ -80,8 +81,9 @@ mod tests {
     fn work_runs_on_a_compute_thread_without_a_shards_limit() {
         use crate::kernels::{kernel_threads, with_kernel_threads};
         let unlimited = kernel_threads();
-        assert!(on_compute_threads(rayon::current_thread_index).is_some());
-        let inside_a_shard = rayon::scope(|_| with_kernel_threads(1, || on_compute_threads(kernel_threads)));
+        assert!(on_compute_threads(&Device::Cpu, rayon::current_thread_index).is_some());
+        let inside_a_shard =
+            rayon::scope(|_| with_kernel_threads(1, || on_compute_threads(&Device::Cpu, kernel_threads)));
         assert_eq!(inside_a_shard, unlimited);
         assert_eq!(with_kernel_threads(1, kernel_threads), 1);
     }

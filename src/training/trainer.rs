@@ -68,7 +68,7 @@ pub struct EpochRecord {
 }
 
 /// Watches training: progress display, logs, checkpoints. Every method has a do-nothing default. Observers are
-/// `Send`: [`train_from`] runs its loop on one of the compute threads.
+/// `Send`: on the CPU, [`train_from`] runs its loop on one of the compute threads.
 pub trait TrainingObserver: Send {
     /// Called once before the first step, with how the steps will be computed.
     fn on_start(&mut self, _plan: &StepPlan) -> Result<()> {
@@ -151,7 +151,7 @@ pub fn train_from(
     vae.check_input(&splits.train.shape, &splits.train.source)?;
     vae.check_input(&splits.test.shape, &splits.test.source)?;
     // the plan is made on the compute thread too: it reads the kernel threads there
-    on_compute_threads(|| {
+    on_compute_threads(device, || {
         let mut loop_state = LoopState::new(config, vae, varmap, splits.train.len(), device)?;
         if let Some(checkpoint) = resume {
             loop_state.restore(checkpoint)?;
