@@ -141,7 +141,7 @@ impl MappedValues {
     }
 
     /// The bytes of example `index`. Panics when `index` is out of range, as slicing a vector would.
-    fn example_bytes(&self, index: usize) -> &[u8] {
+    pub(super) fn example_bytes(&self, index: usize) -> &[u8] {
         let row = self.indices.as_ref().map_or(index, |i| i[index]);
         let width = self.dim * self.element.size();
         let start = self.offset + row * width;
@@ -152,7 +152,7 @@ impl MappedValues {
     pub fn push_example(&self, index: usize, out: &mut Vec<f32>) {
         let bytes = self.example_bytes(index);
         match self.element {
-            Element::U8 => out.extend(bytes.iter().map(|&b| f32::from(b) / 255.0)),
+            Element::U8 => crate::kernels::extend_with_unit_values(out, bytes),
             Element::F32 => out.extend(bytes.chunks_exact(4).map(f32_le)),
         }
     }

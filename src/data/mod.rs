@@ -132,10 +132,23 @@ impl Dataset {
         let dim = self.shape.dim();
         let range = index * dim..(index + 1) * dim;
         match &self.values {
-            Values::U8(v) => out.extend(v[range].iter().map(|&b| b as f32 / 255.0)),
+            Values::U8(v) => crate::kernels::extend_with_unit_values(out, &v[range]),
             Values::F32(v) => out.extend_from_slice(&v[range]),
             Values::Rendered(sprites) => sprites.push_example(index, out),
             Values::Mapped(mapped) => mapped.push_example(index, out),
+        }
+    }
+
+    /// Starts loading the stored values of example `index` into the CPU's caches, for a [`Self::push_example`] soon
+    /// after (rendered sprites are drawn, not read, and get nothing).
+    pub fn prefetch_example(&self, index: usize) {
+        let dim = self.shape.dim();
+        let range = index * dim..(index + 1) * dim;
+        match &self.values {
+            Values::U8(v) => crate::kernels::prefetch(&v[range]),
+            Values::F32(v) => crate::kernels::prefetch(&v[range]),
+            Values::Rendered(_) => {}
+            Values::Mapped(mapped) => crate::kernels::prefetch(mapped.example_bytes(index)),
         }
     }
 

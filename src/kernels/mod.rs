@@ -33,7 +33,7 @@ pub use matmul::{
     MATMUL_BACKEND, PARALLEL_WORK,
 };
 pub(crate) use simd::wide_fn;
-pub use simd::{add_to, simd_level, SimdLevel};
+pub use simd::{add_to, extend_with_unit_values, prefetch, simd_level, SimdLevel};
 pub use transpose::transpose;
 
 /// The values of a contiguous f32 tensor; an error for other dtypes or layouts.
