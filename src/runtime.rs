@@ -9,6 +9,10 @@
 
 pub use crate::kernels::{simd_level, SimdLevel, MATMUL_BACKEND};
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use candle_core::Device;
 
 /// Whether several host threads may work on tensors on `device` at once: on the CPU only. On CUDA candle gives each
@@ -39,11 +43,78 @@ pub fn keep_freed_memory() {
 /// started there wakes at most the pool's other threads; started from outside the pool, every parallel region also
 /// puts the caller to sleep on a latch and wakes it at the end. The reference MLP trained 1-7% faster from a
 /// compute thread, the Burda et al. MLP 2-5% (BENCHMARKS.md, the twentieth session).
+///
+/// While `work` runs there, the pool's other threads wait for its parallel work spinning instead of sleeping
+/// ([`help_until`]), as OpenMP's threads do by default: a step's parallel regions (the shards, the whole-batch
+/// product, Adam's parts) each woke the other thread from its sleep, which in a virtual machine takes a system call
+/// and an interrupt between the cores (row 1 of the benchmark matrix on a 2-core Intel Xeon: 9.5 context switches
+/// a step; the scheduler 5% of the samples). Measured there, alternating whole runs (BENCHMARKS.md, the
+/// twenty-first session): row 1's second epoch 3-15% faster, the same numbers to the bit.
 pub fn on_compute_threads<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
     let unlimited = || crate::kernels::without_kernel_thread_limit(work);
     match rayon::current_thread_index() {
-        None if host_threads_may_share(device) => rayon::scope(|_| unlimited()),
+        None if host_threads_may_share(device) => {
+            let finished = AtomicBool::new(false);
+            rayon::scope(|scope| {
+                let finished = &finished;
+                let owner = rayon::current_thread_index();
+                scope.spawn_broadcast(move |_, context| {
+                    // not on the thread that runs `work`, nor on one that runs another caller's (which a thread
+                    // waiting in that work may pick this up on): it would stop that work until this one finished
+                    if Some(context.index()) != owner && !RUNS_WORK.get() {
+                        help_until(finished);
+                    }
+                });
+                let _finish = Finish { finished, ran_work_before: RUNS_WORK.replace(true) };
+                unlimited()
+            })
+        }
         _ => unlimited(),
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs [`on_compute_threads`]' work (its stack may hold that work under a job it picked
+    /// up while waiting).
+    static RUNS_WORK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Tells the threads helping [`on_compute_threads`]' work that it is over, and this thread that it no longer runs
+/// it, when dropped: also when the work panics, which would otherwise leave the helpers spinning and the scope
+/// waiting for them.
+struct Finish<'a> {
+    finished: &'a AtomicBool,
+    ran_work_before: bool,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        RUNS_WORK.set(self.ran_work_before);
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+/// How long a helping thread spins without work before it naps.
+const SPIN_FOR: Duration = Duration::from_millis(2);
+/// A helping thread's first nap, doubled at each nap that found no work since, up to [`LONGEST_NAP`].
+const SHORTEST_NAP: Duration = Duration::from_micros(50);
+/// A helping thread's longest nap: how late at most it picks up work after a long serial stretch (an epoch's end).
+const LONGEST_NAP: Duration = Duration::from_millis(1);
+
+/// Runs the pool's jobs as they come (`rayon::yield_now`) until `finished`: spinning between them, and after
+/// [`SPIN_FOR`] without one, napping ever longer up to [`LONGEST_NAP`]. Jobs meant for this thread alone (a
+/// broadcast's part) are among those it runs, so nothing waits on it.
+fn help_until(finished: &AtomicBool) {
+    let (mut idle_since, mut nap) = (Instant::now(), SHORTEST_NAP);
+    while !finished.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => (idle_since, nap) = (Instant::now(), SHORTEST_NAP),
+            _ if idle_since.elapsed() < SPIN_FOR => std::hint::spin_loop(),
+            _ => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(LONGEST_NAP);
+            }
+        }
     }
 }
 
@@ -86,5 +157,34 @@ mod tests {
             rayon::scope(|_| with_kernel_threads(1, || on_compute_threads(&Device::Cpu, kernel_threads)));
         assert_eq!(inside_a_shard, unlimited);
         assert_eq!(with_kernel_threads(1, kernel_threads), 1);
+    }
+
+    /// Work on the compute threads finishes while the pool's other threads help it: with parallel regions and
+    /// broadcasts (whose parts only the helping threads can run), several callers at once (whose helpers may be
+    /// picked up by each other's threads), and work that panics, whose panic reaches its caller.
+    #[test]
+    fn helped_work_finishes_with_other_callers_and_panics_reach_the_caller() {
+        use rayon::prelude::*;
+        let rounds = 200;
+        let work = || {
+            (0..rounds)
+                .map(|round| {
+                    let broadcast: usize = rayon::broadcast(|context| context.index() + round).into_iter().sum();
+                    broadcast + (0..1000usize).into_par_iter().sum::<usize>()
+                })
+                .sum::<usize>()
+        };
+        let threads = rayon::current_num_threads();
+        let per_round = |round: usize| threads * (threads - 1) / 2 + threads * round + 499_500;
+        let expected: usize = (0..rounds).map(per_round).sum();
+        let results: Vec<usize> = std::thread::scope(|callers| {
+            let running: Vec<_> = (0..3).map(|_| callers.spawn(|| on_compute_threads(&Device::Cpu, work))).collect();
+            running.into_iter().map(|caller| caller.join().expect("the work finishes")).collect()
+        });
+        assert_eq!(results, vec![expected; 3]);
+        let failed =
+            std::panic::catch_unwind(|| on_compute_threads(&Device::Cpu, || -> usize { panic!("work fails") }));
+        assert!(failed.is_err());
+        assert_eq!(on_compute_threads(&Device::Cpu, work), expected, "the pool works on after a panic");
     }
 }
