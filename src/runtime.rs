@@ -101,19 +101,26 @@ const SHORTEST_NAP: Duration = Duration::from_micros(50);
 /// A helping thread's longest nap: how late at most it picks up work after a long serial stretch (an epoch's end).
 const LONGEST_NAP: Duration = Duration::from_millis(1);
 
+/// Pause instructions between two looks for work of a helping thread without any: each look takes locks and
+/// reads the other threads' queues, whose cache lines those threads then have to fetch back.
+const PAUSES_BETWEEN_LOOKS: usize = 8;
+
 /// Runs the pool's jobs as they come (`rayon::yield_now`) until `finished`: spinning between them, and after
 /// [`SPIN_FOR`] without one, napping ever longer up to [`LONGEST_NAP`]. Jobs meant for this thread alone (a
 /// broadcast's part) are among those it runs, so nothing waits on it.
 fn help_until(finished: &AtomicBool) {
-    let (mut idle_since, mut nap) = (Instant::now(), SHORTEST_NAP);
+    let (mut idle_from, mut nap) = (None, SHORTEST_NAP);
     while !finished.load(Ordering::Acquire) {
-        match rayon::yield_now() {
-            Some(rayon::Yield::Executed) => (idle_since, nap) = (Instant::now(), SHORTEST_NAP),
-            _ if idle_since.elapsed() < SPIN_FOR => std::hint::spin_loop(),
-            _ => {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(LONGEST_NAP);
-            }
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            (idle_from, nap) = (None, SHORTEST_NAP);
+            continue;
+        }
+        let idle_since = *idle_from.get_or_insert_with(Instant::now);
+        if idle_since.elapsed() < SPIN_FOR {
+            (0..PAUSES_BETWEEN_LOOKS).for_each(|_| std::hint::spin_loop());
+        } else {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(LONGEST_NAP);
         }
     }
 }
