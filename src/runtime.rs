@@ -49,7 +49,7 @@ pub fn keep_freed_memory() {
 /// product, Adam's parts) each woke the other thread from its sleep, which in a virtual machine takes a system call
 /// and an interrupt between the cores (row 1 of the benchmark matrix on a 2-core Intel Xeon: 9.5 context switches
 /// a step; the scheduler 5% of the samples). Measured there, alternating whole runs (BENCHMARKS.md, the
-/// twenty-first session): row 1's second epoch 3-15% faster, the same numbers to the bit.
+/// twenty-first session): row 1's second epoch 3-28% faster in two sets of runs, the same numbers to the bit.
 pub fn on_compute_threads<R: Send>(device: &Device, work: impl FnOnce() -> R + Send) -> R {
     let unlimited = || crate::kernels::without_kernel_thread_limit(work);
     match rayon::current_thread_index() {
