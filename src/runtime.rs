@@ -45,7 +45,7 @@ pub fn keep_freed_memory() {
 /// compute thread, the Burda et al. MLP 2-5% (BENCHMARKS.md, the twentieth session).
 ///
 /// While `work` runs there, the pool's other threads wait for its parallel work spinning instead of sleeping
-/// ([`help_until`]), as OpenMP's threads do by default: a step's parallel regions (the shards, the whole-batch
+/// (`help_until`), as OpenMP's threads do by default: a step's parallel regions (the shards, the whole-batch
 /// product, Adam's parts) each woke the other thread from its sleep, which in a virtual machine takes a system call
 /// and an interrupt between the cores (row 1 of the benchmark matrix on a 2-core Intel Xeon: 9.5 context switches
 /// a step; the scheduler 5% of the samples). Measured there, alternating whole runs (BENCHMARKS.md, the
