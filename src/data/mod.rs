@@ -129,8 +129,7 @@ impl Dataset {
 
     /// The values of example `index`, scaled to f32 (u8 divided by 255), appended to `out`.
     pub fn push_example(&self, index: usize, out: &mut Vec<f32>) {
-        let dim = self.shape.dim();
-        let range = index * dim..(index + 1) * dim;
+        let range = self.example_range(index);
         match &self.values {
             Values::U8(v) => crate::kernels::extend_with_unit_values(out, &v[range]),
             Values::F32(v) => out.extend_from_slice(&v[range]),
@@ -142,14 +141,19 @@ impl Dataset {
     /// Starts loading the stored values of example `index` into the CPU's caches, for a [`Self::push_example`] soon
     /// after (rendered sprites are drawn, not read, and get nothing).
     pub fn prefetch_example(&self, index: usize) {
-        let dim = self.shape.dim();
-        let range = index * dim..(index + 1) * dim;
+        let range = self.example_range(index);
         match &self.values {
             Values::U8(v) => crate::kernels::prefetch(&v[range]),
             Values::F32(v) => crate::kernels::prefetch(&v[range]),
             Values::Rendered(_) => {}
             Values::Mapped(mapped) => crate::kernels::prefetch(mapped.example_bytes(index)),
         }
+    }
+
+    /// Where example `index`'s values lie in stored values (`Values::U8` or `Values::F32`).
+    fn example_range(&self, index: usize) -> std::ops::Range<usize> {
+        let dim = self.shape.dim();
+        index * dim..(index + 1) * dim
     }
 
     /// The examples at `indices` as a new dataset (labels and factors follow).
