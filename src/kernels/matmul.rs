@@ -8,7 +8,6 @@ use rayon::prelude::*;
 
 use super::kernel_threads;
 use super::simd::{simd_level, SimdLevel};
-use super::transpose::transpose;
 
 #[cfg(feature = "openblas")]
 #[path = "openblas.rs"]
@@ -50,13 +49,6 @@ const SLOW_ROW: usize = 512;
 /// True where reading a row-major matrix of `columns` columns down its columns is slow ([`SLOW_ROW`]).
 pub fn slow_to_read_down(columns: usize) -> bool {
     columns > 0 && columns.is_multiple_of(SLOW_ROW)
-}
-
-/// The transpose of a row-major `matrix` with `rows` rows as a contiguous copy, for a matrix whose rows make reading
-/// it transposed slow ([`slow_to_read_down`]); `None` for the others, which a product reads in place. The copy costs
-/// about a fifth of one slow product, so make it once and share it between the products that read the same matrix.
-pub fn contiguous_transpose(matrix: &[f32], rows: usize) -> Option<Vec<f32>> {
-    slow_to_read_down(matrix.len() / rows.max(1)).then(|| transpose(matrix, rows))
 }
 
 /// Values added to a row of [`SLOW_ROW`]'s multiples by [`padded_stride`]: one 64-byte cache line.
@@ -488,20 +480,6 @@ mod tests {
             }
             assert!(unaligned_rows(&rhs, (PACKED_ABOVE_ROWS, rows, columns)).is_none());
             assert!(unaligned_rows(&Operand::transposed(&rhs_values, rows), (64, columns, rows)).is_none());
-        }
-    }
-
-    #[test]
-    fn a_contiguous_transpose_is_made_for_matrices_whose_rows_are_slow_to_read_down() {
-        for (rows, columns) in [(37, 1024), (16, 512), (1, 2048), (40, 1536)] {
-            let matrix: Vec<f32> = (0..rows * columns).map(|i| i as f32).collect();
-            let transposed = contiguous_transpose(&matrix, rows).expect("a row of a multiple of 512 values");
-            for (i, line) in transposed.chunks_exact(rows).enumerate() {
-                line.iter().enumerate().for_each(|(o, &value)| assert_eq!(value, matrix[o * columns + i]));
-            }
-        }
-        for (rows, columns) in [(400, 784), (3, 1000), (2, 256)] {
-            assert!(contiguous_transpose(&vec![0.0; rows * columns], rows).is_none(), "{rows} x {columns}");
         }
     }
 }

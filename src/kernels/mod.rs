@@ -29,8 +29,8 @@ use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use parking_lot::RwLockReadGuard;
 
 pub use matmul::{
-    contiguous_transpose, gemm_parallelism, matmul, padded_stride, product, slow_to_read_down, Destination, Operand,
-    MATMUL_BACKEND, PARALLEL_WORK,
+    gemm_parallelism, matmul, padded_stride, product, slow_to_read_down, Destination, Operand, MATMUL_BACKEND,
+    PARALLEL_WORK,
 };
 pub(crate) use simd::wide_fn;
 pub use simd::{add_to, extend_with_unit_values, prefetch, simd_level, SimdLevel};

@@ -850,8 +850,9 @@ mod tests {
             (ExampleShape::image(3, 6, 10), conv(vec![2], 3, 1, 1), vec![], Activation::Tanh),
             (ExampleShape::image(2, 9, 5), conv(vec![4, 3], 3, 2, 1), vec![6, 4], Activation::Softplus),
             (ExampleShape::image(3, 8, 8), conv(vec![4], 4, 2, 1), vec![5], Activation::Silu),
-            // 32 x 4 x 4 = 512 features: the dense layer after the convolutions reads a contiguous W^T
-            (ExampleShape::image(1, 16, 16), conv(vec![8, 32], 4, 2, 1), vec![6], Activation::Relu),
+            // 32 x 4 x 4 = 512 features: the dense layer after the convolutions reads a contiguous W^T for 33 rows
+            // or more, and takes the product by outputs for 7 (`dense::reads_transposed_weight`)
+            (ExampleShape::image(1, 16, 16), conv(vec![8, 32], 4, 2, 1), vec![64], Activation::Relu),
         ];
         let objectives = objectives();
         for (input_shape, conv, hidden, activation) in shapes {

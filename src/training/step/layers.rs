@@ -12,12 +12,12 @@ use candle_core::{DType, Tensor};
 
 use crate::kernels::activation::{silu, silu_gradient, FusedActivation, OutputActivation};
 use crate::kernels::conv::ConvLayer;
+use crate::kernels::recycle;
 use crate::kernels::sparse::{self, SparseColumns};
 use crate::kernels::transpose::SharedTranspose;
-use crate::kernels::{recycle, slow_to_read_down};
 use crate::model::conv::ConvParts;
 use crate::model::dense::{
-    column_sums, forward_values, input_gradient, parameter_gradients, sparse_forward_values,
+    column_sums, forward_values, input_gradient, parameter_gradients, reads_transposed_weight, sparse_forward_values,
     sparse_parameter_gradients, Dense,
 };
 use crate::model::Vae;
@@ -195,7 +195,7 @@ pub(super) fn weight_gradient_waits((outputs, inputs): (usize, usize), rows: usi
 pub(super) struct Layer<'a> {
     pub(super) weight: &'a [f32],
     /// A dense weight's W^T, made once by the shards that need it (for a matrix multiply that reads the weight
-    /// slowly in place, [`slow_to_read_down`], or for the sparse products), then read by all.
+    /// slowly in place, [`reads_transposed_weight`], or for the sparse products), then read by all.
     transposed: SharedTranspose,
     pub(super) bias: &'a [f32],
     activation: FusedActivation,
@@ -256,8 +256,8 @@ impl Layer<'_> {
         if let Some(sparse) = self.sparse_input(input, rows) {
             return (sparse_forward_values(&sparse, self.transposed(), self.bias, fused), Some(sparse));
         }
-        let inner = self.weight.len() / self.bias.len().max(1);
-        let transposed = slow_to_read_down(inner).then(|| self.transposed());
+        let reads_transposed = reads_transposed_weight(rows, self.weight.len(), self.bias.len());
+        let transposed = reads_transposed.then(|| self.transposed());
         (forward_values(input, (self.weight, transposed), self.bias, rows, fused), None)
     }
 
