@@ -181,10 +181,11 @@ impl ConvGeometry {
         }
     }
 
-    /// col2im, the adjoint of im2col: every column value is added to the image value it was read from (the
-    /// caller hands in a zeroed image).
+    /// col2im, the adjoint of im2col, written into `image` (its old values are not read): each image value is the
+    /// sum of the column values read from it.
     #[inline(always)]
     fn fold(&self, cols: &[f32], image: &mut [f32]) {
+        image.fill(0.0);
         let (positions, plane_len) = (self.positions(), self.height * self.width);
         for (row, channel, ky, kx) in self.rows() {
             let Some((lines, columns, first, span)) = self.reach(ky, kx) else { continue };
@@ -332,8 +333,8 @@ impl ConvGeometry {
         im2col_at_level(self, image, cols)
     }
 
-    /// col2im of `cols` added into one zeroed image, compiled for the SIMD level in use; the values of `cols` in
-    /// the padding may be zeroed on the way.
+    /// col2im of `cols` written into one image, compiled for the SIMD level in use; the values of `cols` in the
+    /// padding may be zeroed on the way.
     fn col2im(&self, cols: &mut [f32], image: &mut [f32]) {
         col2im_at_level(self, cols, image)
     }
@@ -360,18 +361,30 @@ wide_fn! {
     }
 }
 
+/// A thread's scratch buffer, grown to the largest asked for and kept ([`with_scratch`]).
+type Scratch = std::cell::RefCell<Vec<f32>>;
+
 thread_local! {
-    /// This thread's buffer for one image's columns, grown to the largest asked for and kept: a fresh buffer per call
-    /// was a zeroed allocation of every value (mimalloc's memset, ~3% of the KL autoencoder's training step).
-    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's buffer for one image's columns: a fresh buffer per call was a zeroed allocation of every value
+    /// (mimalloc's memset, ~3% of the KL autoencoder's training step).
+    static COLUMNS: Scratch = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `work` on this thread's columns buffer cut to `len` values, whose contents are unspecified (what im2col or
-/// an overwriting product left there): for callers that write every value they read. A call nested in another on
-/// the same thread (none of the kernels here makes one: their products inside run on one thread) gets a fresh
-/// buffer instead.
+/// an overwriting product left there): for callers that write every value they read.
 fn with_columns<R>(len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLUMNS.with(|cell| match cell.try_borrow_mut() {
+    with_scratch(&COLUMNS, len, work)
+}
+
+/// Runs `work` on the thread's `scratch` buffer cut to `len` values, its contents unspecified. A call nested in
+/// another on the same buffer and thread (none of the kernels here makes one: their products inside run on one
+/// thread) gets a fresh buffer instead.
+pub(super) fn with_scratch<R>(
+    scratch: &'static std::thread::LocalKey<Scratch>,
+    len: usize,
+    work: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    scratch.with(|cell| match cell.try_borrow_mut() {
         Ok(mut columns) => {
             if columns.len() < len {
                 columns.resize(len, 0.0);
@@ -413,7 +426,8 @@ fn gather(geometry: &ConvGeometry, images: &[f32], weight: &[f32], m: usize) -> 
 /// scatter: image_b = col2im(W^T · maps_b), W `[m, patch]`, maps_b `[m, positions]`, for every map of the batch.
 fn scatter(geometry: &ConvGeometry, maps: &[f32], weight: &[f32], m: usize) -> Vec<f32> {
     let (patch, positions) = (geometry.patch_len(), geometry.positions());
-    let mut images = recycle::zeroed(maps.len() / (m * positions) * geometry.image_len());
+    // every value written by col2im
+    let mut images = recycle::stale(maps.len() / (m * positions) * geometry.image_len());
     let pairs = images.par_chunks_mut(geometry.image_len()).zip(maps.par_chunks(m * positions));
     pairs.for_each(|(image, map)| {
         with_columns(patch * positions, |cols| {

@@ -10,7 +10,7 @@
 //! [`super::ConvGeometry::unfold`] did the same work a line of 4-32 values at a time, their per-line work a third
 //! of a conv model's training step.
 
-use super::ConvGeometry;
+use super::{with_scratch, ConvGeometry, Scratch};
 
 impl ConvGeometry {
     /// Whether the phases take this geometry: stride 2 over even sides, with half the side in outputs each way.
@@ -50,40 +50,49 @@ impl ConvGeometry {
         }
     }
 
-    /// Calls `visit(pixel, start)` for each half of each image line (its even or its odd pixels): the index of its
-    /// first pixel in the image and where that half lies in the phases (`[channels, 2, 2, out_height, out_width]`).
-    fn for_each_half_line(&self, mut visit: impl FnMut(usize, usize)) {
+    /// Calls `visit(pixel, evens)` for each image line: the index of its first pixel in the image and where its
+    /// even pixels lie in the phases (`[channels, 2, 2, out_height, out_width]`); its odd pixels lie one phase
+    /// plane further.
+    fn for_each_line(&self, mut visit: impl FnMut(usize, usize)) {
         let phase_len = self.phase_len();
         for channel in 0..self.channels {
             for y in 0..self.height {
-                for parity in 0..2 {
-                    let start = ((channel * 2 + y % 2) * 2 + parity) * phase_len + y / 2 * self.out_width;
-                    visit((channel * self.height + y) * self.width + parity, start);
-                }
+                let evens = (channel * 2 + y % 2) * 2 * phase_len + y / 2 * self.out_width;
+                visit((channel * self.height + y) * self.width, evens);
             }
         }
     }
 
-    /// `phases` of `image`: P_ab[y][x] = image[2 y + a][2 x + b] for each channel.
+    /// `phases` of `image`: P_ab[y][x] = image[2 y + a][2 x + b] for each channel, each line split in one pass.
     fn split(&self, image: &[f32], phases: &mut [f32]) {
-        self.for_each_half_line(|pixel, start| {
-            super::copy_strided(&mut phases[start..][..self.out_width], &image[pixel..], 2)
+        let (half, phase_len) = (self.out_width, self.phase_len());
+        self.for_each_line(|pixel, evens| {
+            let (even_plane, odd_plane) = phases[evens..].split_at_mut(phase_len);
+            deinterleave(&image[pixel..][..2 * half], &mut even_plane[..half], &mut odd_plane[..half]);
         });
     }
 
-    /// The adjoint of [`Self::split`]: every phase value added to its pixel.
+    /// The inverse of [`Self::split`]: every pixel of `image` written from its phase (its old values not read).
     fn merge(&self, phases: &[f32], image: &mut [f32]) {
-        self.for_each_half_line(|pixel, start| {
-            super::add_strided(&mut image[pixel..], &phases[start..][..self.out_width], 2)
+        let (half, phase_len) = (self.out_width, self.phase_len());
+        self.for_each_line(|pixel, evens| {
+            let (even, odd) = (&phases[evens..][..half], &phases[evens + phase_len..][..half]);
+            interleave(even, odd, &mut image[pixel..][..2 * half]);
         });
     }
 
     /// im2col through the phases, rows [`Self::column_stride`] apart ([`Self::splits_into_phases`] must hold).
     #[inline(always)]
     pub(super) fn unfold_by_phases(&self, image: &[f32], cols: &mut [f32]) {
+        with_scratch(&PHASES, image.len(), |phases| self.unfold_phases(image, phases, cols))
+    }
+
+    /// [`Self::unfold_by_phases`] with a buffer for the phases.
+    #[inline(always)]
+    fn unfold_phases(&self, image: &[f32], phases: &mut [f32], cols: &mut [f32]) {
         let (positions, phase_len) = (self.positions(), self.phase_len());
-        let mut phases = vec![0.0; image.len()];
-        self.split(image, &mut phases);
+        // every value written: each pixel lies in one phase
+        self.split(image, phases);
         self.for_each_phase_row(|row, phase_row| {
             let row_cols = &mut cols[row * self.column_stride()..][..positions];
             let Some(PhaseRow { plane, shift, span, padding }) = phase_row else {
@@ -99,12 +108,18 @@ impl ConvGeometry {
         });
     }
 
-    /// col2im through the phases, added into a zeroed image; the values of `cols` in the padding are zeroed on
-    /// the way ([`Self::splits_into_phases`] must hold).
+    /// col2im through the phases, written into `image` (its old values not read); the values of `cols` in the
+    /// padding are zeroed on the way ([`Self::splits_into_phases`] must hold).
     #[inline(always)]
     pub(super) fn fold_by_phases(&self, cols: &mut [f32], image: &mut [f32]) {
+        with_scratch(&PHASES, image.len(), |phases| self.fold_phases(cols, phases, image))
+    }
+
+    /// [`Self::fold_by_phases`] with a buffer for the phases.
+    #[inline(always)]
+    fn fold_phases(&self, cols: &mut [f32], phases: &mut [f32], image: &mut [f32]) {
         let (positions, phase_len) = (self.positions(), self.phase_len());
-        let mut phases = vec![0.0; image.len()];
+        phases.fill(0.0);
         self.for_each_phase_row(|row, phase_row| {
             let Some(PhaseRow { plane, shift, span, padding }) = phase_row else { return };
             let row_cols = &mut cols[row * positions..][..positions];
@@ -114,8 +129,28 @@ impl ConvGeometry {
             let sums = plane[target..][..span.len()].iter_mut().zip(&row_cols[span]);
             sums.for_each(|(value, &addend)| *value += addend);
         });
-        self.merge(&phases, image);
+        self.merge(phases, image);
     }
+}
+
+thread_local! {
+    /// This thread's buffer for one image's phases.
+    static PHASES: Scratch = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// evens[i] = line[2 i] and odds[i] = line[2 i + 1]; `line` holds twice as many values as each half. Inlined into
+/// the callers compiled for the SIMD level in use, where the compiler turns the pairs into vector shuffles.
+#[inline(always)]
+fn deinterleave(line: &[f32], evens: &mut [f32], odds: &mut [f32]) {
+    let pairs = line.chunks_exact(2).zip(evens.iter_mut().zip(odds.iter_mut()));
+    pairs.for_each(|(pair, (even, odd))| (*even, *odd) = (pair[0], pair[1]));
+}
+
+/// The inverse of [`deinterleave`]: line[2 i] = evens[i] and line[2 i + 1] = odds[i].
+#[inline(always)]
+fn interleave(evens: &[f32], odds: &[f32], line: &mut [f32]) {
+    let pairs = line.chunks_exact_mut(2).zip(evens.iter().zip(odds));
+    pairs.for_each(|(pair, (&even, &odd))| (pair[0], pair[1]) = (even, odd));
 }
 
 /// Where an im2col row reads the phases: its phase plane (index among the `[channels, 2, 2]` planes), the shift
@@ -177,7 +212,8 @@ mod tests {
             assert_eq!(by_lines, by_phases, "im2col, {geometry:?}");
 
             let cols: Vec<f32> = (0..geometry.patch_len() * geometry.positions()).map(|i| value(i + 13)).collect();
-            let (mut by_lines, mut by_phases) = (vec![0.0; image.len()], vec![0.0; image.len()]);
+            // both write every value
+            let (mut by_lines, mut by_phases) = (vec![f32::NAN; image.len()], vec![f32::NAN; image.len()]);
             geometry.fold(&cols, &mut by_lines);
             geometry.fold_by_phases(&mut cols.clone(), &mut by_phases);
             assert_eq!(by_lines, by_phases, "col2im, {geometry:?}");
