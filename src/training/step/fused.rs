@@ -853,6 +853,8 @@ mod tests {
             // 32 x 4 x 4 = 512 features: the dense layer after the convolutions reads a contiguous W^T for 33 rows
             // or more, and takes the product by outputs for 7 (`dense::reads_transposed_weight`)
             (ExampleShape::image(1, 16, 16), conv(vec![8, 32], 4, 2, 1), vec![64], Activation::Relu),
+            // 256 output positions: each example's weight-gradient term a product of its own, not a chunk's side by side
+            (ExampleShape::image(1, 32, 32), conv(vec![2], 4, 2, 1), vec![], Activation::Relu),
         ];
         let objectives = objectives();
         for (input_shape, conv, hidden, activation) in shapes {
