@@ -17,6 +17,8 @@
 //! these products need. Tests hold every path to candle's own convolution ops, values and gradients.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use std::thread::LocalKey;
+
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
@@ -333,9 +335,8 @@ impl ConvGeometry {
         im2col_at_level(self, image, cols)
     }
 
-    /// col2im of `cols` written into one image, compiled for the SIMD level in use; the values of `cols` in the
-    /// padding may be zeroed on the way.
-    fn col2im(&self, cols: &mut [f32], image: &mut [f32]) {
+    /// col2im of `cols` written into one image, compiled for the SIMD level in use.
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
         col2im_at_level(self, cols, image)
     }
 }
@@ -351,9 +352,8 @@ wide_fn! {
 }
 
 wide_fn! {
-    /// [`ConvGeometry::fold`] at the SIMD level in use, through the image's phases where they take the geometry
-    /// (which may zero the values of `cols` that fall in the padding).
-    fn col2im_at_level(geometry: &ConvGeometry, cols: &mut [f32], image: &mut [f32]) {
+    /// [`ConvGeometry::fold`] at the SIMD level in use, through the image's phases where they take the geometry.
+    fn col2im_at_level(geometry: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
         match geometry.splits_into_phases() {
             true => geometry.fold_by_phases(cols, image),
             false => geometry.fold(cols, image),
@@ -361,13 +361,13 @@ wide_fn! {
     }
 }
 
-/// A thread's scratch buffer, grown to the largest asked for and kept ([`with_scratch`]).
-type Scratch = std::cell::RefCell<Vec<f32>>;
+/// A thread's scratch buffer, grown to the largest asked for and kept ([`take_scratch`]).
+type Scratch = std::cell::Cell<Vec<f32>>;
 
 thread_local! {
     /// This thread's buffer for one image's columns: a fresh buffer per call was a zeroed allocation of every value
     /// (mimalloc's memset, ~3% of the KL autoencoder's training step).
-    static COLUMNS: Scratch = const { std::cell::RefCell::new(Vec::new()) };
+    static COLUMNS: Scratch = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Runs `work` on this thread's columns buffer cut to `len` values, whose contents are unspecified (what im2col or
@@ -379,20 +379,27 @@ fn with_columns<R>(len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Runs `work` on the thread's `scratch` buffer cut to `len` values, its contents unspecified. A call nested in
 /// another on the same buffer and thread (none of the kernels here makes one: their products inside run on one
 /// thread) gets a fresh buffer instead.
-pub(super) fn with_scratch<R>(
-    scratch: &'static std::thread::LocalKey<Scratch>,
-    len: usize,
-    work: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    scratch.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut columns) => {
-            if columns.len() < len {
-                columns.resize(len, 0.0);
-            }
-            work(&mut columns[..len])
-        }
-        Err(_) => work(&mut vec![0.0; len]),
-    })
+fn with_scratch<R>(scratch: &'static LocalKey<Scratch>, len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buffer = take_scratch(scratch, len);
+    let result = work(&mut buffer);
+    put_scratch(scratch, buffer);
+    result
+}
+
+/// The thread's `scratch` buffer at `len` values, its contents unspecified, taken out until [`put_scratch`] hands it
+/// back (a call in between gets a fresh one). Taken and handed back rather than lent to a closure, so that a kernel
+/// compiled for each SIMD level can use it in its own body ([`ConvGeometry::phase_rows`] says why).
+#[inline(always)]
+pub(super) fn take_scratch(scratch: &'static LocalKey<Scratch>, len: usize) -> Vec<f32> {
+    let mut buffer = scratch.take();
+    buffer.resize(len, 0.0);
+    buffer
+}
+
+/// Hands a buffer from [`take_scratch`] back to the thread's `scratch`.
+#[inline(always)]
+pub(super) fn put_scratch(scratch: &'static LocalKey<Scratch>, buffer: Vec<f32>) {
+    scratch.set(buffer);
 }
 
 /// The Winograd kernel of a 3 x 3 stride-1 `geometry` to `m` map channels over a batch of `images`, where it applies

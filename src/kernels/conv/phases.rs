@@ -6,11 +6,11 @@
 //! plane shifted: cols[oy][ox] = P_ab[oy + sy][ox + sx]. Where the output is half the image in each direction
 //! (kernel - 2 padding is 1 or 2: the 4 x 4, padding 1 convolutions of the disentanglement architecture), a phase
 //! plane's rows are as long as the output's, so a whole im2col row is one contiguous copy of its plane (col2im one
-//! contiguous addition), with the few columns that fall in the padding set apart afterwards. The strided copies of
+//! contiguous addition), with the few columns that fall in the padding masked out on the way. The strided copies of
 //! [`super::ConvGeometry::unfold`] did the same work a line of 4-32 values at a time, their per-line work a third
 //! of a conv model's training step.
 
-use super::{with_scratch, ConvGeometry, Scratch};
+use super::{put_scratch, take_scratch, ConvGeometry, Scratch};
 
 impl ConvGeometry {
     /// Whether the phases take this geometry: stride 2 over even sides, with half the side in outputs each way.
@@ -27,115 +27,143 @@ impl ConvGeometry {
         self.out_height * self.out_width
     }
 
-    /// The phase plane kernel offset (ky, kx) of `channel` reads (its index among the `[channels, 2, 2]` planes),
-    /// and the shift sy * width + sx from an output position to its pixel in that plane.
-    fn phase_of(&self, channel: usize, ky: usize, kx: usize) -> (usize, isize) {
+    /// The phase plane kernel offset (ky, kx) reads among a channel's four (2 a + b for row parity a and column
+    /// parity b), and the shift sy * width + sx from an output position to its pixel in that plane.
+    fn phase_of(&self, ky: usize, kx: usize) -> (usize, isize) {
         let (qy, qx) = (ky as isize - self.padding as isize, kx as isize - self.padding as isize);
-        let plane = (channel * 2 + qy.rem_euclid(2) as usize) * 2 + qx.rem_euclid(2) as usize;
-        (plane, qy.div_euclid(2) * self.out_width as isize + qx.div_euclid(2))
+        let phase = qy.rem_euclid(2) as usize * 2 + qx.rem_euclid(2) as usize;
+        (phase, qy.div_euclid(2) * self.out_width as isize + qx.div_euclid(2))
     }
 
-    /// Calls `visit(row, phase_row)` for each im2col row, with where it reads the phases; `None` for a row whose
-    /// pixels all lie in the padding.
+    /// Where the im2col rows of kernel offset (ky, kx) read the phases; `None` where all their pixels lie in the
+    /// padding.
+    fn phase_row(&self, ky: usize, kx: usize) -> Option<PhaseRow> {
+        let (lines, columns, _, _) = self.reach(ky, kx)?;
+        let width = self.out_width;
+        let (phase, shift) = self.phase_of(ky, kx);
+        let span = lines.start * width + columns.start..(lines.end - 1) * width + columns.end;
+        // the positions between lines inside the span whose pixels lie in the padding, if any
+        let keep = (columns.len() < width).then(|| {
+            let kept = |position: usize| columns.contains(&(position % width));
+            (0..self.positions()).map(|position| if kept(position) { u32::MAX } else { 0 }).collect()
+        });
+        Some(PhaseRow { phase, shift, span, keep })
+    }
+
+    /// Each im2col row of `rows` (the geometry's [`PhaseRows`]) with, where it reads the image, the index of the
+    /// phase plane it reads among the `[channels, 2, 2]` planes and where it reads it. The rows of one kernel offset
+    /// read the same way in every channel: worked out once per geometry and thread, where working them out row by
+    /// row (divisions by the kernel and stride) was most of a row's cost.
+    ///
+    /// The callers run their rows' work in the body of a plain loop over this iterator, not in a closure: a kernel
+    /// compiled for each SIMD level shares one copy of each closure it makes between the levels, and a large one
+    /// is not inlined into them, so it compiles to x86-64's baseline SSE (the rows' copies and additions did).
     #[inline(always)]
-    fn for_each_phase_row(&self, mut visit: impl FnMut(usize, Option<PhaseRow>)) {
-        for (row, channel, ky, kx) in self.rows() {
-            let phase_row = self.reach(ky, kx).map(|(lines, columns, _, _)| {
-                let width = self.out_width;
-                let (plane, shift) = self.phase_of(channel, ky, kx);
-                let span = lines.start * width + columns.start..(lines.end - 1) * width + columns.end;
-                PhaseRow { plane, shift, span, padding: RowPadding { lines, columns, width } }
-            });
-            visit(row, phase_row);
-        }
+    fn phase_rows<'r>(
+        &self,
+        rows: &'r [Option<PhaseRow>],
+    ) -> impl Iterator<Item = (usize, Option<(usize, &'r PhaseRow)>)> + 'r {
+        (0..self.channels).flat_map(move |channel| {
+            rows.iter().enumerate().map(move |(offset, phase_row)| {
+                let read = phase_row.as_ref().map(|phase_row| (channel * 4 + phase_row.phase, phase_row));
+                (channel * rows.len() + offset, read)
+            })
+        })
     }
 
-    /// Calls `visit(pixel, evens)` for each image line: the index of its first pixel in the image and where its
-    /// even pixels lie in the phases (`[channels, 2, 2, out_height, out_width]`); its odd pixels lie one phase
-    /// plane further.
-    fn for_each_line(&self, mut visit: impl FnMut(usize, usize)) {
+    /// Each image line: the index of its first pixel in the image and where its even pixels lie in the phases
+    /// (`[channels, 2, 2, out_height, out_width]`); its odd pixels lie one phase plane further.
+    #[inline(always)]
+    fn lines(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let phase_len = self.phase_len();
-        for channel in 0..self.channels {
-            for y in 0..self.height {
+        (0..self.channels).flat_map(move |channel| {
+            (0..self.height).map(move |y| {
                 let evens = (channel * 2 + y % 2) * 2 * phase_len + y / 2 * self.out_width;
-                visit((channel * self.height + y) * self.width, evens);
-            }
-        }
+                ((channel * self.height + y) * self.width, evens)
+            })
+        })
     }
 
     /// `phases` of `image`: P_ab[y][x] = image[2 y + a][2 x + b] for each channel, each line split in one pass.
+    #[inline(always)]
     fn split(&self, image: &[f32], phases: &mut [f32]) {
         let (half, phase_len) = (self.out_width, self.phase_len());
-        self.for_each_line(|pixel, evens| {
+        for (pixel, evens) in self.lines() {
             let (even_plane, odd_plane) = phases[evens..].split_at_mut(phase_len);
             deinterleave(&image[pixel..][..2 * half], &mut even_plane[..half], &mut odd_plane[..half]);
-        });
+        }
     }
 
     /// The inverse of [`Self::split`]: every pixel of `image` written from its phase (its old values not read).
+    #[inline(always)]
     fn merge(&self, phases: &[f32], image: &mut [f32]) {
         let (half, phase_len) = (self.out_width, self.phase_len());
-        self.for_each_line(|pixel, evens| {
+        for (pixel, evens) in self.lines() {
             let (even, odd) = (&phases[evens..][..half], &phases[evens + phase_len..][..half]);
             interleave(even, odd, &mut image[pixel..][..2 * half]);
-        });
+        }
     }
 
     /// im2col through the phases, rows [`Self::column_stride`] apart ([`Self::splits_into_phases`] must hold).
     #[inline(always)]
     pub(super) fn unfold_by_phases(&self, image: &[f32], cols: &mut [f32]) {
-        with_scratch(&PHASES, image.len(), |phases| self.unfold_phases(image, phases, cols))
-    }
-
-    /// [`Self::unfold_by_phases`] with a buffer for the phases.
-    #[inline(always)]
-    fn unfold_phases(&self, image: &[f32], phases: &mut [f32], cols: &mut [f32]) {
-        let (positions, phase_len) = (self.positions(), self.phase_len());
+        let (positions, phase_len, stride) = (self.positions(), self.phase_len(), self.column_stride());
+        let mut phases = take_scratch(&PHASES, image.len());
         // every value written: each pixel lies in one phase
-        self.split(image, phases);
-        self.for_each_phase_row(|row, phase_row| {
-            let row_cols = &mut cols[row * self.column_stride()..][..positions];
-            let Some(PhaseRow { plane, shift, span, padding }) = phase_row else {
+        self.split(image, &mut phases);
+        let rows = PhaseRows::of(self);
+        for (row, read) in self.phase_rows(&rows) {
+            let row_cols = &mut cols[row * stride..][..positions];
+            let Some((plane, PhaseRow { shift, span, keep, .. })) = read else {
                 row_cols.fill(0.0);
-                return;
+                continue;
             };
             let plane = &phases[plane * phase_len..][..phase_len];
-            let source = (span.start as isize + shift) as usize;
+            let source = &plane[(span.start as isize + shift) as usize..][..span.len()];
             row_cols[..span.start].fill(0.0);
             row_cols[span.end..].fill(0.0);
-            row_cols[span.clone()].copy_from_slice(&plane[source..][..span.len()]);
-            padding.clear(row_cols);
-        });
+            let inside = &mut row_cols[span.clone()];
+            match keep {
+                None => inside.copy_from_slice(source),
+                Some(keep) => {
+                    let kept = inside.iter_mut().zip(source).zip(&keep[span.clone()]);
+                    kept.for_each(|((value, &pixel), &mask)| *value = f32::from_bits(pixel.to_bits() & mask));
+                }
+            }
+        }
+        put_scratch(&PHASES, phases);
     }
 
-    /// col2im through the phases, written into `image` (its old values not read); the values of `cols` in the
-    /// padding are zeroed on the way ([`Self::splits_into_phases`] must hold).
+    /// col2im through the phases, written into `image` (its old values not read) ([`Self::splits_into_phases`]
+    /// must hold).
     #[inline(always)]
-    pub(super) fn fold_by_phases(&self, cols: &mut [f32], image: &mut [f32]) {
-        with_scratch(&PHASES, image.len(), |phases| self.fold_phases(cols, phases, image))
-    }
-
-    /// [`Self::fold_by_phases`] with a buffer for the phases.
-    #[inline(always)]
-    fn fold_phases(&self, cols: &mut [f32], phases: &mut [f32], image: &mut [f32]) {
+    pub(super) fn fold_by_phases(&self, cols: &[f32], image: &mut [f32]) {
         let (positions, phase_len) = (self.positions(), self.phase_len());
+        let mut phases = take_scratch(&PHASES, image.len());
         phases.fill(0.0);
-        self.for_each_phase_row(|row, phase_row| {
-            let Some(PhaseRow { plane, shift, span, padding }) = phase_row else { return };
-            let row_cols = &mut cols[row * positions..][..positions];
-            padding.clear(row_cols);
+        let rows = PhaseRows::of(self);
+        for (row, read) in self.phase_rows(&rows) {
+            let Some((plane, PhaseRow { shift, span, keep, .. })) = read else { continue };
+            let row_cols = &cols[row * positions..][..positions];
             let plane = &mut phases[plane * phase_len..][..phase_len];
-            let target = (span.start as isize + shift) as usize;
-            let sums = plane[target..][..span.len()].iter_mut().zip(&row_cols[span]);
-            sums.for_each(|(value, &addend)| *value += addend);
-        });
-        self.merge(phases, image);
+            let target = &mut plane[(span.start as isize + shift) as usize..][..span.len()];
+            let sums = target.iter_mut().zip(&row_cols[span.clone()]);
+            match keep {
+                None => sums.for_each(|(value, &addend)| *value += addend),
+                // a value in the padding adds +0.0: the sum the line-by-line form leaves by skipping it
+                Some(keep) => sums
+                    .zip(&keep[span.clone()])
+                    .for_each(|((value, &addend), &mask)| *value += f32::from_bits(addend.to_bits() & mask)),
+            }
+        }
+        self.merge(&phases, image);
+        put_scratch(&PHASES, phases);
     }
 }
 
 thread_local! {
     /// This thread's buffer for one image's phases.
-    static PHASES: Scratch = const { std::cell::RefCell::new(Vec::new()) };
+    static PHASES: Scratch = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// evens[i] = line[2 i] and odds[i] = line[2 i + 1]; `line` holds twice as many values as each half. Inlined into
@@ -153,40 +181,47 @@ fn interleave(evens: &[f32], odds: &[f32], line: &mut [f32]) {
     pairs.for_each(|(pair, (&even, &odd))| (pair[0], pair[1]) = (even, odd));
 }
 
-/// Where an im2col row reads the phases: its phase plane (index among the `[channels, 2, 2]` planes), the shift
+/// Where the im2col rows of one kernel offset read the phases: the phase plane among a channel's four, the shift
 /// from an output position to its pixel in that plane, the span of output positions from the first inside the
-/// image to one past the last, and the positions of that span that lie in the padding.
+/// image to one past the last, and, where some positions inside the span lie in the padding (the first or last
+/// column of each line), bit masks over the row's positions that keep the others (all bits set) and zero those.
 struct PhaseRow {
-    plane: usize,
+    phase: usize,
     shift: isize,
     span: std::ops::Range<usize>,
-    padding: RowPadding,
+    keep: Option<Vec<u32>>,
 }
 
-/// The output positions of an im2col row whose pixel lies in the padding, inside the row's span: the columns
-/// outside `columns` between one line inside the image and the next.
-struct RowPadding {
-    lines: std::ops::Range<usize>,
-    columns: std::ops::Range<usize>,
-    width: usize,
+/// A geometry's [`PhaseRow`]s, one per kernel offset (ky k + kx); `None` for an offset that reads only padding.
+struct PhaseRows {
+    geometry: ConvGeometry,
+    rows: std::rc::Rc<[Option<PhaseRow>]>,
 }
 
-impl RowPadding {
-    /// Zeroes those positions of `row_cols`.
-    fn clear(&self, row_cols: &mut [f32]) {
-        if self.columns.len() == self.width {
-            return;
-        }
-        let gap = self.width - self.columns.len();
-        for line in self.lines.start..self.lines.end - 1 {
-            let zeros = &mut row_cols[line * self.width + self.columns.end..][..gap];
-            // one or two values a line as plain stores, where fill calls memset for each line
-            match zeros {
-                [only] => *only = 0.0,
-                [first, second] => (*first, *second) = (0.0, 0.0),
-                _ => zeros.fill(0.0),
+/// Geometries whose rows a thread keeps: a model's stride-2 layers, each run over a whole batch at a time.
+const KEPT_GEOMETRIES: usize = 8;
+
+thread_local! {
+    /// The rows of the geometries this thread ran last, the latest last.
+    static ROWS: std::cell::RefCell<Vec<PhaseRows>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl PhaseRows {
+    /// `geometry`'s rows, worked out on the first call on this thread and kept.
+    fn of(geometry: &ConvGeometry) -> std::rc::Rc<[Option<PhaseRow>]> {
+        ROWS.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if let Some(found) = kept.iter().find(|entry| entry.geometry == *geometry) {
+                return found.rows.clone();
             }
-        }
+            let k = geometry.kernel;
+            let rows: std::rc::Rc<[_]> = (0..k * k).map(|offset| geometry.phase_row(offset / k, offset % k)).collect();
+            if kept.len() == KEPT_GEOMETRIES {
+                kept.remove(0);
+            }
+            kept.push(PhaseRows { geometry: *geometry, rows: rows.clone() });
+            rows
+        })
     }
 }
 
@@ -215,7 +250,7 @@ mod tests {
             // both write every value
             let (mut by_lines, mut by_phases) = (vec![f32::NAN; image.len()], vec![f32::NAN; image.len()]);
             geometry.fold(&cols, &mut by_lines);
-            geometry.fold_by_phases(&mut cols.clone(), &mut by_phases);
+            geometry.fold_by_phases(&cols, &mut by_phases);
             assert_eq!(by_lines, by_phases, "col2im, {geometry:?}");
         }
     }
