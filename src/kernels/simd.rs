@@ -135,6 +135,11 @@ pub fn with_simd_level<R>(level: SimdLevel, work: impl FnOnce() -> R) -> R {
 
 /// Defines a function whose body is compiled three times, for AVX-512, for AVX2 + FMA and as built, the one for
 /// [`simd_level`] picked at each call.
+///
+/// Code inlined into the body compiles at each level; a closure made in the body (or in an inlined helper) is one
+/// function shared by the three copies, and where it is too large to be inlined into them it compiles as built,
+/// without their target features: a hot loop belongs in the body, or in `#[inline(always)]` functions, not in a
+/// closure handed to another function (the conv phases' rows ran in SSE registers that way, `conv::phases`).
 macro_rules! wide_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
