@@ -16,8 +16,9 @@
 //! convolution weight `[out, in, k, k]` and a transposed convolution weight `[in, out, k, k]` are already the matrices
 //! these products need. Tests hold every path to candle's own convolution ops, values and gradients.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use std::thread::LocalKey;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use rayon::prelude::*;
 
