@@ -19,7 +19,6 @@
 use std::thread::LocalKey;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-
 use rayon::prelude::*;
 
 use super::activation::OutputActivation;
@@ -382,18 +381,22 @@ fn with_columns<R>(len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
 /// thread) gets a fresh buffer instead.
 fn with_scratch<R>(scratch: &'static LocalKey<Scratch>, len: usize, work: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buffer = take_scratch(scratch, len);
-    let result = work(&mut buffer);
+    let result = work(&mut buffer[..len]);
     put_scratch(scratch, buffer);
     result
 }
 
-/// The thread's `scratch` buffer at `len` values, its contents unspecified, taken out until [`put_scratch`] hands it
-/// back (a call in between gets a fresh one). Taken and handed back rather than lent to a closure, so that a kernel
-/// compiled for each SIMD level can use it in its own body ([`ConvGeometry::phase_rows`] says why).
+/// The thread's `scratch` buffer with at least `len` values, its contents unspecified, taken out until
+/// [`put_scratch`] hands it back (a call in between gets a fresh one). It keeps the longest length asked for, so
+/// that callers of different sizes do not zero its tail again at each growth. Taken and handed back rather than lent
+/// to a closure, so that a kernel compiled for each SIMD level can use it in its own body
+/// ([`ConvGeometry::phase_rows`] says why).
 #[inline(always)]
 pub(super) fn take_scratch(scratch: &'static LocalKey<Scratch>, len: usize) -> Vec<f32> {
     let mut buffer = scratch.take();
-    buffer.resize(len, 0.0);
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
     buffer
 }
 

@@ -80,7 +80,8 @@ impl Dense {
 
 /// activation(x W^T + b) on row-major slices: x `[rows, inner]`, weight `[outputs, inner]`, bias `[outputs]`,
 /// with the weight's contiguous transpose where [`reads_transposed_weight`] asks for one (the fused step makes it
-/// once per step for all its shards), or as W x^T for few rows against a large weight ([`few_rows_for`]); the output is `[rows, outputs]`. Shapes must fit (checked by the callers).
+/// once per step for all its shards), or as W x^T for few rows against a large weight ([`few_rows_for`]); the
+/// output is `[rows, outputs]`. Shapes must fit (checked by the callers).
 pub(crate) fn forward_values(
     x: &[f32],
     (weight, transposed): (&[f32], Option<&[f32]>),

@@ -108,9 +108,10 @@ impl ConvGeometry {
     #[inline(always)]
     pub(super) fn unfold_by_phases(&self, image: &[f32], cols: &mut [f32]) {
         let (positions, phase_len, stride) = (self.positions(), self.phase_len(), self.column_stride());
-        let mut phases = take_scratch(&PHASES, image.len());
+        let mut buffer = take_scratch(&PHASES, image.len());
+        let phases = &mut buffer[..image.len()];
         // every value written: each pixel lies in one phase
-        self.split(image, &mut phases);
+        self.split(image, phases);
         let rows = PhaseRows::of(self);
         for (row, read) in self.phase_rows(&rows) {
             let row_cols = &mut cols[row * stride..][..positions];
@@ -131,7 +132,7 @@ impl ConvGeometry {
                 }
             }
         }
-        put_scratch(&PHASES, phases);
+        put_scratch(&PHASES, buffer);
     }
 
     /// col2im through the phases, written into `image` (its old values not read) ([`Self::splits_into_phases`]
@@ -139,7 +140,8 @@ impl ConvGeometry {
     #[inline(always)]
     pub(super) fn fold_by_phases(&self, cols: &[f32], image: &mut [f32]) {
         let (positions, phase_len) = (self.positions(), self.phase_len());
-        let mut phases = take_scratch(&PHASES, image.len());
+        let mut buffer = take_scratch(&PHASES, image.len());
+        let phases = &mut buffer[..image.len()];
         phases.fill(0.0);
         let rows = PhaseRows::of(self);
         for (row, read) in self.phase_rows(&rows) {
@@ -156,8 +158,8 @@ impl ConvGeometry {
                     .for_each(|((value, &addend), &mask)| *value += f32::from_bits(addend.to_bits() & mask)),
             }
         }
-        self.merge(&phases, image);
-        put_scratch(&PHASES, phases);
+        self.merge(phases, image);
+        put_scratch(&PHASES, buffer);
     }
 }
 
